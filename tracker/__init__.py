@@ -1,0 +1,31 @@
+"""Follow every Bandwidth Voice call: callbacks parsed, applied to a per-call state machine,
+correlated with their transfer legs, and persisted.
+
+    from tracker import Tracker
+
+    tracker = Tracker("sqlite:///tracker.db")
+    tracker.upgrade()
+    result = tracker.apply(body)
+"""
+
+from tracker.errors import SchemaError, StorageError, TrackerError
+from tracker.lifecycle import DISPOSITIONS, STATES, TRANSITIONS, Reason
+from tracker.records import Call, Event, Outcome, Result, Transition
+from tracker.tracker import DEFAULT_DATABASE_URL, Tracker
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "DISPOSITIONS",
+    "STATES",
+    "TRANSITIONS",
+    "Call",
+    "Event",
+    "Outcome",
+    "Reason",
+    "Result",
+    "SchemaError",
+    "StorageError",
+    "Tracker",
+    "TrackerError",
+    "Transition",
+]

@@ -1,0 +1,332 @@
+"""Stage 1 of the pipeline: a callback body as received becomes a typed event, or a reason why not.
+
+Nothing here knows about databases or lifecycles. The models follow what Bandwidth really sends
+(see shared/reference/bandwidth-callbacks.md): every documented field, unknown keys kept, causes
+left as free strings, `from`/`to` as opaque strings (`Anonymous`, SIP URIs), timestamps of any
+precision, and an explicit JSON `null` treated exactly like an absent key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic.alias_generators import to_camel
+
+TRACKED_EVENT_TYPES: Final = ("disconnect", "transferDisconnect")
+
+# Column sizes of the storage layer; a longer value is refused here, with a clear error, rather
+# than failing (or being truncated) inside the database.
+MAX_ID_LENGTH: Final = 256
+MAX_TEXT_LENGTH: Final = 4096
+
+# Bandwidth stamps are UTC; MySQL/MariaDB DATETIME cannot hold years before 1000.
+_EARLIEST: Final = datetime(1000, 1, 1, tzinfo=UTC)
+
+
+def _to_utc(value: datetime) -> datetime:
+    """Bandwidth documents its times as UTC, so a stamp without a zone is read as UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the instant falls outside the years 1000 to 9999") from None
+    if value < _EARLIEST:
+        raise ValueError("the instant falls outside the years 1000 to 9999")
+    return value
+
+
+Timestamp = Annotated[datetime, Strict(), AfterValidator(_to_utc)]
+Identifier = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_ID_LENGTH)]
+Text = Annotated[str, Strict(), Field(max_length=MAX_TEXT_LENGTH)]
+
+
+class _Callback(BaseModel):
+    """Fields shared by every lifecycle callback. `extra="allow"`: unknown keys are never a refusal."""
+
+    model_config = ConfigDict(
+        extra="allow", alias_generator=to_camel, validate_by_name=False, frozen=True
+    )
+
+    event_time: Timestamp | None = None
+    account_id: Identifier | None = None
+    application_id: Identifier | None = None
+    from_number: Text | None = Field(default=None, alias="from")
+    to_number: Text | None = Field(default=None, alias="to")
+    direction: Literal["inbound", "outbound"] | None = None
+    call_id: Identifier
+    call_url: Text | None = None
+    enqueued_time: Timestamp | None = None
+    start_time: Timestamp
+    answer_time: Timestamp | None = None
+    end_time: Timestamp
+    cause: Annotated[str, Strict(), Field(min_length=1, max_length=MAX_TEXT_LENGTH)]
+    error_message: Text | None = None
+    error_id: Text | None = None
+    tag: Text | None = None
+    sip_call_id: Text | None = None
+    sip_response_code: Annotated[int, Strict()] | None = None
+
+
+class Disconnect(_Callback):
+    """`disconnect`: a call ended, for any reason."""
+
+    event_type: Literal["disconnect"]
+
+    @property
+    def parent_call_id(self) -> str | None:
+        return None
+
+    @property
+    def own_from(self) -> str | None:
+        return self.from_number
+
+    @property
+    def own_to(self) -> str | None:
+        return self.to_number
+
+
+class TransferDisconnect(_Callback):
+    """`transferDisconnect`: a leg created by `<Transfer>` ended. `from`/`to` are the original
+    call's numbers; the leg's own are `transferCallerId`/`transferTo`."""
+
+    event_type: Literal["transferDisconnect"]
+    parent_call_id: Identifier  # type: ignore[assignment]  # a field here, a property on Disconnect
+    transfer_caller_id: Text | None = None
+    transfer_to: Text | None = None
+
+    @property
+    def own_from(self) -> str | None:
+        return self.transfer_caller_id
+
+    @property
+    def own_to(self) -> str | None:
+        return self.transfer_to
+
+
+class Untracked(BaseModel):
+    """Any other event type: readable, needs only a string `eventType`, and is not tracked."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    event_type: Annotated[str, Strict()] = Field(alias="eventType")
+    call_id: Any = Field(default=None, alias="callId")
+
+
+TerminalEvent = Disconnect | TransferDisconnect
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        event_type = value.get("eventType")
+        if event_type in TRACKED_EVENT_TYPES:
+            return str(event_type)
+    return "other"
+
+
+_BODY: Final[TypeAdapter[Disconnect | TransferDisconnect | Untracked]] = TypeAdapter(
+    Annotated[
+        Annotated[Disconnect, Tag("disconnect")]
+        | Annotated[TransferDisconnect, Tag("transferDisconnect")]
+        | Annotated[Untracked, Tag("other")],
+        Discriminator(_kind),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """Why a body is not a readable callback: a reason code and a sentence a person can act on."""
+
+    reason: str
+    detail: str
+    call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One body as received (`raw`, the bytes stored in the event log) and what it was read as."""
+
+    raw: bytes
+    content: TerminalEvent | Untracked | Unreadable
+
+    @property
+    def call_id(self) -> str | None:
+        content = self.content
+        if isinstance(content, Unreadable):
+            return content.call_id
+        return content.call_id if isinstance(content.call_id, str) else None
+
+
+def read(body: object) -> Delivery:
+    """Turn whatever `apply` was handed into a `Delivery`. Never raises for bad input."""
+    if isinstance(body, bytes | bytearray | memoryview):
+        raw = bytes(body)
+    elif isinstance(body, str):
+        # A str is stored as its UTF-8 bytes; lone surrogates (possible in a Python str) would make
+        # that impossible, so they are kept byte for byte and the body reported as not UTF-8.
+        raw = body.encode("utf-8", "surrogatepass")
+    elif isinstance(body, Mapping):
+        try:
+            raw = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            raw_bytes = raw.encode("utf-8", "surrogatepass")
+        except (TypeError, ValueError) as error:
+            return Delivery(
+                repr(body).encode("utf-8", "backslashreplace"),
+                Unreadable(
+                    "not_json",
+                    f"the mapping cannot be written as JSON ({error}); pass plain JSON values",
+                ),
+            )
+        return Delivery(raw_bytes, _parse(raw_bytes))
+    else:
+        return Delivery(
+            repr(body).encode("utf-8", "backslashreplace"),
+            Unreadable(
+                "unsupported_body",
+                f"apply() takes bytes, str or a mapping, not {type(body).__name__}",
+            ),
+        )
+    return Delivery(raw, _parse(raw))
+
+
+# Only PostgreSQL refuses NUL in text, but the same body must get the same outcome on every
+# database, so a NUL in any stored string is refused everywhere.
+_NUL_ESCAPE: Final = re.compile(rb"\\u0000")
+
+
+def _parse(raw: bytes) -> TerminalEvent | Untracked | Unreadable:
+    try:
+        event = _BODY.validate_json(raw)
+    except ValidationError as error:
+        return _explain(raw, error)
+    if _NUL_ESCAPE.search(raw) and not isinstance(event, Untracked):
+        for name, value in event:
+            if isinstance(value, str) and "\x00" in value:
+                alias = type(event).model_fields[name].alias or name
+                return Unreadable(
+                    "invalid_field",
+                    f"field '{alias}' contains a NUL character (\\u0000), which no call field may hold",
+                    event.call_id,
+                )
+    return event
+
+
+_JSON_TYPE_NAMES: Final = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+def _explain(raw: bytes, error: ValidationError) -> Unreadable:
+    """Turn pydantic's report into one reason code and a sentence naming every bad field."""
+    problems = error.errors(include_url=False)
+    first = problems[0]
+    if first["type"] == "json_invalid":
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as decode_error:
+            return Unreadable(
+                "not_utf8",
+                f"the body is not valid UTF-8 (byte {decode_error.start}); "
+                "Bandwidth sends UTF-8 JSON",
+            )
+        message = first["ctx"].get("error", first["msg"]) if "ctx" in first else first["msg"]
+        if "recursion limit" in str(message):
+            return Unreadable(
+                "too_deeply_nested",
+                f"the body nests arrays or objects too deeply to read ({message}); "
+                "a callback is a flat JSON object",
+            )
+        return Unreadable("not_json", f"the body is not valid JSON: {message}")
+    document = json.loads(raw)  # pydantic has just parsed it, so this cannot fail
+    if not isinstance(document, dict):
+        kind = _JSON_TYPE_NAMES.get(type(document), type(document).__name__)
+        return Unreadable(
+            "not_an_object", f"the body is {kind}, but a callback is a JSON object"
+        )
+    call_id = document.get("callId")
+    call_id = call_id if isinstance(call_id, str) and call_id else None
+    event_type = document.get("eventType")
+    what = f"the {event_type} callback" if isinstance(event_type, str) else "the callback"
+    missing = [p for p in problems if p["type"] == "missing"]
+    if missing:
+        names = ", ".join(f"'{_field_name(p['loc'])}'" for p in missing)
+        plural = "s" if len(missing) > 1 else ""
+        return Unreadable(
+            "missing_field", f"required field{plural} {names} missing from {what}", call_id
+        )
+    sentences = [
+        f"field '{_field_name(p['loc'])}' {_lower_first(p['msg'])} (got {_show(p['input'])})"
+        for p in problems[:5]
+    ]
+    return Unreadable("invalid_field", f"in {what}: " + "; ".join(sentences), call_id)
+
+
+def _field_name(location: tuple[int | str, ...]) -> str:
+    # The first element is the union tag ('disconnect', 'other', ...), not part of the body.
+    return ".".join(str(part) for part in location[1:]) or "eventType"
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _show(value: object) -> str:
+    shown = json.dumps(value, ensure_ascii=False, default=repr)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def content_key(event: TerminalEvent) -> str:
+    """The identity of a delivery: the parsed content, whatever its spelling.
+
+    Two bodies share a key when they differ only in key order, whitespace, explicit nulls for
+    absent keys, or the spelling of an instant (offset, fraction digits): the ways a relay
+    re-serializes a body. Timestamps are compared to the microsecond.
+    """
+    content = event.model_dump(mode="json", by_alias=True, exclude_none=True)
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+_CALL_PATH: Final = re.compile(r"/accounts/(?P<account>[^/]+)/calls/(?P<call>[^/?#]+)/?$")
+
+
+@dataclass(frozen=True, slots=True)
+class CallUrl:
+    """What the path of a `callUrl` names. The host varies (test.voice.bandwidth.com), the path
+    `/accounts/{accountId}/calls/{callId}` does not."""
+
+    account_id: str
+    call_id: str
+
+
+def read_call_url(url: str | None) -> CallUrl | None:
+    if not url:
+        return None
+    match = _CALL_PATH.search(urlsplit(url).path)
+    if match is None:
+        return None
+    return CallUrl(unquote(match["account"]), unquote(match["call"]))

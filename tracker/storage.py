@@ -1,0 +1,480 @@
+"""Stage 3 of the pipeline: the tables and the few statements that read and write them.
+
+Naming follows Optuna's storage: `find_*` returns one thing or None, `where_*` returns many,
+`insert_*`/`write_*`/`fill_*` change rows. Concurrency rests on the database's uniqueness
+constraints and on compare-and-set: a call row is updated only `WHERE version = <the version
+read>`, so a lost race is detected (`LostRace`) and the whole delivery retried, never
+overwritten. The schema itself comes only from the Alembic migrations in `migrations/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import fields
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    and_,
+    event,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy import create_engine as sqlalchemy_create_engine
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from tracker.lifecycle import CallRecord, TransitionTaken
+from tracker.records import Event, Outcome, Transition
+
+TABLE_PREFIX: Final = "tracker_"
+VERSION_TABLE: Final = "tracker_alembic_version"
+
+# MySQL/MariaDB: utf8mb4 for every character Bandwidth may send (tags, SIP URIs), and a binary
+# collation so that call ids differing only in case stay different calls.
+_MYSQL_OPTIONS: Final = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
+
+ID: Final = String(256)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every backend.
+
+    Stored as naive UTC with microseconds: SQLite keeps no zone, MySQL's DATETIME needs `fsp=6`
+    to keep sub-second precision.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class CallRow(Base):
+    """One call (one leg). Inherited facts (account, application) are stored resolved."""
+
+    __tablename__ = "tracker_calls"
+    __table_args__ = (
+        Index(None, "parent_call_id"),
+        Index(None, "account_id", "start_time"),
+        Index(None, "state"),
+        Index(None, "start_time"),
+        _MYSQL_OPTIONS,
+    )
+
+    call_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    parent_call_id: Mapped[str | None] = mapped_column(ID, ForeignKey("tracker_calls.call_id"))
+    account_id: Mapped[str | None] = mapped_column(ID)
+    application_id: Mapped[str | None] = mapped_column(ID)
+    direction: Mapped[str | None] = mapped_column(String(16))
+    from_number: Mapped[str | None] = mapped_column(Text)
+    to_number: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    cause: Mapped[str | None] = mapped_column(Text)
+    disposition: Mapped[str | None] = mapped_column(String(16))
+    start_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    answer_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    end_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    enqueued_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    tag: Mapped[str | None] = mapped_column(Text)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_id: Mapped[str | None] = mapped_column(Text)
+    terminal_event: Mapped[str | None] = mapped_column(String(32))
+    numbers_leg_id: Mapped[str | None] = mapped_column(ID)
+    numbers_leg_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class EventRow(Base):
+    """The event log: every body handed to `apply`, byte for byte, with its outcome."""
+
+    __tablename__ = "tracker_events"
+    __table_args__ = (
+        Index(None, "call_id"),
+        UniqueConstraint("dedup_key"),
+        _MYSQL_OPTIONS,
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    body: Mapped[bytes] = mapped_column(
+        LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+    )
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text)
+    call_id: Mapped[str | None] = mapped_column(ID)
+    event_type: Mapped[str | None] = mapped_column(ID)
+    # The content key of an applied delivery. Unique, so the same delivery cannot be applied
+    # twice even by two workers at once; NULL (and so not constrained) for every other outcome.
+    dedup_key: Mapped[str | None] = mapped_column(String(64))
+
+
+class TransitionRow(Base):
+    """A call's history: one row per state-machine transition, in order."""
+
+    __tablename__ = "tracker_transitions"
+    __table_args__ = (UniqueConstraint("call_id", "seq"), _MYSQL_OPTIONS)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    call_id: Mapped[str] = mapped_column(ID, ForeignKey("tracker_calls.call_id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    event: Mapped[str] = mapped_column(String(32))
+    event_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("tracker_events.id")
+    )
+
+
+calls = CallRow.__table__
+events = EventRow.__table__
+transitions = TransitionRow.__table__
+
+_RECORD_FIELDS: Final = tuple(f.name for f in fields(CallRecord))
+_CALL_COLUMNS: Final = tuple(calls.c[name] for name in _RECORD_FIELDS)
+# Big IN lists are split so no backend hits its bound-parameter limit.
+_CHUNK: Final = 500
+
+
+class LostRace(Exception):
+    """Another writer changed a row between our read and our write; the delivery is retried."""
+
+
+# --- engines ------------------------------------------------------------------------------
+
+
+def create_engine(database: str | URL, *, durable: bool = True) -> Engine:
+    """An engine set up for many long-running workers.
+
+    SQLite: WAL so readers never block the writer, `synchronous=FULL` so a returned `apply`
+    survives a power loss (`durable=False` trades that for speed: NORMAL loses the last
+    transactions on power loss, never consistency), a busy timeout so concurrent writers wait
+    instead of failing, and `BEGIN IMMEDIATE` for writes: pysqlite begins lazily, which lets two
+    writers read the same row and only then collide.
+    Servers: READ COMMITTED (the compare-and-set does the rest) and pre-ping, so a connection the
+    server dropped overnight is replaced instead of failing a delivery.
+    """
+    url = make_url(database)
+    if url.get_backend_name() == "sqlite":
+        engine = sqlalchemy_create_engine(url)
+        _prepare_sqlite(engine, durable=durable)
+        return engine
+    return sqlalchemy_create_engine(
+        url,
+        isolation_level="READ COMMITTED",
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        pool_recycle=3600,
+    )
+
+
+def _prepare_sqlite(engine: Engine, *, durable: bool) -> None:
+    synchronous = "FULL" if durable else "NORMAL"
+    in_memory = engine.url.database in (None, "", ":memory:")
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(connection: Any, _record: Any) -> None:
+        connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = connection.cursor()
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        writing = connection.get_execution_options().get("tracker_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+
+
+# --- reads ----------------------------------------------------------------------------------
+
+
+def _record(row: Any) -> CallRecord:
+    return CallRecord(**{name: row[index] for index, name in enumerate(_RECORD_FIELDS)})
+
+
+def where_calls_by_id(connection: Connection, call_ids: Iterable[str]) -> dict[str, CallRecord]:
+    wanted = list(dict.fromkeys(call_ids))
+    found: dict[str, CallRecord] = {}
+    for chunk in _chunks(wanted):
+        for row in connection.execute(select(*_CALL_COLUMNS).where(calls.c.call_id.in_(chunk))):
+            record = _record(row)
+            found[record.call_id] = record
+    return found
+
+
+def find_call(connection: Connection, call_id: str) -> CallRecord | None:
+    return where_calls_by_id(connection, [call_id]).get(call_id)
+
+
+def where_ancestry(connection: Connection, call: CallRecord) -> list[str]:
+    """The ids above `call`, nearest first. Stops at a repeat, so a corrupt loop cannot hang."""
+    chain: list[str] = []
+    parent_id = call.parent_call_id
+    while parent_id is not None and parent_id not in chain and parent_id != call.call_id:
+        chain.append(parent_id)
+        parent_id = connection.execute(
+            select(calls.c.parent_call_id).where(calls.c.call_id == parent_id)
+        ).scalar_one_or_none()
+    return chain
+
+
+def find_applied_event_id(connection: Connection, dedup_key: str) -> int | None:
+    return connection.execute(
+        select(events.c.id).where(events.c.dedup_key == dedup_key)
+    ).scalar_one_or_none()
+
+
+def where_legs(connection: Connection, call_id: str) -> list[tuple[str, datetime | None]]:
+    rows = connection.execute(
+        select(calls.c.call_id, calls.c.start_time).where(calls.c.parent_call_id == call_id)
+    )
+    return [(row.call_id, row.start_time) for row in rows]
+
+
+def where_transitions(connection: Connection, call_id: str) -> list[Transition]:
+    rows = connection.execute(
+        select(transitions)
+        .where(transitions.c.call_id == call_id)
+        .order_by(transitions.c.seq)
+    )
+    return [Transition(row.source, row.target, row.at, row.event, row.event_id) for row in rows]
+
+
+def count_transitions(connection: Connection, call_id: str) -> int:
+    rows = connection.execute(
+        select(transitions.c.seq).where(transitions.c.call_id == call_id)
+    ).all()
+    return len(rows)
+
+
+def where_events(
+    connection: Connection, *, call_id: str | None = None, outcome: str | None = None
+) -> Iterator[Event]:
+    query = select(events).order_by(events.c.id)
+    if call_id is not None:
+        query = query.where(events.c.call_id == call_id)
+    if outcome is not None:
+        query = query.where(events.c.outcome == outcome)
+    for row in connection.execute(query):
+        yield Event(
+            id=row.id,
+            received_at=row.received_at,
+            body=bytes(row.body),
+            outcome=Outcome(row.outcome),
+            reason=row.reason,
+            detail=row.detail,
+            call_id=row.call_id,
+            event_type=row.event_type,
+        )
+
+
+def where_calls(
+    connection: Connection,
+    *,
+    state: str | None = None,
+    disposition: str | None = None,
+    account_id: str | None = None,
+    started_after: datetime | None = None,
+    started_before: datetime | None = None,
+    limit: int | None = None,
+) -> list[CallRecord]:
+    query = select(*_CALL_COLUMNS).order_by(calls.c.start_time, calls.c.call_id)
+    if state is not None:
+        query = query.where(calls.c.state == state)
+    if disposition is not None:
+        query = query.where(calls.c.disposition == disposition)
+    if account_id is not None:
+        query = query.where(calls.c.account_id == account_id)
+    if started_after is not None:
+        query = query.where(calls.c.start_time >= started_after)
+    if started_before is not None:
+        query = query.where(calls.c.start_time < started_before)
+    if limit is not None:
+        query = query.limit(limit)
+    return [_record(row) for row in connection.execute(query)]
+
+
+# --- writes ---------------------------------------------------------------------------------
+
+
+def insert_event(
+    connection: Connection,
+    *,
+    received_at: datetime,
+    body: bytes,
+    outcome: Outcome,
+    reason: str | None,
+    detail: str,
+    call_id: str | None,
+    event_type: str | None,
+    dedup_key: str | None,
+) -> int:
+    result = connection.execute(
+        insert(events).values(
+            received_at=received_at,
+            body=body,
+            outcome=outcome.value,
+            reason=reason,
+            detail=detail,
+            call_id=call_id,
+            event_type=event_type[:256] if event_type else event_type,
+            dedup_key=dedup_key,
+        )
+    )
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def write_call(connection: Connection, before: CallRecord | None, after: CallRecord) -> None:
+    """Insert a new call, or compare-and-set an existing one on the version it was read at."""
+    values = {name: getattr(after, name) for name in _RECORD_FIELDS}
+    if before is None:
+        values["version"] = 1
+        connection.execute(insert(calls).values(values))
+        return
+    del values["call_id"]
+    values["version"] = before.version + 1
+    result = connection.execute(
+        update(calls)
+        .where(and_(calls.c.call_id == before.call_id, calls.c.version == before.version))
+        .values(values)
+    )
+    if result.rowcount != 1:
+        raise LostRace(f"call {before.call_id} changed while this delivery was applied")
+
+
+def insert_transitions(
+    connection: Connection,
+    call_id: str,
+    first_seq: int,
+    taken: Sequence[TransitionTaken],
+    event_id: int,
+) -> None:
+    if not taken:
+        return
+    connection.execute(
+        insert(transitions),
+        [
+            {
+                "call_id": call_id,
+                "seq": first_seq + offset,
+                "source": step.source,
+                "target": step.target,
+                "at": step.at,
+                "event": step.event,
+                "event_id": event_id,
+            }
+            for offset, step in enumerate(taken)
+        ],
+    )
+
+
+def fill_account(connection: Connection, call_id: str, account_id: str) -> None:
+    """Give `account_id` to every call of `call_id`'s transfer tree that has no account yet."""
+    tree = _tree_of(connection, call_id)
+    for chunk in _chunks(sorted(tree)):
+        connection.execute(
+            update(calls)
+            .where(and_(calls.c.call_id.in_(chunk), calls.c.account_id.is_(None)))
+            .values(account_id=account_id, version=calls.c.version + 1)
+        )
+
+
+def fill_application(connection: Connection, call_id: str, application_id: str) -> None:
+    """Legs without an application inherit their parent's, level by level down the tree."""
+    frontier = [call_id]
+    while frontier:
+        inheriting: list[str] = []
+        for chunk in _chunks(frontier):
+            inheriting.extend(
+                connection.execute(
+                    select(calls.c.call_id).where(
+                        and_(calls.c.parent_call_id.in_(chunk), calls.c.application_id.is_(None))
+                    )
+                ).scalars()
+            )
+        for chunk in _chunks(inheriting):
+            connection.execute(
+                update(calls)
+                .where(calls.c.call_id.in_(chunk))
+                .values(application_id=application_id, version=calls.c.version + 1)
+            )
+        frontier = inheriting
+
+
+def _tree_of(connection: Connection, call_id: str) -> set[str]:
+    tree = {call_id}
+    frontier = [call_id]
+    while frontier:
+        found: set[str] = set()
+        for chunk in _chunks(frontier):
+            rows = connection.execute(
+                select(calls.c.call_id, calls.c.parent_call_id).where(
+                    or_(calls.c.call_id.in_(chunk), calls.c.parent_call_id.in_(chunk))
+                )
+            )
+            for row in rows:
+                found.update(x for x in (row.call_id, row.parent_call_id) if x is not None)
+        frontier = sorted(found - tree)
+        tree |= found
+    return tree
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]

@@ -1,0 +1,285 @@
+"""The facade: one transaction around parse -> decide -> store, retried when it loses a race."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Final, TypeVar
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from tracker import lifecycle, parsing, schema, storage
+from tracker.errors import StorageError
+from tracker.parsing import Delivery, Unreadable, Untracked
+from tracker.records import Call, Event, Outcome, Result
+
+DEFAULT_DATABASE_URL: Final = "sqlite:///tracker.db"
+
+T = TypeVar("T")
+
+# PostgreSQL serialization failure and deadlock; MySQL deadlock and lock-wait timeout. Each means
+# "the database chose this transaction as the loser": nothing was written, try again.
+_TRANSIENT_SQLSTATES: Final = frozenset({"40001", "40P01"})
+_TRANSIENT_MYSQL_CODES: Final = frozenset({1205, 1213})
+
+
+class Tracker:
+    """Follows Bandwidth calls in one database. Safe to share between threads; run one per
+    process, as many processes and hosts as you like against the same database."""
+
+    def __init__(
+        self,
+        database: str | URL | Engine | None = None,
+        *,
+        durable: bool = True,
+        max_attempts: int = 30,
+    ) -> None:
+        """`database` is a URL or an Engine; None reads TRACKER_DATABASE_URL, else uses
+        `sqlite:///tracker.db`. `durable=False` relaxes SQLite to `synchronous=NORMAL`: faster,
+        and a power loss may forget the last deliveries (never corrupt the database)."""
+        if database is None:
+            database = os.environ.get("TRACKER_DATABASE_URL", DEFAULT_DATABASE_URL)
+        if isinstance(database, Engine):
+            self.engine = database
+        else:
+            self.engine = storage.create_engine(database, durable=durable)
+        self._max_attempts = max_attempts
+        self._schema_checked = False
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # --- schema ---------------------------------------------------------------------------
+
+    def upgrade(self) -> None:
+        """Migrate the database to the schema this tracker needs. Safe to call again, and from
+        many processes at once."""
+        schema.upgrade(self.engine)
+        self._schema_checked = False
+
+    def _check_schema(self) -> None:
+        if not self._schema_checked:
+            schema.check_current(self.engine)
+            self._schema_checked = True
+
+    # --- writing --------------------------------------------------------------------------
+
+    def apply(self, body: bytes | str | object) -> Result:
+        """Apply one callback body. Never raises for bad input; raises `StorageError` only when
+        the database failed, and then nothing of the body was written."""
+        self._check_schema()
+        delivery = parsing.read(body)
+        received_at = datetime.now(UTC)
+        return self._in_transaction(lambda c: _apply_delivery(c, delivery, received_at))
+
+    def apply_many(self, bodies: Iterable[bytes | str | object]) -> list[Result]:
+        """Apply bodies in order in one transaction: the outcomes of applying them one by one,
+        for one commit."""
+        self._check_schema()
+        deliveries = [parsing.read(body) for body in bodies]
+        received_at = datetime.now(UTC)
+        return self._in_transaction(
+            lambda c: [_apply_delivery(c, delivery, received_at) for delivery in deliveries]
+        )
+
+    def _in_transaction(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one writing transaction; when it loses a race (a unique key taken, a
+        compare-and-set missed, a deadlock), roll back and run it again after a jittered pause."""
+        for attempt in range(self._max_attempts):
+            try:
+                with (
+                    self.engine.connect().execution_options(tracker_write=True) as connection,
+                    connection.begin(),
+                ):
+                    return work(connection)
+            except (storage.LostRace, IntegrityError):
+                pass
+            except DBAPIError as error:
+                if not _is_transient(error):
+                    raise StorageError(
+                        f"the database failed and nothing of this delivery was written: {error.orig}"
+                    ) from error
+            time.sleep(min(0.5, 0.002 * 2**attempt) * random.uniform(0.5, 1.5))
+        raise StorageError(
+            f"gave up after {self._max_attempts} attempts lost to concurrent writers; "
+            "nothing of this delivery was written"
+        )
+
+    # --- reading --------------------------------------------------------------------------
+
+    def get_call(self, call_id: str) -> Call | None:
+        self._check_schema()
+        with self.engine.connect() as connection:
+            record = storage.find_call(connection, call_id)
+            return None if record is None else _snapshots(connection, [record])[0]
+
+    def calls(
+        self,
+        *,
+        state: str | None = None,
+        disposition: str | None = None,
+        account_id: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Call]:
+        """Calls matching every filter given, by start time (placeholders, with none, last)."""
+        self._check_schema()
+        with self.engine.connect() as connection:
+            records = storage.where_calls(
+                connection,
+                state=state,
+                disposition=disposition,
+                account_id=account_id,
+                started_after=started_after,
+                started_before=started_before,
+                limit=limit,
+            )
+            return _snapshots(connection, records)
+
+    def events(self, call_id: str | None = None, outcome: str | None = None) -> list[Event]:
+        """The event log, oldest first."""
+        self._check_schema()
+        with self.engine.connect() as connection:
+            return list(storage.where_events(connection, call_id=call_id, outcome=outcome))
+
+
+def _apply_delivery(connection: Connection, delivery: Delivery, received_at: datetime) -> Result:
+    content = delivery.content
+
+    def log(result: Result, event_type: str | None, dedup_key: str | None = None) -> int:
+        return storage.insert_event(
+            connection,
+            received_at=received_at,
+            body=delivery.raw,
+            outcome=result.outcome,
+            reason=result.reason,
+            detail=result.detail,
+            call_id=result.call_id,
+            event_type=event_type,
+            dedup_key=dedup_key,
+        )
+
+    if isinstance(content, Unreadable):
+        result = Result(Outcome.INVALID, content.call_id, content.reason, content.detail)
+        log(result, None)
+        return result
+    if isinstance(content, Untracked):
+        result = Result(
+            Outcome.IGNORED,
+            delivery.call_id,
+            "untracked_event_type",
+            f"'{content.event_type}' events are not tracked; only "
+            + " and ".join(parsing.TRACKED_EVENT_TYPES)
+            + " are",
+        )
+        log(result, content.event_type)
+        return result
+
+    event = content
+    key = parsing.content_key(event)
+    ids = [event.call_id] if event.parent_call_id is None else [event.call_id, event.parent_call_id]
+    found = storage.where_calls_by_id(connection, ids)
+    call = found.get(event.call_id)
+    parent = found.get(event.parent_call_id) if event.parent_call_id else None
+
+    if call is not None and call.state == lifecycle.DISCONNECTED:
+        # Only a call that has ended can have had this very delivery applied.
+        earlier = storage.find_applied_event_id(connection, key)
+        if earlier is not None:
+            result = Result(
+                Outcome.DUPLICATE,
+                event.call_id,
+                None,
+                f"the same delivery was already applied (event #{earlier})",
+            )
+            log(result, event.event_type)
+            return result
+
+    # Only a call already in the database can have descendants, and so become its own ancestor.
+    ancestry: Sequence[str] = ()
+    if call is not None and parent is not None:
+        ancestry = storage.where_ancestry(connection, parent)
+    decision = lifecycle.decide(event, call, parent, ancestry)
+    result = Result(
+        decision.outcome,
+        event.call_id,
+        decision.reason.value if decision.reason else None,
+        decision.detail,
+    )
+    if decision.outcome is not Outcome.APPLIED:
+        log(result, event.event_type)
+        return result
+
+    event_id = log(result, event.event_type, dedup_key=key)
+    assert decision.call is not None
+    call_before, call_after = decision.call
+    if decision.parent is not None and decision.parent[0] is None:
+        storage.write_call(connection, None, decision.parent[1])  # the leg refers to it
+    storage.write_call(connection, call_before, call_after)
+    if decision.parent is not None and decision.parent[0] is not None:
+        storage.write_call(connection, *decision.parent)
+    first_seq = 0 if call_before is None else storage.count_transitions(connection, event.call_id)
+    storage.insert_transitions(connection, event.call_id, first_seq, decision.transitions, event_id)
+    if decision.fill_account is not None:
+        storage.fill_account(connection, event.call_id, decision.fill_account)
+    if decision.fill_application is not None:
+        storage.fill_application(connection, event.call_id, decision.fill_application)
+    return result
+
+
+def _snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) -> list[Call]:
+    calls: list[Call] = []
+    for record in records:
+        legs = sorted(
+            storage.where_legs(connection, record.call_id),
+            key=lambda leg: (leg[1] is None, leg[1] or datetime.min.replace(tzinfo=UTC), leg[0]),
+        )
+        calls.append(
+            Call(
+                call_id=record.call_id,
+                parent_call_id=record.parent_call_id,
+                legs=tuple(leg_id for leg_id, _start in legs),
+                account_id=record.account_id,
+                application_id=record.application_id,
+                direction=record.direction,
+                from_number=record.from_number,
+                to_number=record.to_number,
+                state=record.state,
+                cause=record.cause,
+                disposition=record.disposition,
+                start_time=record.start_time,
+                answer_time=record.answer_time,
+                end_time=record.end_time,
+                enqueued_time=record.enqueued_time,
+                tag=record.tag,
+                error_message=record.error_message,
+                error_id=record.error_id,
+                history=tuple(storage.where_transitions(connection, record.call_id)),
+            )
+        )
+    return calls
+
+
+def _is_transient(error: DBAPIError) -> bool:
+    if error.connection_invalidated:
+        return False
+    original = error.orig
+    if getattr(original, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+        return True
+    arguments = getattr(original, "args", ())
+    if arguments and arguments[0] in _TRANSIENT_MYSQL_CODES:
+        return True
+    message = str(original).lower()
+    return "database is locked" in message or "database is busy" in message
