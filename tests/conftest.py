@@ -1,0 +1,110 @@
+"""One storage contract, proven on every backend.
+
+Every test that takes the `database_url` (or `tracker`) fixture runs once per backend: SQLite
+always, PostgreSQL and MariaDB when their servers answer. Each test gets a database of its own,
+created empty and dropped afterwards, so runs never see each other's rows. Under CI (`CI` set),
+a server that does not answer fails the run instead of skipping its tests.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tracker import Tracker
+
+SERVERS = {
+    "postgresql": os.environ.get(
+        "TRACKER_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    ),
+    "mariadb": os.environ.get(
+        "TRACKER_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4"
+    ),
+}
+BACKENDS = ("sqlite", *SERVERS)
+
+_reachable: dict[str, str | None] = {}
+
+
+def _server_problem(backend: str) -> str | None:
+    """None when the server answers, else why not (checked once per run)."""
+    if backend not in _reachable:
+        try:
+            engine = create_engine(SERVERS[backend])
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            engine.dispose()
+            _reachable[backend] = None
+        except Exception as error:
+            _reachable[backend] = f"{backend} at {SERVERS[backend]} is not answering: {error}"
+    return _reachable[backend]
+
+
+def _require(backend: str) -> None:
+    if backend == "sqlite":
+        return
+    problem = _server_problem(backend)
+    if problem is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{problem} (CI must test every backend; .ci/run starts the servers)")
+    pytest.skip(problem)
+
+
+def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
+    """Create an empty database on `backend`, yield its URL, drop it afterwards."""
+    _require(backend)
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tracker.db'}"
+        return
+    name = f"tracker_test_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(SERVERS[backend], isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        if backend == "postgresql":
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        else:
+            connection.execute(
+                text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+            )
+    try:
+        yield make_url(SERVERS[backend]).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            if backend == "postgresql":
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            else:
+                connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty database of its own, on each backend in turn."""
+    yield from fresh_database(backend, tmp_path)
+
+
+@pytest.fixture
+def tracker(database_url: str) -> Iterator[Tracker]:
+    """A tracker on a migrated, empty database of its own, on each backend in turn."""
+    with Tracker(database_url) as instance:
+        instance.upgrade()
+        yield instance
+
+
+@pytest.fixture
+def sqlite_tracker(tmp_path: Path) -> Iterator[Tracker]:
+    """For behaviour that does not depend on the backend: SQLite only, so it stays fast."""
+    with Tracker(f"sqlite:///{tmp_path / 'tracker.db'}") as instance:
+        instance.upgrade()
+        yield instance
