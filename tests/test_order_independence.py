@@ -1,0 +1,153 @@
+"""The final records depend neither on delivery order nor on repetition (property-based)."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.factories import BASE_TIME, disconnect, new_call_id, stamp, transfer_disconnect
+from tracker import Outcome, Tracker
+
+CAUSES = [
+    "hangup", "busy", "timeout", "cancel", "rejected", "callback-error", "invalid-bxml",
+    "application-error", "account-limit", "node-capacity-exceeded", "error", "unknown",
+    "sip-603-decline",
+]
+
+
+@st.composite
+def transfer_trees(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """A parent call and its legs (some with legs of their own), answered or not, every cause;
+    some parents never report, some legs carry no account at all."""
+    bodies: list[dict[str, Any]] = []
+
+    def call(parent: str | None, start_offset: float, depth: int) -> str:
+        call_id = new_call_id()
+        start = BASE_TIME + timedelta(seconds=start_offset)
+        ring = draw(st.one_of(st.none(), st.floats(0.0, 30.0)))
+        cause = draw(st.sampled_from(CAUSES))
+        talk = draw(st.floats(0.5, 600.0))
+        extra: dict[str, Any] = {}
+        if draw(st.booleans()):
+            extra["tag"] = draw(st.sampled_from(["", "vip", "queue-7"]))
+        if parent is None:
+            body = disconnect(call_id, start=start, ring=ring, cause=cause, talk=talk,
+                              direction=draw(st.sampled_from(["inbound", "outbound"])), **extra)
+        else:
+            if draw(st.integers(0, 4)) == 0:
+                extra["callUrl"] = ...
+            # Legs of one parent normally agree on the original numbers; vary them anyway, so
+            # which leg a placeholder takes its numbers from is put to the test.
+            extra["from"] = draw(st.sampled_from(["+15551112222", "Anonymous", "+15550000001"]))
+            body = transfer_disconnect(parent, call_id, start=start, ring=ring, cause=cause,
+                                       talk=talk, **extra)
+        for leg_index in range(draw(st.integers(0, 3 if depth == 0 else 1 if depth == 1 else 0))):
+            call(call_id, start_offset + draw(st.floats(0.0, 20.0)) + leg_index, depth + 1)
+        if parent is not None or draw(st.integers(0, 5)) > 0:  # some parents never report
+            bodies.append(body)
+        return call_id
+
+    for _ in range(draw(st.integers(1, 3))):
+        call(None, draw(st.floats(0.0, 100.0)), 0)
+    return bodies
+
+
+def reserialize(body: dict[str, Any], rng: random.Random) -> str:
+    """What a relay may do to a body: reorder keys, change whitespace, add explicit nulls,
+    respell an instant."""
+    items = list(body.items())
+    rng.shuffle(items)
+    copy = dict(items)
+    if rng.random() < 0.5:
+        copy["errorId"] = copy.get("errorId")
+    if rng.random() < 0.5:
+        copy["startTime"] = copy["startTime"].replace("Z", "+00:00")
+    return json.dumps(copy, indent=rng.choice([None, 1, 4]))
+
+
+def snapshot(tracker: Tracker, call_ids: set[str]) -> dict[str, Any]:
+    records: dict[str, Any] = {}
+    for call_id in sorted(call_ids):
+        call = tracker.get_call(call_id)
+        if call is None:
+            records[call_id] = None
+            continue
+        record = asdict(call)
+        record["history"] = [
+            {key: value for key, value in step.items() if key != "event_id"}
+            for step in record["history"]
+        ]
+        records[call_id] = record
+    return records
+
+
+def ids_of(bodies: list[dict[str, Any]]) -> set[str]:
+    return {b["callId"] for b in bodies} | {b["parentCallId"] for b in bodies if "parentCallId" in b}
+
+
+@pytest.fixture(scope="module")
+def two_trackers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Tracker, Tracker]]:
+    """One database fed in order, one fed shuffled; each example uses call ids of its own."""
+    folder: Path = tmp_path_factory.mktemp("order")
+    with Tracker(f"sqlite:///{folder / 'in_order.db'}", durable=False) as in_order, Tracker(
+        f"sqlite:///{folder / 'shuffled.db'}", durable=False
+    ) as shuffled:
+        in_order.upgrade()
+        shuffled.upgrade()
+        yield in_order, shuffled
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(trees=transfer_trees(), seed=st.integers(0, 2**32 - 1))
+def test_shuffled_repeated_delivery_gives_the_in_order_records(
+    two_trackers: tuple[Tracker, Tracker], trees: list[dict[str, Any]], seed: int
+) -> None:
+    in_order, shuffled = two_trackers
+    rng = random.Random(seed)
+    for body in trees:
+        assert in_order.apply(json.dumps(body)).outcome is Outcome.APPLIED
+
+    deliveries = [json.dumps(body) for body in trees]
+    if trees:
+        deliveries += [json.dumps(rng.choice(trees)) for _ in range(rng.randint(0, len(trees)))]
+        deliveries += [reserialize(rng.choice(trees), rng) for _ in range(rng.randint(0, 3))]
+    rng.shuffle(deliveries)
+    outcomes = [shuffled.apply(body).outcome for body in deliveries]
+
+    assert outcomes.count(Outcome.APPLIED) == len(trees)
+    assert outcomes.count(Outcome.DUPLICATE) == len(deliveries) - len(trees)
+    ids = ids_of(trees)
+    assert snapshot(shuffled, ids) == snapshot(in_order, ids)
+
+
+def test_apply_many_gives_the_outcomes_of_one_by_one(
+    two_trackers: tuple[Tracker, Tracker],
+) -> None:
+    one_by_one, batched = two_trackers
+    parent = disconnect()
+    bodies: list[Any] = [
+        transfer_disconnect(parent["callId"]),
+        parent,
+        parent,
+        b"not json",
+        {"eventType": "answer"},
+        disconnect(ring=None, endTime=stamp(BASE_TIME - timedelta(seconds=5))),
+        dict(parent, cause="busy", eventTime="2031-01-01T00:00:00Z"),
+    ]
+    expected = [one_by_one.apply(body) for body in bodies]
+    results = batched.apply_many([json.dumps(b) if isinstance(b, dict) else b for b in bodies])
+    assert [(r.outcome, r.call_id, r.reason) for r in results] == [
+        (r.outcome, r.call_id, r.reason) for r in expected
+    ]
+    assert [r.outcome for r in results] == [
+        "applied", "applied", "duplicate", "invalid", "ignored", "rejected", "rejected"
+    ]
