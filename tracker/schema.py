@@ -55,7 +55,7 @@ def current_revision(connection: Connection) -> str | None:
     return context.get_current_revision()
 
 
-def upgrade(engine: Engine) -> None:
+def upgrade_schema(engine: Engine, schema: str | None = None) -> None:
     """Bring the schema to head. Safe to call from many processes at once, and again and again:
     a database-level lock lets one process migrate while the others wait, then find nothing to do.
     """
@@ -63,6 +63,9 @@ def upgrade(engine: Engine) -> None:
         # SQLite: the writing transaction (BEGIN IMMEDIATE) is itself the database-wide lock.
         with connection.begin():
             _lock(connection)
+            if schema is not None:
+                quoted = connection.dialect.identifier_preparer.quote_identifier(schema)
+                connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
             try:
                 command.upgrade(alembic_config(connection), "head")
             finally:

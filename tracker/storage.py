@@ -102,6 +102,7 @@ class CallRow(Base):
         Index(None, "account_id", "start_time"),
         Index(None, "state"),
         Index(None, "start_time"),
+        Index(None, "disposition"),
         _MYSQL_OPTIONS,
     )
 
@@ -134,6 +135,7 @@ class EventRow(Base):
     __tablename__ = "tracker_events"
     __table_args__ = (
         Index(None, "call_id"),
+        Index(None, "outcome"),
         UniqueConstraint("dedup_key"),
         _MYSQL_OPTIONS,
     )
@@ -192,7 +194,9 @@ class LostRace(Exception):
 # --- engines ------------------------------------------------------------------------------
 
 
-def create_engine(database: str | URL, *, durable: bool = True) -> Engine:
+def create_engine(
+    database: str | URL, *, durable: bool = True, schema: str | None = None
+) -> Engine:
     """An engine set up for many long-running workers.
 
     SQLite: WAL so readers never block the writer, `synchronous=FULL` so a returned `apply`
@@ -202,13 +206,18 @@ def create_engine(database: str | URL, *, durable: bool = True) -> Engine:
     writers read the same row and only then collide.
     Servers: READ COMMITTED (the compare-and-set does the rest) and pre-ping, so a connection the
     server dropped overnight is replaced instead of failing a delivery.
+    `schema` (PostgreSQL only) puts the tracker's tables in a schema of their own, apart from the
+    host application's, by setting each connection's search path.
     """
     url = make_url(database)
-    if url.get_backend_name() == "sqlite":
+    backend = url.get_backend_name()
+    if schema is not None and backend != "postgresql":
+        raise ValueError(f"a schema name is a PostgreSQL setting; {backend} has none")
+    if backend == "sqlite":
         engine = sqlalchemy_create_engine(url)
         _prepare_sqlite(engine, durable=durable)
         return engine
-    return sqlalchemy_create_engine(
+    engine = sqlalchemy_create_engine(
         url,
         isolation_level="READ COMMITTED",
         pool_pre_ping=True,
@@ -216,6 +225,21 @@ def create_engine(database: str | URL, *, durable: bool = True) -> Engine:
         max_overflow=10,
         pool_recycle=3600,
     )
+    if schema is not None:
+        _use_schema(engine, schema)
+    return engine
+
+
+def _use_schema(engine: Engine, schema: str) -> None:
+    quoted = engine.dialect.identifier_preparer.quote_identifier(schema)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        # The schema is created by `upgrade`; until then the search path simply finds nothing.
+        cursor.execute(f"SET search_path TO {quoted}")
+        cursor.close()
+        connection.commit()
 
 
 def _prepare_sqlite(engine: Engine, *, durable: bool) -> None:

@@ -13,10 +13,11 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from tracker import lifecycle, parsing, schema, storage
+from tracker import lifecycle, parsing, storage
 from tracker.errors import StorageError
 from tracker.parsing import Delivery, Unreadable, Untracked
 from tracker.records import Call, Event, Outcome, Result
+from tracker.schema import check_current, upgrade_schema
 
 DEFAULT_DATABASE_URL: Final = "sqlite:///tracker.db"
 
@@ -37,17 +38,21 @@ class Tracker:
         database: str | URL | Engine | None = None,
         *,
         durable: bool = True,
+        schema: str | None = None,
         max_attempts: int = 30,
     ) -> None:
         """`database` is a URL or an Engine; None reads TRACKER_DATABASE_URL, else uses
         `sqlite:///tracker.db`. `durable=False` relaxes SQLite to `synchronous=NORMAL`: faster,
-        and a power loss may forget the last deliveries (never corrupt the database)."""
+        and a power loss may forget the last deliveries (never corrupt the database).
+        `schema` (PostgreSQL) keeps the tracker's tables in that schema, apart from the host's.
+        `max_attempts` bounds the retries of a delivery that keeps losing races."""
         if database is None:
             database = os.environ.get("TRACKER_DATABASE_URL", DEFAULT_DATABASE_URL)
         if isinstance(database, Engine):
             self.engine = database
         else:
-            self.engine = storage.create_engine(database, durable=durable)
+            self.engine = storage.create_engine(database, durable=durable, schema=schema)
+        self._schema = schema
         self._max_attempts = max_attempts
         self._schema_checked = False
 
@@ -65,12 +70,12 @@ class Tracker:
     def upgrade(self) -> None:
         """Migrate the database to the schema this tracker needs. Safe to call again, and from
         many processes at once."""
-        schema.upgrade(self.engine)
+        upgrade_schema(self.engine, self._schema)
         self._schema_checked = False
 
     def _check_schema(self) -> None:
         if not self._schema_checked:
-            schema.check_current(self.engine)
+            check_current(self.engine)
             self._schema_checked = True
 
     # --- writing --------------------------------------------------------------------------

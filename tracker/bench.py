@@ -1,0 +1,1118 @@
+"""How fast the tracker applies deliveries, against the least work any tracker must do.
+
+    python -m tracker.bench                                  # SQLite in a temporary directory
+    python -m tracker.bench --db postgresql+psycopg://postgres@127.0.0.1/postgres --workers 1,4
+
+One run generates a realistic stream of distinct callbacks (inbound and outbound calls, transfers
+to one leg and to several, every documented cause) and, on the same bodies, measures:
+
+- the *floor*: what any tracker honouring the contract must at least do, written directly on the
+  driver (stdlib `sqlite3`, `psycopg`): parse the JSON, hash its canonical form, read the call row,
+  insert the delivery under its unique hash, upsert the call, insert the parent if unseen, commit;
+  once per delivery, and once per batch;
+- the tracker's `apply` (one transaction per delivery) and `apply_many` (one per batch), with its
+  default settings (on SQLite: WAL and `synchronous=FULL`, which the floor uses too).
+
+Each repetition runs the four in turn on fresh databases, so a noisy neighbour slows them alike;
+the table shows the median deliveries per second and the tracker's ratio to its floor, next to the
+project's targets. A micro-benchmark compares `tracker.parsing.read` with a plain pydantic model
+of the same fields. `--profile apply` shows where the tracker's time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import hashlib
+import io
+import json
+import math
+import multiprocessing
+import os
+import platform
+import pstats
+import random
+import re
+import resource
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import timeit
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+
+from tracker import parsing
+from tracker.tracker import Tracker
+
+Mode = Literal["floor", "apply", "floor_batched", "apply_many"]
+# The order of one repetition: each tracker run right after the floor it is compared with.
+MODES: Final[tuple[Mode, ...]] = ("floor", "apply", "floor_batched", "apply_many")
+FLOOR_OF: Final[dict[Mode, Mode]] = {"apply": "floor", "apply_many": "floor_batched"}
+
+# The project's targets: (backend, workers, mode) -> least ratio to the floor.
+TARGETS: Final[dict[tuple[str, int, Mode], float]] = {
+    ("sqlite", 1, "apply"): 0.7,
+    ("sqlite", 1, "apply_many"): 0.5,
+    ("postgresql", 4, "apply"): 0.6,
+}
+PARSE_TARGET: Final = 1.5  # tracker.parsing.read at most this many times a plain model
+WARMUP_DELIVERIES: Final = 50
+
+
+# --- the stream of callbacks -----------------------------------------------------------------
+
+_EPOCH: Final = datetime(2026, 6, 10, 19, 0, 0, tzinfo=UTC)
+_ACCOUNTS: Final = ("55555555", "9900112", "5002817")
+_APPLICATIONS: Final = {
+    account: tuple(
+        str(uuid.UUID(int=random.Random(account + str(n)).getrandbits(128))) for n in (1, 2)
+    )
+    for account in _ACCOUNTS
+}
+# Weights from the causes' documented meanings: most calls end normally, every cause appears.
+_INBOUND_CAUSES: Final = {
+    "hangup": 70, "cancel": 8, "rejected": 4, "timeout": 3, "callback-error": 3,
+    "invalid-bxml": 2, "application-error": 2, "error": 2, "unknown": 1,
+    "node-capacity-exceeded": 1, "account-limit": 1, "sip-503-service-unavailable": 1,
+}  # fmt: skip
+_OUTBOUND_CAUSES: Final = {
+    "hangup": 60, "busy": 12, "timeout": 10, "cancel": 5, "rejected": 5, "account-limit": 2,
+    "error": 2, "callback-error": 1, "invalid-bxml": 1, "application-error": 1,
+    "node-capacity-exceeded": 1, "unknown": 1,
+}  # fmt: skip
+_NEVER_ANSWERED: Final = frozenset(
+    {"busy", "timeout", "cancel", "rejected", "account-limit", "node-capacity-exceeded"}
+)
+_ERROR_MESSAGES: Final = {
+    "busy": "Callee is busy",
+    "account-limit": "Account concurrent call limit exceeded",
+    "callback-error": "Callback to https://example.com/voice/answer failed: connect timed out",
+    "invalid-bxml": "Invalid BXML: unexpected element <Speak>",
+    "application-error": "Unsupported audio format: audio/ogg",
+    "error": "Internal error",
+    "unknown": "Unknown error",
+    "node-capacity-exceeded": "Node capacity exceeded",
+    "sip-503-service-unavailable": "SIP 503 Service Unavailable",
+}
+
+
+class _Stream:
+    """Calls starting one after another (about two a second), each producing the terminal events
+    Bandwidth would send, delivered in the order they would arrive."""
+
+    def __init__(self, seed: int) -> None:
+        self.random = random.Random(seed)
+        self.clock = 0.0
+
+    def bodies(self, count: int) -> list[bytes]:
+        deliveries: list[tuple[float, dict[str, Any]]] = []
+        while len(deliveries) < count:
+            self.clock += self.random.expovariate(2.0)
+            scenario = self.random.choices(
+                (self._single_call, self._transfer_to_one, self._transfer_to_several),
+                weights=(70, 20, 10),
+            )[0]
+            deliveries.extend(scenario())
+        deliveries.sort(key=lambda delivery: delivery[0])
+        return [
+            json.dumps(body, separators=(",", ":")).encode() for _at, body in deliveries[:count]
+        ]
+
+    # Each scenario returns (arrival second, body) pairs.
+
+    def _single_call(self) -> list[tuple[float, dict[str, Any]]]:
+        direction = self.random.choice(("inbound", "outbound"))
+        causes = _INBOUND_CAUSES if direction == "inbound" else _OUTBOUND_CAUSES
+        cause = self.random.choices(tuple(causes), weights=tuple(causes.values()))[0]
+        start = self.clock
+        answer = None if self._unanswered(cause) else start + self.random.uniform(0.5, 8.0)
+        end = (answer or start) + (
+            self.random.uniform(5.0, 600.0) if answer else self.random.uniform(1.0, 30.0)
+        )
+        body = self._disconnect(self._call_id(), direction, cause, start, answer, end)
+        return [self._arrival(end, body)]
+
+    def _transfer_to_one(self) -> list[tuple[float, dict[str, Any]]]:
+        return self._transfer(legs=1)
+
+    def _transfer_to_several(self) -> list[tuple[float, dict[str, Any]]]:
+        return self._transfer(legs=self.random.randint(2, 4))
+
+    def _transfer(self, legs: int) -> list[tuple[float, dict[str, Any]]]:
+        """An answered call that runs <Transfer> to `legs` numbers ringing at once: the first to
+        answer is bridged and the others cancelled; if none answers, each times out."""
+        direction = self.random.choices(("inbound", "outbound"), weights=(70, 30))[0]
+        parent_id = self._call_id()
+        start = self.clock
+        answer = start + self.random.uniform(0.5, 5.0)
+        transfer_start = answer + self.random.uniform(5.0, 40.0)
+        parent = self._disconnect(parent_id, direction, "hangup", start, answer, 0.0)
+        answered = self.random.random() < 0.8
+        ring = self.random.uniform(2.0, 12.0)
+        leg_ids = [self._call_id(parent_id) for _ in range(legs)]
+        arrivals: list[tuple[float, dict[str, Any]]] = []
+        if answered:
+            talk_end = transfer_start + ring + self.random.uniform(10.0, 900.0)
+            for index, leg_id in enumerate(leg_ids):
+                if index == 0:  # the winner
+                    leg = self._leg(
+                        parent, leg_id, "hangup", transfer_start, transfer_start + ring, talk_end
+                    )
+                    arrivals.append(self._arrival(talk_end, leg))
+                else:  # losers report first
+                    leg = self._leg(
+                        parent, leg_id, "cancel", transfer_start, None, transfer_start + ring
+                    )
+                    arrivals.append(self._arrival(transfer_start + ring, leg))
+            # Either the caller hangs up with the leg, or carries on after the transfer.
+            parent_end = talk_end + self.random.choice((0.0, self.random.uniform(1.0, 60.0)))
+        else:
+            for leg_id in leg_ids:
+                cause = self.random.choices(("timeout", "busy", "rejected"), weights=(8, 1, 1))[0]
+                leg_end = transfer_start + (
+                    30.0 if cause == "timeout" else self.random.uniform(0.2, 3)
+                )
+                leg = self._leg(parent, leg_id, cause, transfer_start, None, leg_end)
+                arrivals.append(self._arrival(leg_end, leg))
+            parent_end = transfer_start + 30.0 + self.random.uniform(1.0, 20.0)
+        parent["endTime"] = _stamp(parent_end)
+        parent["eventTime"] = _stamp(parent_end + 0.01)
+        arrivals.append(self._arrival(parent_end, parent))
+        return arrivals
+
+    def _disconnect(
+        self,
+        call_id: str,
+        direction: str,
+        cause: str,
+        start: float,
+        answer: float | None,
+        end: float,
+    ) -> dict[str, Any]:
+        account = self.random.choice(_ACCOUNTS)
+        company = self._number()
+        remote = "Anonymous" if self.random.random() < 0.03 else self._number()
+        body: dict[str, Any] = {
+            "eventType": "disconnect",
+            "eventTime": _stamp(end + self.random.uniform(0.005, 0.05)),
+            "accountId": account,
+            "applicationId": self.random.choice(_APPLICATIONS[account]),
+            "from": remote if direction == "inbound" else company,
+            "to": company if direction == "inbound" else remote,
+            "direction": direction,
+            "callId": call_id,
+            "callUrl": _call_url(account, call_id),
+        }
+        if direction == "outbound" and self.random.random() < 0.5:
+            body["enqueuedTime"] = _stamp(start - self.random.uniform(0.05, 2.0))
+        body["startTime"] = _stamp(start)
+        if answer is not None:
+            body["answerTime"] = _stamp(answer)
+        body["endTime"] = _stamp(end)
+        body["cause"] = cause
+        self._errors(body, cause, sip=direction == "outbound")
+        if direction == "outbound" and self.random.random() < 0.4:
+            body["tag"] = self.random.choice(("campaign-17", "", '{"crm":"A-3321","queue":7}'))
+        return body
+
+    def _leg(
+        self,
+        parent: dict[str, Any],
+        call_id: str,
+        cause: str,
+        start: float,
+        answer: float | None,
+        end: float,
+    ) -> dict[str, Any]:
+        """A transferDisconnect: the original call's from/to, the leg's own numbers in
+        transferCallerId/transferTo, and (as documented) no accountId, most of the time."""
+        account = parent["accountId"]
+        body: dict[str, Any] = {
+            "eventType": "transferDisconnect",
+            "eventTime": _stamp(end + self.random.uniform(0.005, 0.05)),
+        }
+        if self.random.random() < 0.3:  # the OpenAPI spec lists them
+            body["accountId"] = account
+            body["applicationId"] = parent["applicationId"]
+        body |= {
+            "from": parent["from"],
+            "to": parent["to"],
+            "direction": "outbound",
+            "callId": call_id,
+            "parentCallId": parent["callId"],
+            "callUrl": _call_url(account, call_id),
+            "startTime": _stamp(start),
+        }
+        if answer is not None:
+            body["answerTime"] = _stamp(answer)
+        body |= {
+            "endTime": _stamp(end),
+            "transferCallerId": parent["to"]
+            if parent["direction"] == "inbound"
+            else parent["from"],
+            "transferTo": (
+                f"sip:agent{self.random.randint(1, 99)}@pbx.example.com"
+                if self.random.random() < 0.2
+                else self._number()
+            ),
+            "cause": cause,
+        }
+        self._errors(body, cause, sip=False)
+        return body
+
+    def _errors(self, body: dict[str, Any], cause: str, *, sip: bool) -> None:
+        message = _ERROR_MESSAGES.get(cause)
+        if message is not None:
+            body["errorMessage"] = message
+            body["errorId"] = str(uuid.UUID(int=self.random.getrandbits(128)))
+        if sip and cause in ("busy", "rejected"):
+            body["sipResponseCode"] = 486 if cause == "busy" else 603
+
+    def _unanswered(self, cause: str) -> bool:
+        if cause in _NEVER_ANSWERED:
+            return True
+        if cause == "hangup":
+            return self.random.random() < 0.05
+        return self.random.random() < 0.5
+
+    def _arrival(self, end: float, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        return end + self.random.uniform(0.01, 0.3), body
+
+    def _call_id(self, parent_id: str | None = None) -> str:
+        """`c-<8 hex>-<uuid>`; a leg shares its parent's first group, as in Bandwidth's examples."""
+        group = parent_id[2:10] if parent_id else f"{self.random.getrandbits(32):08x}"
+        return f"c-{group}-{uuid.UUID(int=self.random.getrandbits(128))}"
+
+    def _number(self) -> str:
+        return f"+1{self.random.randint(201, 989)}{self.random.randint(2000000, 9999999)}"
+
+
+def _stamp(second: float) -> str:
+    """Bandwidth's spelling: UTC, milliseconds, `Z`."""
+    at = _EPOCH + timedelta(seconds=second)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+def _call_url(account: str, call_id: str) -> str:
+    return f"https://voice.bandwidth.com/api/v2/accounts/{account}/calls/{call_id}"
+
+
+def generate_bodies(count: int, seed: int = 1) -> list[bytes]:
+    """`count` distinct callback bodies, as a Bandwidth application would receive them."""
+    return _Stream(seed).bodies(count)
+
+
+# --- the floor: the least work, on the driver ------------------------------------------------
+
+_FLOOR_SCHEMA: Final = {
+    "sqlite": (
+        "CREATE TABLE deliveries (id INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE,"
+        " body BLOB NOT NULL, received_at TEXT NOT NULL)",
+        "CREATE TABLE calls (call_id TEXT PRIMARY KEY, state TEXT NOT NULL, parent_call_id TEXT,"
+        " account_id TEXT, application_id TEXT, direction TEXT, from_number TEXT, to_number TEXT,"
+        " cause TEXT, start_time TEXT, answer_time TEXT, end_time TEXT, enqueued_time TEXT,"
+        " tag TEXT, error_message TEXT, error_id TEXT)",
+    ),
+    "postgresql": (
+        "CREATE TABLE deliveries (id BIGSERIAL PRIMARY KEY, hash TEXT NOT NULL UNIQUE,"
+        " body BYTEA NOT NULL, received_at TIMESTAMPTZ NOT NULL)",
+        "CREATE TABLE calls (call_id TEXT PRIMARY KEY, state TEXT NOT NULL, parent_call_id TEXT,"
+        " account_id TEXT, application_id TEXT, direction TEXT, from_number TEXT, to_number TEXT,"
+        " cause TEXT, start_time TEXT, answer_time TEXT, end_time TEXT, enqueued_time TEXT,"
+        " tag TEXT, error_message TEXT, error_id TEXT)",
+    ),
+}
+_PAYLOAD: Final = (
+    "parent_call_id", "account_id", "application_id", "direction", "from_number", "to_number",
+    "cause", "start_time", "answer_time", "end_time", "enqueued_time", "tag", "error_message",
+    "error_id",
+)  # fmt: skip
+_SELECT_CALL: Final = "SELECT state FROM calls WHERE call_id = ?"
+_INSERT_DELIVERY: Final = "INSERT INTO deliveries (hash, body, received_at) VALUES (?, ?, ?)"
+_UPSERT_CALL: Final = (
+    f"INSERT INTO calls (call_id, state, {', '.join(_PAYLOAD)})"
+    f" VALUES (?, ?, {', '.join('?' for _ in _PAYLOAD)})"
+    " ON CONFLICT (call_id) DO UPDATE SET state = excluded.state, "
+    + ", ".join(f"{name} = excluded.{name}" for name in _PAYLOAD)
+)
+_INSERT_PARENT: Final = (
+    "INSERT INTO calls (call_id, state, account_id, from_number, to_number)"
+    " VALUES (?, 'initiated', ?, ?, ?) ON CONFLICT (call_id) DO NOTHING"
+)
+
+
+@dataclass(frozen=True)
+class _FloorStatements:
+    select_call: str
+    insert_delivery: str
+    upsert_call: str
+    insert_parent: str
+
+    @classmethod
+    def with_placeholder(cls, placeholder: str) -> _FloorStatements:
+        return cls(
+            *(
+                statement.replace("?", placeholder)
+                for statement in (_SELECT_CALL, _INSERT_DELIVERY, _UPSERT_CALL, _INSERT_PARENT)
+            )
+        )
+
+
+def _account_from_url(url: str | None) -> str | None:
+    match = re.search(r"/accounts/([^/]+)/calls/", url or "")
+    return match[1] if match else None
+
+
+def _floor_delivery(
+    execute: Callable[..., Any],
+    statements: _FloorStatements,
+    body: bytes,
+    received_at: object,
+) -> None:
+    """One delivery's least work: parse, hash the canonical form, read the call, insert the
+    delivery (its unique hash refuses a duplicate), upsert the call, insert an unseen parent."""
+    document = json.loads(body)
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    call_id = document["callId"]
+    parent_id = document.get("parentCallId")
+    execute(statements.select_call, (call_id,)).fetchone()
+    execute(statements.insert_delivery, (digest, body, received_at))
+    leg = parent_id is not None
+    account = document.get("accountId") or _account_from_url(document.get("callUrl"))
+    execute(
+        statements.upsert_call,
+        (
+            call_id,
+            "disconnected",
+            parent_id,
+            account,
+            document.get("applicationId"),
+            document.get("direction"),
+            document.get("transferCallerId" if leg else "from"),
+            document.get("transferTo" if leg else "to"),
+            document.get("cause"),
+            document.get("startTime"),
+            document.get("answerTime"),
+            document.get("endTime"),
+            document.get("enqueuedTime"),
+            document.get("tag"),
+            document.get("errorMessage"),
+            document.get("errorId"),
+        ),
+    )
+    if leg:
+        execute(
+            statements.insert_parent, (parent_id, account, document.get("from"), document.get("to"))
+        )
+
+
+def _chunks(items: Sequence[bytes], size: int) -> Iterator[Sequence[bytes]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class _SqliteFloor:
+    """The floor on stdlib sqlite3, with the durability the tracker keeps by default."""
+
+    statements: Final = _FloorStatements.with_placeholder("?")
+
+    def __init__(self, url: URL) -> None:
+        assert url.database
+        self.connection = sqlite3.connect(url.database, isolation_level=None)
+        self.connection.execute("PRAGMA journal_mode=WAL")
+        self.connection.execute("PRAGMA synchronous=FULL")
+        self.connection.execute("PRAGMA busy_timeout=60000")
+
+    def create_schema(self) -> None:
+        for statement in _FLOOR_SCHEMA["sqlite"]:
+            self.connection.execute(statement)
+
+    def run(self, bodies: Sequence[bytes], batch: int) -> None:
+        cursor = self.connection.cursor()
+        execute = cursor.execute
+        for chunk in _chunks(bodies, batch):
+            execute("BEGIN IMMEDIATE")  # as the tracker: the write lock before the read
+            for body in chunk:
+                _floor_delivery(execute, self.statements, body, datetime.now(UTC).isoformat())
+            execute("COMMIT")
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class _PostgresqlFloor:
+    """The floor on psycopg: READ COMMITTED, and a batch that loses a deadlock is run again."""
+
+    statements: Final = _FloorStatements.with_placeholder("%s")
+
+    def __init__(self, url: URL) -> None:
+        import psycopg
+
+        self.connection = psycopg.connect(**_conninfo(url))
+
+    def create_schema(self) -> None:
+        with self.connection.cursor() as cursor:
+            for statement in _FLOOR_SCHEMA["postgresql"]:
+                cursor.execute(statement.encode())
+        self.connection.commit()
+
+    def run(self, bodies: Sequence[bytes], batch: int) -> None:
+        import psycopg
+
+        cursor = self.connection.cursor()
+        execute = cursor.execute
+        for chunk in _chunks(bodies, batch):
+            while True:
+                try:
+                    for body in chunk:
+                        _floor_delivery(execute, self.statements, body, datetime.now(UTC))
+                    self.connection.commit()
+                    break
+                except psycopg.errors.TransactionRollback:  # deadlock or serialization failure
+                    self.connection.rollback()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _floor_for(url: URL) -> _SqliteFloor | _PostgresqlFloor:
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return _SqliteFloor(url)
+    if backend == "postgresql":
+        return _PostgresqlFloor(url)
+    raise SystemExit(f"the benchmark's floor is written for SQLite and PostgreSQL, not {backend}")
+
+
+def _conninfo(url: URL) -> dict[str, Any]:
+    values = {
+        "host": url.host,
+        "port": url.port,
+        "user": url.username,
+        "password": url.password,
+        "dbname": url.database,
+    }
+    return {key: value for key, value in values.items() if value is not None}
+
+
+# --- one run: a share of the bodies in one process --------------------------------------------
+
+
+@dataclass
+class _ShareResult:
+    seconds: float
+    outcomes: dict[str, int]
+    peak_rss_mb: float
+
+
+def _run_share(
+    mode: Mode,
+    url: str,
+    bodies: Sequence[bytes],
+    warmup: Sequence[bytes],
+    batch: int,
+    ready: Callable[[], None],
+) -> _ShareResult:
+    """Apply `warmup` (untimed: first connection, statement caches), call `ready`, then time the
+    application of `bodies` in `mode`. The database must already hold the right schema."""
+    database = make_url(url)
+    outcomes: Counter[str] = Counter()
+    if mode in ("floor", "floor_batched"):
+        size = 1 if mode == "floor" else batch
+        floor = _floor_for(database)
+        try:
+            floor.run(warmup, size)
+            ready()
+            gc.collect()
+            started = time.perf_counter()
+            floor.run(bodies, size)
+            seconds = time.perf_counter() - started
+        finally:
+            floor.close()
+        outcomes["applied"] = len(bodies)
+    else:
+        with Tracker(database) as tracker:
+            _apply_with(tracker, mode, warmup, batch)
+            ready()
+            gc.collect()
+            started = time.perf_counter()
+            outcomes.update(_apply_with(tracker, mode, bodies, batch))
+            seconds = time.perf_counter() - started
+    return _ShareResult(seconds, dict(outcomes), _peak_rss_mb(resource.RUSAGE_SELF))
+
+
+def _apply_with(tracker: Tracker, mode: Mode, bodies: Sequence[bytes], batch: int) -> Counter[str]:
+    outcomes: Counter[str] = Counter()
+    if mode == "apply":
+        for body in bodies:
+            outcomes[tracker.apply(body).outcome.value] += 1
+    else:
+        for chunk in _chunks(bodies, batch):
+            outcomes.update(result.outcome.value for result in tracker.apply_many(chunk))
+    return outcomes
+
+
+def _worker(
+    mode: Mode,
+    url: str,
+    bodies: Sequence[bytes],
+    warmup: Sequence[bytes],
+    batch: int,
+    barrier: Any,
+    results: Any,
+) -> None:
+    """A spawned process: its own connection or Tracker, started together with the others."""
+    try:
+        share = _run_share(mode, url, bodies, warmup, batch, barrier.wait)
+        results.put(asdict(share))
+    except BaseException as error:
+        barrier.abort()
+        results.put({"error": f"{type(error).__name__}: {error}"})
+        raise
+
+
+def _run_parallel(
+    mode: Mode, url: str, bodies: Sequence[bytes], warmup: Sequence[bytes], batch: int, workers: int
+) -> _ShareResult:
+    """Deal the bodies out as a load balancer would (round robin), start `workers` processes
+    together, and time the whole, from their common start to the last one's end."""
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(workers + 1)
+    results = context.Queue()
+    processes = [
+        context.Process(
+            target=_worker,
+            args=(mode, url, bodies[n::workers], warmup[n::workers], batch, barrier, results),
+        )
+        for n in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    with suppress(Exception):  # a broken barrier: a worker failed preparing, its report says why
+        barrier.wait(timeout=300)
+    started = time.perf_counter()
+    shares = [results.get(timeout=3600) for _ in processes]
+    seconds = time.perf_counter() - started
+    for process in processes:
+        process.join()
+    errors = [share["error"] for share in shares if "error" in share]
+    if errors:
+        raise RuntimeError(f"a {mode} worker failed: {errors[0]}")
+    outcomes: Counter[str] = Counter()
+    for share in shares:
+        outcomes.update(share["outcomes"])
+    peak = max(float(share["peak_rss_mb"]) for share in shares)
+    return _ShareResult(seconds, dict(outcomes), peak)
+
+
+# --- databases --------------------------------------------------------------------------------
+
+
+class _Databases:
+    """Fresh, empty databases on one backend: files in a directory for SQLite, databases named
+    tracker_bench_* on a PostgreSQL server (created and dropped through its admin database)."""
+
+    def __init__(self, target: str, directory: Path) -> None:
+        if target == "sqlite":
+            self.backend = "sqlite"
+            self.admin = URL.create("sqlite")
+        else:
+            url = make_url(target)
+            self.backend = url.get_backend_name()
+            if self.backend != "postgresql":
+                raise SystemExit(
+                    f"--db takes 'sqlite' or a PostgreSQL URL, not a {self.backend} one"
+                )
+            self.admin = url.set(drivername="postgresql+psycopg")
+        self.directory = directory
+
+    @property
+    def label(self) -> str:
+        return self.backend
+
+    @contextmanager
+    def fresh(self) -> Iterator[str]:
+        name = f"tracker_bench_{uuid.uuid4().hex[:12]}"
+        if self.backend == "sqlite":
+            path = self.directory / f"{name}.db"
+            try:
+                yield URL.create("sqlite", database=str(path)).render_as_string()
+            finally:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+            return
+        from psycopg import connect, sql
+
+        with connect(**_conninfo(self.admin), autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            yield self.admin.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with connect(**_conninfo(self.admin), autocommit=True) as admin:
+                admin.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+
+    def server_version(self) -> str | None:
+        if self.backend != "postgresql":
+            return None
+        from psycopg import connect
+
+        with connect(**_conninfo(self.admin)) as connection:
+            row = connection.execute("SELECT current_setting('server_version')").fetchone()
+        return None if row is None else str(row[0])
+
+
+def _prepare(mode: Mode, url: str) -> None:
+    if mode in ("floor", "floor_batched"):
+        floor = _floor_for(make_url(url))
+        try:
+            floor.create_schema()
+        finally:
+            floor.close()
+    else:
+        with Tracker(url) as tracker:
+            tracker.upgrade()
+
+
+def run_once(
+    databases: _Databases,
+    mode: Mode,
+    bodies: Sequence[bytes],
+    warmup: Sequence[bytes],
+    batch: int,
+    workers: int,
+) -> _ShareResult:
+    """One timed run on a fresh database of its own."""
+    with databases.fresh() as url:
+        _prepare(mode, url)
+        if workers == 1:
+            return _run_share(mode, url, bodies, warmup, batch, lambda: None)
+        return _run_parallel(mode, url, bodies, warmup, batch, workers)
+
+
+# --- the parsing micro-benchmark --------------------------------------------------------------
+
+
+class _PlainCallback(BaseModel):
+    """The same fields as tracker.parsing's models, with plain types and no validators."""
+
+    model_config = ConfigDict(alias_generator=to_camel)
+
+    event_time: datetime | None = None
+    account_id: str | None = None
+    application_id: str | None = None
+    from_number: str | None = Field(default=None, alias="from")
+    to_number: str | None = Field(default=None, alias="to")
+    direction: Literal["inbound", "outbound"] | None = None
+    call_id: str
+    call_url: str | None = None
+    enqueued_time: datetime | None = None
+    start_time: datetime
+    answer_time: datetime | None = None
+    end_time: datetime
+    cause: str
+    error_message: str | None = None
+    error_id: str | None = None
+    tag: str | None = None
+    sip_call_id: str | None = None
+    sip_response_code: int | None = None
+
+
+class _PlainDisconnect(_PlainCallback):
+    event_type: Literal["disconnect"]
+
+
+class _PlainTransferDisconnect(_PlainCallback):
+    event_type: Literal["transferDisconnect"]
+    parent_call_id: str
+    transfer_caller_id: str | None = None
+    transfer_to: str | None = None
+
+
+@dataclass
+class ParseFigures:
+    tracker_us: float
+    plain_us: float
+
+    @property
+    def ratio(self) -> float:
+        return self.tracker_us / self.plain_us
+
+
+def measure_parsing(bodies: Sequence[bytes], repeat: int = 7) -> ParseFigures:
+    """µs per body of `tracker.parsing.read` and of a plain model's `model_validate_json` (the
+    model picked per body in advance): the best of `repeat` interleaved timings of 50 ms or more."""
+    sample = list(bodies[:1000])
+    plain: list[tuple[Callable[[bytes], object], bytes]] = [
+        (
+            _PlainTransferDisconnect.model_validate_json
+            if b'"transferDisconnect"' in body
+            else _PlainDisconnect.model_validate_json,
+            body,
+        )
+        for body in sample
+    ]
+    read = parsing.read
+
+    def tracker_pass() -> None:
+        for body in sample:
+            read(body)
+
+    def plain_pass() -> None:
+        for validate, body in plain:
+            validate(body)
+
+    tracker_timer = timeit.Timer(tracker_pass)
+    plain_timer = timeit.Timer(plain_pass)
+    number = max(1, math.ceil(0.05 / plain_timer.timeit(1)))
+    tracker_times: list[float] = []
+    plain_times: list[float] = []
+    for _ in range(repeat):
+        tracker_times.append(tracker_timer.timeit(number))
+        plain_times.append(plain_timer.timeit(number))
+    per_body = 1e6 / (number * len(sample))
+    return ParseFigures(min(tracker_times) * per_body, min(plain_times) * per_body)
+
+
+# --- the whole benchmark ----------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    """The runs of one mode on one backend with one number of workers."""
+
+    backend: str
+    workers: int
+    mode: Mode
+    rates: list[float] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+
+@dataclass
+class Report:
+    machine: dict[str, str]
+    deliveries: int
+    repeat: int
+    batch: int
+    figures: list[Figure]
+    parse: ParseFigures | None
+    peak_rss_mb: float
+    worker_peak_rss_mb: float | None
+
+    def ratio(self, figure: Figure) -> float | None:
+        floor_mode = FLOOR_OF.get(figure.mode)
+        if floor_mode is None:
+            return None
+        floor = self._find(figure.backend, figure.workers, floor_mode)
+        return None if floor is None else figure.median / floor.median
+
+    def _find(self, backend: str, workers: int, mode: Mode) -> Figure | None:
+        for figure in self.figures:
+            if (figure.backend, figure.workers, figure.mode) == (backend, workers, mode):
+                return figure
+        return None
+
+    def as_json(self) -> dict[str, Any]:
+        rows = []
+        for figure in self.figures:
+            ratio = self.ratio(figure)
+            target = TARGETS.get((figure.backend, figure.workers, figure.mode))
+            rows.append(
+                {
+                    "backend": figure.backend,
+                    "workers": figure.workers,
+                    "mode": figure.mode,
+                    "deliveries_per_second": figure.rates,
+                    "median": figure.median,
+                    "ratio_to_floor": ratio,
+                    "target": target,
+                    "passed": None if target is None or ratio is None else ratio >= target,
+                    "outcomes": dict(figure.outcomes),
+                }
+            )
+        parse = None
+        if self.parse is not None:
+            parse = {
+                "tracker_us": self.parse.tracker_us,
+                "plain_us": self.parse.plain_us,
+                "ratio": self.parse.ratio,
+                "target": PARSE_TARGET,
+                "passed": self.parse.ratio <= PARSE_TARGET,
+            }
+        return {
+            "machine": self.machine,
+            "deliveries": self.deliveries,
+            "repeat": self.repeat,
+            "batch": self.batch,
+            "runs": rows,
+            "parse": parse,
+            "peak_rss_mb": self.peak_rss_mb,
+            "worker_peak_rss_mb": self.worker_peak_rss_mb,
+        }
+
+    def as_text(self) -> str:
+        """A Markdown table, ready to paste into the README."""
+        lines = [
+            f"{self.deliveries} distinct deliveries per run, median of {self.repeat} interleaved "
+            f"repetitions, batches of {self.batch}",
+            "machine: " + ", ".join(f"{key} {value}" for key, value in self.machine.items()),
+            "",
+            "| database | processes | run | deliveries/s (min-max) | of floor | target | |",
+            "|---|---:|---|---:|---:|---:|---|",
+        ]
+        for figure in self.figures:
+            ratio = self.ratio(figure)
+            target = TARGETS.get((figure.backend, figure.workers, figure.mode))
+            verdict = "" if target is None or ratio is None else _verdict(ratio >= target)
+            lines.append(
+                f"| {figure.backend} | {figure.workers} | {_MODE_LABELS[figure.mode](self.batch)} "
+                f"| {figure.median:,.0f} ({min(figure.rates):,.0f}-{max(figure.rates):,.0f}) "
+                f"| {'' if ratio is None else f'{ratio:.2f}'} "
+                f"| {'' if target is None else f'>= {target:.2f}'} | {verdict} |"
+            )
+        lines.append("")
+        if self.parse is not None:
+            lines.append(
+                f"parsing one body: tracker.parsing.read {self.parse.tracker_us:.1f} µs, plain "
+                f"pydantic model_validate_json {self.parse.plain_us:.1f} µs: "
+                f"{self.parse.ratio:.2f}x (target <= {PARSE_TARGET}x) "
+                f"{_verdict(self.parse.ratio <= PARSE_TARGET)}"
+            )
+        memory = f"peak RSS: {self.peak_rss_mb:.0f} MB (benchmark process)"
+        if self.worker_peak_rss_mb is not None:
+            memory += f", {self.worker_peak_rss_mb:.0f} MB (largest worker process)"
+        lines.append(memory)
+        for figure in self.figures:
+            odd = {key: count for key, count in figure.outcomes.items() if key != "applied"}
+            if odd:
+                lines.append(
+                    f"note: {figure.backend} {figure.mode} x{figure.workers}: outcomes other "
+                    f"than applied: {odd}"
+                )
+        return "\n".join(lines)
+
+
+_MODE_LABELS: Final[dict[Mode, Callable[[int], str]]] = {
+    "floor": lambda _batch: "floor, 1 commit per delivery",
+    "apply": lambda _batch: "tracker.apply",
+    "floor_batched": lambda batch: f"floor, 1 commit per {batch}",
+    "apply_many": lambda batch: f"tracker.apply_many({batch})",
+}
+
+
+def _verdict(passed: bool) -> str:
+    return "PASS" if passed else "MISS"
+
+
+def _peak_rss_mb(who: int) -> float:
+    peak = resource.getrusage(who).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs KiB
+
+
+def describe_machine(postgresql: str | None) -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    machine = {
+        "platform": platform.platform(),
+        "cpu": f"{os.cpu_count()} x {cpu}",
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+    }
+    if postgresql is not None:
+        machine["postgresql"] = postgresql
+    for package in ("tracker", "sqlalchemy", "pydantic", "psycopg"):
+        with suppress(metadata.PackageNotFoundError):
+            machine[package] = metadata.version(package)
+    return machine
+
+
+def run(
+    targets: Sequence[str],
+    *,
+    deliveries: int,
+    repeat: int,
+    workers: Sequence[int] | None,
+    batch: int,
+    seed: int,
+    directory: Path,
+    parse: bool = True,
+    progress: Callable[[str], None] = lambda _line: None,
+) -> Report:
+    bodies = generate_bodies(deliveries, seed)
+    warmup = generate_bodies(WARMUP_DELIVERIES, seed + 1_000_003)
+    backends = [_Databases(target, directory) for target in targets]
+    figures: dict[tuple[str, int, Mode], Figure] = {}
+    plan = [
+        (databases, count)
+        for databases in backends
+        for count in (workers or ((1,) if databases.backend == "sqlite" else (1, 4)))
+    ]
+    for repetition in range(repeat):
+        for databases, count in plan:
+            for mode in MODES:
+                result = run_once(databases, mode, bodies, warmup, batch, count)
+                key = (databases.label, count, mode)
+                figure = figures.setdefault(key, Figure(databases.label, count, mode))
+                figure.rates.append(len(bodies) / result.seconds)
+                if repetition == 0:
+                    figure.outcomes.update(result.outcomes)
+                progress(
+                    f"[{repetition + 1}/{repeat}] {databases.label} x{count} {mode}: "
+                    f"{len(bodies) / result.seconds:,.0f} deliveries/s"
+                )
+    versions = [v for v in (b.server_version() for b in backends) if v is not None]
+    children = _peak_rss_mb(resource.RUSAGE_CHILDREN)
+    return Report(
+        machine=describe_machine(versions[0] if versions else None),
+        deliveries=deliveries,
+        repeat=repeat,
+        batch=batch,
+        figures=list(figures.values()),
+        parse=measure_parsing(bodies) if parse else None,
+        peak_rss_mb=_peak_rss_mb(resource.RUSAGE_SELF),
+        worker_peak_rss_mb=children if children > 0 else None,
+    )
+
+
+# --- profiling --------------------------------------------------------------------------------
+
+
+def profile(mode: Mode, deliveries: int, batch: int, seed: int, directory: Path) -> str:
+    """cProfile of the tracker's `mode` on SQLite, with the SQL statements it sends per delivery."""
+    bodies = generate_bodies(deliveries, seed)
+    warmup = generate_bodies(WARMUP_DELIVERIES, seed + 1_000_003)
+    databases = _Databases("sqlite", directory)
+    statements: Counter[str] = Counter()
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        words = statement.split()
+        table = next((word for word in words if word.startswith("tracker_")), "")
+        statements[f"{' '.join(words[:1])} {table.split('.')[0]}".strip()] += 1
+
+    with databases.fresh() as url, Tracker(url) as tracker:
+        tracker.upgrade()
+        _apply_with(tracker, mode, warmup, batch)
+        event.listen(tracker.engine, "before_cursor_execute", count)
+        profiler = cProfile.Profile()
+        started = time.perf_counter()
+        profiler.enable()
+        _apply_with(tracker, mode, bodies, batch)
+        profiler.disable()
+        seconds = time.perf_counter() - started
+    out = io.StringIO()
+    out.write(
+        f"{mode} of {deliveries} deliveries on SQLite under cProfile: {seconds:.2f} s, "
+        f"{1e6 * seconds / deliveries:.0f} µs per delivery (profiler overhead included)\n"
+        f"SQL statements per delivery: {sum(statements.values()) / deliveries:.2f}\n"
+    )
+    for name, number in statements.most_common():
+        out.write(f"  {number / deliveries:6.2f}  {name}\n")
+    for order in ("cumulative", "tottime"):
+        out.write(f"\n--- sorted by {order} ---\n")
+        pstats.Stats(profiler, stream=out).strip_dirs().sort_stats(order).print_stats(30)
+    return out.getvalue()
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def _workers(value: str) -> list[int]:
+    try:
+        counts = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1,4, not {value!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("expected positive numbers like 1,4")
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tracker.bench",
+        description="Measure the tracker's apply and apply_many against the least work any "
+        "tracker must do, on the same bodies and the same kind of database.",
+    )
+    parser.add_argument(
+        "--db",
+        action="append",
+        metavar="sqlite|URL",
+        help="'sqlite' (files in a temporary directory; the default) or a PostgreSQL URL whose "
+        "server may create and drop databases named tracker_bench_*; repeat to run several",
+    )
+    parser.add_argument("--deliveries", type=int, default=2000, metavar="N")
+    parser.add_argument("--repeat", type=int, default=3, metavar="R")
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="1,4",
+        help="numbers of processes to run with (default: 1 on SQLite, 1,4 on PostgreSQL)",
+    )
+    parser.add_argument("--batch", type=int, default=500, help="deliveries per apply_many")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--sqlite-dir",
+        type=Path,
+        help="where the SQLite files go (default: the system's temporary directory)",
+    )
+    parser.add_argument("--no-parse", action="store_true", help="skip the parsing benchmark")
+    parser.add_argument(
+        "--profile",
+        choices=("apply", "apply_many"),
+        help="instead, profile the tracker's apply or apply_many on SQLite",
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    if args.deliveries < 1 or args.repeat < 1 or args.batch < 1:
+        parser.error("--deliveries, --repeat and --batch must be positive")
+
+    with tempfile.TemporaryDirectory(prefix="tracker-bench-", dir=args.sqlite_dir) as directory:
+        if args.profile:
+            print(profile(args.profile, args.deliveries, args.batch, args.seed, Path(directory)))
+            return 0
+        report = run(
+            args.db or ["sqlite"],
+            deliveries=args.deliveries,
+            repeat=args.repeat,
+            workers=args.workers,
+            batch=args.batch,
+            seed=args.seed,
+            directory=Path(directory),
+            parse=not args.no_parse,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print(report.as_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,658 @@
+"""The `tracker` command line: a thin shell over the `Tracker` facade (SPEC section 5).
+
+People get rich tables, a leg tree and a progress bar; scripts get `--json`, which prints one
+JSON document and nothing else on stdout. The tracker's own failures end in one line on stderr
+and an exit code a script can test, never in a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from itertools import islice
+from typing import IO, Any, Final, NoReturn
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from tracker import (
+    DEFAULT_DATABASE_URL,
+    DISPOSITIONS,
+    STATES,
+    Call,
+    Event,
+    Outcome,
+    Result,
+    SchemaError,
+    StorageError,
+    Tracker,
+    schema,
+)
+from tracker.lifecycle import FAILED
+
+EXIT_NOT_FOUND: Final = 1
+EXIT_SCHEMA: Final = 2
+EXIT_STORAGE: Final = 3
+
+# Bodies applied per transaction: one commit per chunk instead of per body, while a crash loses
+# at most one chunk's work and memory stays bounded whatever the size of the stream.
+CHUNK_SIZE: Final = 500
+
+# A pipe has no width, and rich would otherwise cut tables at its default of 80 columns; tables
+# take only the width they need, so a wide page loses nothing.
+_PIPE_WIDTH: Final = 1000
+
+_DISPOSITION_CHOICES: Final = (*dict.fromkeys(DISPOSITIONS.values()), FAILED)
+
+
+class _TrackerGroup(click.Group):
+    """Ends every command that meets a tracker error with one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SchemaError as error:
+            _fail(str(error), EXIT_SCHEMA)
+        except StorageError as error:
+            _fail(str(error), EXIT_STORAGE)
+        except OperationalError as error:
+            # Reads and upgrades reach the database outside `apply`, so an unreachable or
+            # unusable database surfaces as the driver's error rather than a StorageError.
+            _fail(f"the database failed: {error.orig}", EXIT_STORAGE)
+
+
+def _fail(message: str, exit_code: int) -> NoReturn:
+    click.echo(f"Error: {message}", err=True)
+    raise click.exceptions.Exit(exit_code)
+
+
+class _Session:
+    """The database named by --db, and the tracker opened on it when a command first needs one,
+    so that `--help` works whatever --db says."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    @cached_property
+    def tracker(self) -> Tracker:
+        try:
+            tracker = Tracker(self.database_url)
+        except ArgumentError as error:
+            raise click.BadParameter(str(error), param_hint="'--db'") from error
+        except ImportError as error:
+            raise click.BadParameter(
+                f"the database driver is not installed ({error}); install the extra for it, "
+                "e.g. pip install 'tracker[postgresql]' or 'tracker[mysql]'",
+                param_hint="'--db'",
+            ) from error
+        click.get_current_context().call_on_close(tracker.close)
+        return tracker
+
+    @property
+    def shown_url(self) -> str:
+        return self.tracker.engine.url.render_as_string(hide_password=True)
+
+
+@click.group(cls=_TrackerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--db",
+    "database_url",
+    envvar="TRACKER_DATABASE_URL",
+    default=DEFAULT_DATABASE_URL,
+    show_default=True,
+    show_envvar=True,
+    metavar="URL",
+    help="SQLAlchemy database URL, e.g. postgresql+psycopg://user@host/calls.",
+)
+@click.version_option(package_name="tracker")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str) -> None:
+    """Follow Bandwidth Voice calls: apply callback bodies, then look at calls and their legs.
+
+    Exit codes: 0 done; 1 call not found; 2 usage error, or the database schema needs
+    `tracker upgrade`; 3 the database failed.
+    """
+    ctx.obj = _Session(database_url)
+
+
+# --- upgrade ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.pass_obj
+def upgrade(session: _Session) -> None:
+    """Create or migrate the tracker's tables. Safe to run again, and from many hosts at once."""
+    tracker = session.tracker
+    with tracker.engine.connect() as connection:
+        before = schema.current_revision(connection)
+    tracker.upgrade()
+    head = schema.head_revision()
+    if before == head:
+        click.echo(f"The tracker schema in {session.shown_url} is already at revision {head}.")
+    else:
+        click.echo(
+            f"Upgraded the tracker schema in {session.shown_url} "
+            f"from {f'revision {before}' if before else 'nothing'} to revision {head}."
+        )
+
+
+# --- ingest -----------------------------------------------------------------------------------
+
+
+class _LineReader:
+    """Reads one JSON Lines stream lazily, counting lines and bytes as they go by."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.lines = 0
+        self.blank_lines = 0
+        self.bytes_read = 0
+
+    def bodies(self) -> Iterator[bytes]:
+        """Each non-blank line as the exact bytes received, without its line ending."""
+        for line in self._stream:
+            self.lines += 1
+            self.bytes_read += len(line)
+            body = _without_line_ending(line)
+            if body.strip():
+                yield body
+            else:
+                self.blank_lines += 1
+
+
+def _without_line_ending(line: bytes) -> bytes:
+    if line.endswith(b"\r\n"):
+        return line[:-2]
+    if line.endswith(b"\n"):
+        return line[:-1]
+    return line
+
+
+def _chunks(bodies: Iterator[bytes]) -> Iterator[list[bytes]]:
+    while chunk := list(islice(bodies, CHUNK_SIZE)):
+        yield chunk
+
+
+@dataclass
+class _Tally:
+    """What an ingest did, in counters only: a run over millions of lines keeps no results."""
+
+    lines: int = 0
+    blank_lines: int = 0
+    outcomes: Counter[Outcome] = field(default_factory=Counter)
+    reasons: Counter[tuple[Outcome, str]] = field(default_factory=Counter)
+
+    def count(self, results: Iterable[Result]) -> None:
+        for result in results:
+            self.outcomes[result.outcome] += 1
+            if result.reason is not None:
+                self.reasons[result.outcome, result.reason] += 1
+
+    def as_json(self) -> dict[str, Any]:
+        reasons: Counter[str] = Counter()
+        for (_outcome, reason), count in self.reasons.items():
+            reasons[reason] += count
+        return {
+            "lines": self.lines,
+            "blank_lines": self.blank_lines,
+            "bodies": self.lines - self.blank_lines,
+            "outcomes": {outcome.value: self.outcomes[outcome] for outcome in Outcome},
+            "reasons": dict(sorted(reasons.items())),
+        }
+
+
+def _stream_size(path: str) -> int | None:
+    """The byte count the progress bar runs to: known for a regular file, not for a pipe."""
+    if path == "-":
+        return None
+    status = os.stat(path)
+    return status.st_size if stat.S_ISREG(status.st_mode) else None
+
+
+@cli.command()
+@click.argument(
+    "files",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
+@click.pass_obj
+def ingest(session: _Session, files: tuple[str, ...], as_json: bool) -> None:
+    """Apply callback bodies from JSON Lines FILES (`-` reads stdin), one body per line.
+
+    Each line goes to the tracker as the exact bytes received, less its line ending, so the
+    event log keeps what was sent. Empty and whitespace-only lines are skipped and counted.
+    Files are streamed and applied 500 bodies per transaction, so any size fits in memory.
+
+    Bodies that are invalid, rejected or ignored are recorded in the event log with their
+    reason and counted in the summary; they do not change the exit code, which is 0 once every
+    line was read. See them with `tracker events --outcome invalid`.
+    """
+    tracker = session.tracker
+    tally = _Tally()
+    console = Console(stderr=True)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[lines]:,} lines"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+        transient=True,
+    ) as progress:
+        for path in files:
+            name = "stdin" if path == "-" else path
+            task = progress.add_task(name, total=_stream_size(path), lines=0)
+            with click.open_file(path, "rb") as stream:
+                reader = _LineReader(stream)
+                for chunk in _chunks(reader.bodies()):
+                    applied_through = reader.lines - len(chunk)
+                    try:
+                        tally.count(tracker.apply_many(chunk))
+                    except StorageError as error:
+                        raise StorageError(
+                            f"{error}; {name}: the bodies before line {applied_through + 1} "
+                            "were applied (ingesting the file again is safe: those come back "
+                            "as duplicates)"
+                        ) from error
+                    progress.update(task, completed=reader.bytes_read, lines=reader.lines)
+                progress.update(task, completed=reader.bytes_read, lines=reader.lines)
+            tally.lines += reader.lines
+            tally.blank_lines += reader.blank_lines
+
+    if as_json:
+        click.echo(json.dumps(tally.as_json()))
+    else:
+        _stdout().print(_tally_table(tally, files))
+
+
+def _tally_table(tally: _Tally, files: tuple[str, ...]) -> Table:
+    sources = ", ".join("stdin" if path == "-" else path for path in files)
+    table = Table(
+        title=Text(f"Ingested {sources}"),
+        caption=f"{tally.lines:,} lines read, {tally.blank_lines:,} blank lines skipped",
+    )
+    table.add_column("outcome")
+    table.add_column("reason")
+    table.add_column("count", justify="right")
+    for outcome in Outcome:
+        table.add_row(outcome.value, "", f"{tally.outcomes[outcome]:,}")
+        for (of, reason), count in sorted(tally.reasons.items()):
+            if of is outcome:
+                table.add_row("", Text(reason), f"{count:,}", style="dim")
+    return table
+
+
+# --- show -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _LegNode:
+    call: Call
+    legs: tuple[_LegNode, ...]
+
+
+def _leg_tree(tracker: Tracker, call: Call) -> _LegNode:
+    """The call and its legs, their legs in turn, as deep as transfers went."""
+    legs = (tracker.get_call(leg_id) for leg_id in call.legs)
+    return _LegNode(call, tuple(_leg_tree(tracker, leg) for leg in legs if leg is not None))
+
+
+def _leg_tree_json(node: _LegNode) -> dict[str, Any]:
+    call = node.call
+    return {
+        "call_id": call.call_id,
+        "state": call.state,
+        "cause": call.cause,
+        "disposition": call.disposition,
+        "duration": _seconds(call.duration),
+        "legs": [_leg_tree_json(leg) for leg in node.legs],
+    }
+
+
+def _leg_tree_rich(node: _LegNode, tree: Tree | None = None) -> Tree:
+    label = _leg_label(node.call)
+    branch = Tree(label) if tree is None else tree.add(label)
+    for leg in node.legs:
+        _leg_tree_rich(leg, branch)
+    return branch
+
+
+def _leg_label(call: Call) -> Text:
+    label = Text(call.call_id, style="bold")
+    label.append(f"  {call.state}")
+    if call.cause is not None:
+        label.append(f"  {call.cause} -> {call.disposition}")
+    if call.duration is not None:
+        label.append(f"  {_clock(call.duration)}")
+    if call.to_number is not None:
+        label.append(f"  to {call.to_number}", style="dim")
+    return label
+
+
+@cli.command()
+@click.argument("call_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the call as one JSON object.")
+@click.pass_obj
+def show(session: _Session, call_id: str, as_json: bool) -> None:
+    """Show one call: its facts, its legs as a tree (legs of legs too) and its history."""
+    tracker = session.tracker
+    call = tracker.get_call(call_id)
+    if call is None:
+        _fail(f"no call {call_id} in {session.shown_url}", EXIT_NOT_FOUND)
+    tree = _leg_tree(tracker, call)
+    if as_json:
+        click.echo(json.dumps({**_call_json(call), "leg_tree": _leg_tree_json(tree)}, indent=2))
+        return
+
+    console = _stdout()
+    console.print(Text(f"Call {call.call_id}", style="bold"))
+    if call.parent_call_id is not None:
+        console.print(Text(f"A leg of {call.parent_call_id}, created by <Transfer>."))
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="dim")
+    facts.add_column()
+    for name, value in _facts(call):
+        facts.add_row(name, Text(value))
+    console.print(facts)
+
+    console.print()
+    if call.legs:
+        console.print(Text("Legs", style="bold"))
+        console.print(_leg_tree_rich(tree))
+    else:
+        console.print(Text("No legs.", style="bold"))
+
+    console.print()
+    history = Table(title=Text("History"), title_justify="left")
+    for column in ("transition", "at", "event", "event #"):
+        history.add_column(column)
+    for step in call.history:
+        history.add_row(
+            f"{step.source} -> {step.target}", _when(step.at), step.event, str(step.event_id)
+        )
+    console.print(history)
+
+
+def _facts(call: Call) -> list[tuple[str, str]]:
+    cause = call.cause or ""
+    return [
+        ("state", call.state),
+        ("disposition", _shown(call.disposition) + (f" (cause {cause})" if cause else "")),
+        ("answered", "yes" if call.answered else "no"),
+        ("direction", _shown(call.direction)),
+        ("from", _shown(call.from_number)),
+        ("to", _shown(call.to_number)),
+        ("account", _shown(call.account_id)),
+        ("application", _shown(call.application_id)),
+        ("enqueued", _when(call.enqueued_time)),
+        ("started", _when(call.start_time)),
+        ("answered at", _when(call.answer_time)),
+        ("ended", _when(call.end_time)),
+        ("duration", _clock(call.duration)),
+        ("ringing", _clock(call.ring_duration)),
+        ("talking", _clock(call.talk_duration)),
+        ("tag", _shown(call.tag)),
+        ("error", _shown(call.error_message)),
+        ("error id", _shown(call.error_id)),
+    ]
+
+
+# --- calls ------------------------------------------------------------------------------------
+
+
+def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+    """An ISO 8601 date or datetime; one without a zone is UTC, as Bandwidth's times are."""
+    if value is None:
+        return None
+    try:
+        instant = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 date or datetime "
+            "(e.g. 2026-03-17 or 2026-03-17T14:00:00Z)"
+        ) from None
+    if instant.tzinfo is None:
+        return instant.replace(tzinfo=UTC)
+    return instant.astimezone(UTC)
+
+
+@cli.command()
+@click.option("--state", type=click.Choice(STATES), help="Only calls in this state.")
+@click.option(
+    "--disposition", type=click.Choice(_DISPOSITION_CHOICES), help="Only calls that ended so."
+)
+@click.option("--account", "account_id", metavar="ID", help="Only calls of this account.")
+@click.option(
+    "--since",
+    metavar="DATETIME",
+    callback=_instant,
+    help="Only calls that started at or after this instant.",
+)
+@click.option(
+    "--until", metavar="DATETIME", callback=_instant, help="Only calls that started before it."
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most N calls."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of calls.")
+@click.pass_obj
+def calls(
+    session: _Session,
+    state: str | None,
+    disposition: str | None,
+    account_id: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List calls by start time, oldest first (parents known only through their legs last).
+
+    --since and --until take ISO 8601 dates or datetimes; one without a zone is UTC.
+    """
+    found = session.tracker.calls(
+        state=state,
+        disposition=disposition,
+        account_id=account_id,
+        started_after=since,
+        started_before=until,
+        limit=limit + 1,  # one more than shown tells whether the list was cut
+    )
+    shown = found[:limit]
+    if as_json:
+        click.echo(json.dumps([_call_json(call) for call in shown], indent=2))
+        return
+
+    table = Table()
+    for column in ("call id", "state", "disposition", "direction", "from", "to", "account"):
+        table.add_column(column, overflow="fold")
+    table.add_column("started", overflow="fold")
+    table.add_column("duration", justify="right")
+    table.add_column("leg of / legs", overflow="fold")
+    for call in shown:
+        table.add_row(
+            *(
+                Text(value)
+                for value in (
+                    call.call_id,
+                    call.state,
+                    _shown(call.disposition),
+                    _shown(call.direction),
+                    _shown(call.from_number),
+                    _shown(call.to_number),
+                    _shown(call.account_id),
+                    _when(call.start_time),
+                    _clock(call.duration),
+                    call.parent_call_id or _count(len(call.legs), "leg"),
+                )
+            )
+        )
+    console = _stdout()
+    console.print(table)
+    if len(found) > limit:
+        console.print(f"Only the first {limit} calls are shown; raise --limit to see more.")
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--call", "call_id", metavar="CALL_ID", help="Only events about this call.")
+@click.option(
+    "--outcome", type=click.Choice([outcome.value for outcome in Outcome]), help="Only these."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print a JSON array; `body` is the text received (bytes that are not UTF-8 escaped).",
+)
+@click.pass_obj
+def events(session: _Session, call_id: str | None, outcome: str | None, as_json: bool) -> None:
+    """List the event log, oldest first: every body received and what became of it."""
+    found = session.tracker.events(call_id=call_id, outcome=outcome)
+    if as_json:
+        click.echo(json.dumps([_event_json(event) for event in found], indent=2))
+        return
+    table = Table()
+    for column in ("#", "received", "outcome", "reason", "call id", "event type", "detail"):
+        table.add_column(column, overflow="fold")
+    for event in found:
+        table.add_row(
+            str(event.id),
+            _when(event.received_at),
+            event.outcome.value,
+            Text(_shown(event.reason)),
+            Text(_shown(event.call_id)),
+            Text(_shown(event.event_type)),
+            Text(event.detail),
+        )
+    _stdout().print(table)
+
+
+def _event_json(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "received_at": _iso(event.received_at),
+        "outcome": event.outcome.value,
+        "reason": event.reason,
+        "detail": event.detail,
+        "call_id": event.call_id,
+        "event_type": event.event_type,
+        "body": event.body.decode("utf-8", "backslashreplace"),
+    }
+
+
+# --- shared -----------------------------------------------------------------------------------
+
+
+def _call_json(call: Call) -> dict[str, Any]:
+    """Every attribute of a Call as JSON: instants as ISO 8601, durations as float seconds."""
+    return {
+        "call_id": call.call_id,
+        "parent_call_id": call.parent_call_id,
+        "legs": list(call.legs),
+        "account_id": call.account_id,
+        "application_id": call.application_id,
+        "direction": call.direction,
+        "from_number": call.from_number,
+        "to_number": call.to_number,
+        "state": call.state,
+        "cause": call.cause,
+        "disposition": call.disposition,
+        "answered": call.answered,
+        "start_time": _iso(call.start_time),
+        "answer_time": _iso(call.answer_time),
+        "end_time": _iso(call.end_time),
+        "enqueued_time": _iso(call.enqueued_time),
+        "duration": _seconds(call.duration),
+        "talk_duration": _seconds(call.talk_duration),
+        "ring_duration": _seconds(call.ring_duration),
+        "tag": call.tag,
+        "error_message": call.error_message,
+        "error_id": call.error_id,
+        "history": [
+            {
+                "source": step.source,
+                "target": step.target,
+                "at": _iso(step.at),
+                "event": step.event,
+                "event_id": step.event_id,
+            }
+            for step in call.history
+        ],
+    }
+
+
+def _stdout() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = _PIPE_WIDTH
+    return console
+
+
+def _iso(instant: datetime | None) -> str | None:
+    return None if instant is None else instant.isoformat().replace("+00:00", "Z")
+
+
+def _when(instant: datetime | None) -> str:
+    """An instant for people: UTC to the millisecond, as Bandwidth writes them."""
+    if instant is None:
+        return "-"
+    return instant.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _seconds(duration: timedelta | None) -> float | None:
+    return None if duration is None else duration.total_seconds()
+
+
+def _clock(duration: timedelta | None) -> str:
+    if duration is None:
+        return "-"
+    minutes, milliseconds = divmod(round(duration.total_seconds() * 1000), 60_000)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{milliseconds / 1000:06.3f}"
+
+
+def _count(number: int, noun: str) -> str:
+    if number == 0:
+        return ""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _shown(value: str | None) -> str:
+    """A text fact for people: `-` when unknown, and an empty string visibly empty."""
+    if value is None:
+        return "-"
+    return value or '""'
+
+
+def main() -> None:
+    """The `tracker` console script."""
+    cli.main(prog_name="tracker")
+
+
+if __name__ == "__main__":
+    main()
