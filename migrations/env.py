@@ -24,8 +24,8 @@ def _run(connection: Connection) -> None:
         render_as_batch=True,
         compare_type=True,
         # Only the tracker's tables: a shared database holds the host's tables too.
-        include_name=lambda name, type_, _parent: type_ != "table" or bool(
-            name and name.startswith("tracker_")
+        include_name=lambda name, type_, _parent: (
+            type_ != "table" or bool(name and name.startswith("tracker_"))
         ),
     )
     with context.begin_transaction():

@@ -36,7 +36,7 @@ def test_placeholder_parent_holds_only_what_the_leg_says(tracker: Tracker) -> No
 def test_leg_links_to_parent_whichever_arrives_first(tracker: Tracker, parent_first: bool) -> None:
     parent = disconnect(direction="inbound", **{"from": "+15557770000"})
     leg = transfer_disconnect(parent["callId"])
-    for body in ([parent, leg] if parent_first else [leg, parent]):
+    for body in [parent, leg] if parent_first else [leg, parent]:
         assert tracker.apply(body).outcome is Outcome.APPLIED
     linked = fetch(tracker, parent["callId"])
     assert linked.legs == (leg["callId"],)

@@ -18,8 +18,18 @@ from tests.factories import BASE_TIME, disconnect, new_call_id, stamp, transfer_
 from tracker import Outcome, Tracker
 
 CAUSES = [
-    "hangup", "busy", "timeout", "cancel", "rejected", "callback-error", "invalid-bxml",
-    "application-error", "account-limit", "node-capacity-exceeded", "error", "unknown",
+    "hangup",
+    "busy",
+    "timeout",
+    "cancel",
+    "rejected",
+    "callback-error",
+    "invalid-bxml",
+    "application-error",
+    "account-limit",
+    "node-capacity-exceeded",
+    "error",
+    "unknown",
     "sip-603-decline",
 ]
 
@@ -40,16 +50,24 @@ def transfer_trees(draw: st.DrawFn) -> list[dict[str, Any]]:
         if draw(st.booleans()):
             extra["tag"] = draw(st.sampled_from(["", "vip", "queue-7"]))
         if parent is None:
-            body = disconnect(call_id, start=start, ring=ring, cause=cause, talk=talk,
-                              direction=draw(st.sampled_from(["inbound", "outbound"])), **extra)
+            body = disconnect(
+                call_id,
+                start=start,
+                ring=ring,
+                cause=cause,
+                talk=talk,
+                direction=draw(st.sampled_from(["inbound", "outbound"])),
+                **extra,
+            )
         else:
             if draw(st.integers(0, 4)) == 0:
                 extra["callUrl"] = ...
             # Legs of one parent normally agree on the original numbers; vary them anyway, so
             # which leg a placeholder takes its numbers from is put to the test.
             extra["from"] = draw(st.sampled_from(["+15551112222", "Anonymous", "+15550000001"]))
-            body = transfer_disconnect(parent, call_id, start=start, ring=ring, cause=cause,
-                                       talk=talk, **extra)
+            body = transfer_disconnect(
+                parent, call_id, start=start, ring=ring, cause=cause, talk=talk, **extra
+            )
         for leg_index in range(draw(st.integers(0, 3 if depth == 0 else 1 if depth == 1 else 0))):
             call(call_id, start_offset + draw(st.floats(0.0, 20.0)) + leg_index, depth + 1)
         if parent is not None or draw(st.integers(0, 5)) > 0:  # some parents never report
@@ -91,16 +109,19 @@ def snapshot(tracker: Tracker, call_ids: set[str]) -> dict[str, Any]:
 
 
 def ids_of(bodies: list[dict[str, Any]]) -> set[str]:
-    return {b["callId"] for b in bodies} | {b["parentCallId"] for b in bodies if "parentCallId" in b}
+    return {b["callId"] for b in bodies} | {
+        b["parentCallId"] for b in bodies if "parentCallId" in b
+    }
 
 
 @pytest.fixture(scope="module")
 def two_trackers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Tracker, Tracker]]:
     """One database fed in order, one fed shuffled; each example uses call ids of its own."""
     folder: Path = tmp_path_factory.mktemp("order")
-    with Tracker(f"sqlite:///{folder / 'in_order.db'}", durable=False) as in_order, Tracker(
-        f"sqlite:///{folder / 'shuffled.db'}", durable=False
-    ) as shuffled:
+    with (
+        Tracker(f"sqlite:///{folder / 'in_order.db'}", durable=False) as in_order,
+        Tracker(f"sqlite:///{folder / 'shuffled.db'}", durable=False) as shuffled,
+    ):
         in_order.upgrade()
         shuffled.upgrade()
         yield in_order, shuffled
@@ -149,5 +170,11 @@ def test_apply_many_gives_the_outcomes_of_one_by_one(
         (r.outcome, r.call_id, r.reason) for r in expected
     ]
     assert [r.outcome for r in results] == [
-        "applied", "applied", "duplicate", "invalid", "ignored", "rejected", "rejected"
+        "applied",
+        "applied",
+        "duplicate",
+        "invalid",
+        "ignored",
+        "rejected",
+        "rejected",
     ]

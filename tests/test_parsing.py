@@ -134,9 +134,7 @@ def test_another_instant_changes_the_content_key() -> None:
 def test_same_instant_in_another_zone_keeps_the_content_key() -> None:
     body = disconnect()
     start = datetime.fromisoformat(body["startTime"]).astimezone(timezone(timedelta(hours=-5)))
-    assert content_key(parsed(body)) == content_key(
-        parsed(dict(body, startTime=start.isoformat()))
-    )
+    assert content_key(parsed(body)) == content_key(parsed(dict(body, startTime=start.isoformat())))
 
 
 def test_untracked_event_type_needs_only_a_string_event_type() -> None:
@@ -222,9 +220,10 @@ def test_call_id_is_reported_when_readable_despite_other_errors() -> None:
 
 def test_str_and_mapping_bodies_are_stored_as_utf8_json() -> None:
     body = disconnect(tag="café ☎")
-    assert read(json.dumps(body, ensure_ascii=False)).raw == json.dumps(
-        body, ensure_ascii=False
-    ).encode()
+    assert (
+        read(json.dumps(body, ensure_ascii=False)).raw
+        == json.dumps(body, ensure_ascii=False).encode()
+    )
     assert json.loads(read(body).raw) == body
 
 

@@ -31,8 +31,10 @@ def assert_rejected(tracker: Tracker, body: dict[str, Any], reason: Reason) -> N
 
 def test_the_state_graph_is_one_table() -> None:
     assert STATES == ("initiated", "answered", "disconnected")
-    moves = {(t["source"] if isinstance(t["source"], str) else tuple(t["source"]), t["dest"])
-             for t in TRANSITIONS}
+    moves = {
+        (t["source"] if isinstance(t["source"], str) else tuple(t["source"]), t["dest"])
+        for t in TRANSITIONS
+    }
     assert moves == {("initiated", "answered"), (("initiated", "answered"), "disconnected")}
 
 
@@ -62,7 +64,8 @@ def test_second_terminal_event_that_disagrees_is_rejected(sqlite_tracker: Tracke
     body = disconnect(cause="hangup")
     sqlite_tracker.apply(body)
     assert_rejected(
-        sqlite_tracker, dict(body, cause="busy", eventTime="2030-01-01T00:00:00Z"),
+        sqlite_tracker,
+        dict(body, cause="busy", eventTime="2030-01-01T00:00:00Z"),
         Reason.CONFLICTING_TERMINAL_EVENT,
     )
 
@@ -116,7 +119,9 @@ def test_call_cannot_be_its_own_parent(sqlite_tracker: Tracker) -> None:
 def test_call_cannot_become_its_own_ancestor(sqlite_tracker: Tracker) -> None:
     sqlite_tracker.apply(transfer_disconnect("c-a", call_id="c-b"))
     sqlite_tracker.apply(transfer_disconnect("c-b", call_id="c-c"))
-    assert_rejected(sqlite_tracker, transfer_disconnect("c-c", call_id="c-a"), Reason.ANCESTRY_CYCLE)
+    assert_rejected(
+        sqlite_tracker, transfer_disconnect("c-c", call_id="c-a"), Reason.ANCESTRY_CYCLE
+    )
 
 
 def test_end_before_start_is_rejected(sqlite_tracker: Tracker) -> None:

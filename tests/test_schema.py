@@ -102,12 +102,18 @@ def test_alembic_command_line_reads_tracker_database_url(tmp_path: Path) -> None
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     environment = dict(os.environ, TRACKER_DATABASE_URL=url)
     subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=environment,
-        check=True, capture_output=True,
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env=environment,
+        check=True,
+        capture_output=True,
     )
     checked = subprocess.run(
-        [sys.executable, "-m", "alembic", "check"], cwd=ROOT, env=environment,
-        capture_output=True, text=True,
+        [sys.executable, "-m", "alembic", "check"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
     )
     assert checked.returncode == 0, checked.stderr
     with Tracker(url) as tracker:
@@ -116,10 +122,10 @@ def test_alembic_command_line_reads_tracker_database_url(tmp_path: Path) -> None
 
 def test_sqlite_is_durable_by_default(tmp_path: Path) -> None:
     for durable, synchronous in ((True, 2), (False, 1)):
-        with Tracker(f"sqlite:///{tmp_path / f'{durable}.db'}", durable=durable) as tracker:
-            with tracker.engine.connect() as connection:
-                assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-                assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == synchronous
+        url = f"sqlite:///{tmp_path / f'{durable}.db'}"
+        with Tracker(url, durable=durable) as tracker, tracker.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == synchronous
 
 
 def test_postgresql_schema_keeps_the_trackers_tables_apart(tmp_path: Path) -> None:
@@ -143,7 +149,8 @@ def test_built_wheel_carries_its_migrations(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     (wheel,) = wheels.glob("tracker-*.whl")
     environment = tmp_path / "env"
@@ -154,9 +161,19 @@ def test_built_wheel_carries_its_migrations(tmp_path: Path) -> None:
     # editable install of the checkout stays invisible); the tracker only from the wheel.
     (site_packages / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
-         str(site_packages), str(wheel)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(site_packages),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
     )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -172,7 +189,10 @@ def test_built_wheel_carries_its_migrations(tmp_path: Path) -> None:
         "  'cause': 'hangup'})).outcome)\n"
     )
     ran = subprocess.run(
-        [str(python), "-c", script], cwd=elsewhere, capture_output=True, text=True,
+        [str(python), "-c", script],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
         env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"},
     )
     assert ran.returncode == 0, ran.stderr

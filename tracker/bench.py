@@ -484,8 +484,8 @@ class _PostgresqlFloor:
                         _floor_delivery(execute, self.statements, body, datetime.now(UTC))
                     self.connection.commit()
                     break
-                except psycopg.errors.TransactionRollback:  # deadlock or serialization failure
-                    self.connection.rollback()
+                except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                    self.connection.rollback()  # batches of several workers crossed: again
 
     def close(self) -> None:
         self.connection.close()

@@ -142,7 +142,7 @@ class _Walk:
 
     def record(self, event: EventData) -> None:
         transition = event.transition
-        assert transition is not None
+        assert transition is not None and transition.dest is not None
         self.taken.append(
             TransitionTaken(
                 transition.source, transition.dest, event.kwargs["at"], event.kwargs["event"]
@@ -174,11 +174,10 @@ def decide(
     parent_ancestry: Sequence[str] = (),
 ) -> Decision:
     """Apply `event` to `call` (None when never seen) and its `parent` (None when the event names
-    none, or names one never seen). `parent_ancestry` lists the parent's ancestors, nearest first."""
+    none, or names one never seen). `parent_ancestry` lists the parent's ancestors, nearest
+    first."""
     rejection = (
-        _check_call_url(event)
-        or _check_times(event)
-        or _check_ancestry(event, parent_ancestry)
+        _check_call_url(event) or _check_times(event) or _check_ancestry(event, parent_ancestry)
     )
     if rejection is not None:
         return rejection

@@ -60,7 +60,8 @@ Text = Annotated[str, Strict(), Field(max_length=MAX_TEXT_LENGTH)]
 
 
 class _Callback(BaseModel):
-    """Fields shared by every lifecycle callback. `extra="allow"`: unknown keys are never a refusal."""
+    """Fields shared by every lifecycle callback. `extra="allow"`: an unknown key is never a
+    reason to refuse a body."""
 
     model_config = ConfigDict(
         extra="allow", alias_generator=to_camel, validate_by_name=False, frozen=True
@@ -109,7 +110,7 @@ class TransferDisconnect(_Callback):
     call's numbers; the leg's own are `transferCallerId`/`transferTo`."""
 
     event_type: Literal["transferDisconnect"]
-    parent_call_id: Identifier  # type: ignore[assignment]  # a field here, a property on Disconnect
+    parent_call_id: Identifier  # a field here, a property on Disconnect
     transfer_caller_id: Text | None = None
     transfer_to: Text | None = None
 
@@ -186,8 +187,8 @@ def read(body: object) -> Delivery:
         raw = body.encode("utf-8", "surrogatepass")
     elif isinstance(body, Mapping):
         try:
-            raw = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-            raw_bytes = raw.encode("utf-8", "surrogatepass")
+            text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            raw_bytes = text.encode("utf-8", "surrogatepass")
         except (TypeError, ValueError) as error:
             return Delivery(
                 repr(body).encode("utf-8", "backslashreplace"),
@@ -224,7 +225,8 @@ def _parse(raw: bytes) -> TerminalEvent | Untracked | Unreadable:
                 alias = type(event).model_fields[name].alias or name
                 return Unreadable(
                     "invalid_field",
-                    f"field '{alias}' contains a NUL character (\\u0000), which no call field may hold",
+                    f"field '{alias}' contains a NUL character (\\u0000), "
+                    "which no call field may hold",
                     event.call_id,
                 )
     return event
@@ -264,9 +266,7 @@ def _explain(raw: bytes, error: ValidationError) -> Unreadable:
     document = json.loads(raw)  # pydantic has just parsed it, so this cannot fail
     if not isinstance(document, dict):
         kind = _JSON_TYPE_NAMES.get(type(document), type(document).__name__)
-        return Unreadable(
-            "not_an_object", f"the body is {kind}, but a callback is a JSON object"
-        )
+        return Unreadable("not_an_object", f"the body is {kind}, but a callback is a JSON object")
     call_id = document.get("callId")
     call_id = call_id if isinstance(call_id, str) and call_id else None
     event_type = document.get("eventType")

@@ -59,17 +59,19 @@ def upgrade_schema(engine: Engine, schema: str | None = None) -> None:
     """Bring the schema to head. Safe to call from many processes at once, and again and again:
     a database-level lock lets one process migrate while the others wait, then find nothing to do.
     """
-    with engine.connect().execution_options(tracker_write=True) as connection:
-        # SQLite: the writing transaction (BEGIN IMMEDIATE) is itself the database-wide lock.
-        with connection.begin():
-            _lock(connection)
-            if schema is not None:
-                quoted = connection.dialect.identifier_preparer.quote_identifier(schema)
-                connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
-            try:
-                command.upgrade(alembic_config(connection), "head")
-            finally:
-                _unlock(connection)
+    # SQLite: the writing transaction (BEGIN IMMEDIATE) is itself the database-wide lock.
+    with (
+        engine.connect().execution_options(tracker_write=True) as connection,
+        connection.begin(),
+    ):
+        _lock(connection)
+        if schema is not None:
+            quoted = connection.dialect.identifier_preparer.quote_identifier(schema)
+            connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
+        try:
+            command.upgrade(alembic_config(connection), "head")
+        finally:
+            _unlock(connection)
 
 
 def _lock(connection: Connection) -> None:

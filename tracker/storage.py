@@ -3,7 +3,7 @@
 Naming follows Optuna's storage: `find_*` returns one thing or None, `where_*` returns many,
 `insert_*`/`write_*`/`fill_*` change rows. Concurrency rests on the database's uniqueness
 constraints and on compare-and-set: a call row is updated only `WHERE version = <the version
-read>`, so a lost race is detected (`LostRace`) and the whole delivery retried, never
+read>`, so a lost race is detected (`LostRaceError`) and the whole delivery retried, never
 overwritten. The schema itself comes only from the Alembic migrations in `migrations/`.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -26,6 +26,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -177,9 +178,9 @@ class TransitionRow(Base):
     )
 
 
-calls = CallRow.__table__
-events = EventRow.__table__
-transitions = TransitionRow.__table__
+calls: Final = cast(Table, CallRow.__table__)
+events: Final = cast(Table, EventRow.__table__)
+transitions: Final = cast(Table, TransitionRow.__table__)
 
 _RECORD_FIELDS: Final = tuple(f.name for f in fields(CallRecord))
 _CALL_COLUMNS: Final = tuple(calls.c[name] for name in _RECORD_FIELDS)
@@ -187,7 +188,7 @@ _CALL_COLUMNS: Final = tuple(calls.c[name] for name in _RECORD_FIELDS)
 _CHUNK: Final = 500
 
 
-class LostRace(Exception):
+class LostRaceError(Exception):
     """Another writer changed a row between our read and our write; the delivery is retried."""
 
 
@@ -311,9 +312,7 @@ def where_legs(connection: Connection, call_id: str) -> list[tuple[str, datetime
 
 def where_transitions(connection: Connection, call_id: str) -> list[Transition]:
     rows = connection.execute(
-        select(transitions)
-        .where(transitions.c.call_id == call_id)
-        .order_by(transitions.c.seq)
+        select(transitions).where(transitions.c.call_id == call_id).order_by(transitions.c.seq)
     )
     return [Transition(row.source, row.target, row.at, row.event, row.event_id) for row in rows]
 
@@ -419,7 +418,7 @@ def write_call(connection: Connection, before: CallRecord | None, after: CallRec
         .values(values)
     )
     if result.rowcount != 1:
-        raise LostRace(f"call {before.call_id} changed while this delivery was applied")
+        raise LostRaceError(f"call {before.call_id} changed while this delivery was applied")
 
 
 def insert_transitions(

@@ -108,12 +108,13 @@ class Tracker:
                     connection.begin(),
                 ):
                     return work(connection)
-            except (storage.LostRace, IntegrityError):
+            except (storage.LostRaceError, IntegrityError):
                 pass
             except DBAPIError as error:
                 if not _is_transient(error):
                     raise StorageError(
-                        f"the database failed and nothing of this delivery was written: {error.orig}"
+                        "the database failed and nothing of this delivery was written: "
+                        f"{error.orig}"
                     ) from error
             time.sleep(min(0.5, 0.002 * 2**attempt) * random.uniform(0.5, 1.5))
         raise StorageError(

@@ -29,7 +29,8 @@ def upgrade() -> None:
         sa.Column("id", SERIAL, primary_key=True, autoincrement=True),
         sa.Column("received_at", INSTANT, nullable=False),
         sa.Column(
-            "body", sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"),
+            "body",
+            sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"),
             nullable=False,
         ),
         sa.Column("outcome", sa.String(16), nullable=False),
@@ -69,7 +70,8 @@ def upgrade() -> None:
         sa.Column("version", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("call_id", name="pk_tracker_calls"),
         sa.ForeignKeyConstraint(
-            ["parent_call_id"], ["tracker_calls.call_id"],
+            ["parent_call_id"],
+            ["tracker_calls.call_id"],
             name="fk_tracker_calls_parent_call_id_tracker_calls",
         ),
         **MYSQL,
@@ -93,11 +95,13 @@ def upgrade() -> None:
         sa.Column("event_id", SERIAL, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_tracker_transitions"),
         sa.ForeignKeyConstraint(
-            ["call_id"], ["tracker_calls.call_id"],
+            ["call_id"],
+            ["tracker_calls.call_id"],
             name="fk_tracker_transitions_call_id_tracker_calls",
         ),
         sa.ForeignKeyConstraint(
-            ["event_id"], ["tracker_events.id"],
+            ["event_id"],
+            ["tracker_events.id"],
             name="fk_tracker_transitions_event_id_tracker_events",
         ),
         sa.UniqueConstraint("call_id", "seq", name="uq_tracker_transitions_call_id_seq"),
