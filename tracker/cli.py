@@ -60,7 +60,7 @@ CHUNK_SIZE: Final = 500
 # take only the width they need, so a wide page loses nothing.
 _PIPE_WIDTH: Final = 1000
 
-_DISPOSITION_CHOICES: Final = (*dict.fromkeys(DISPOSITIONS.values()), FAILED)
+_DISPOSITION_CHOICES: Final = (*DISPOSITIONS.values(), FAILED)
 
 
 class _TrackerGroup(click.Group):
@@ -177,6 +177,16 @@ class _LineReader:
             else:
                 self.blank_lines += 1
 
+    def chunks(self) -> Iterator[tuple[int, list[bytes]]]:
+        """The bodies CHUNK_SIZE at a time, each chunk with the count of lines read before it."""
+        bodies = self.bodies()
+        while True:
+            lines_before = self.lines
+            chunk = list(islice(bodies, CHUNK_SIZE))
+            if not chunk:
+                return
+            yield lines_before, chunk
+
 
 def _without_line_ending(line: bytes) -> bytes:
     if line.endswith(b"\r\n"):
@@ -184,11 +194,6 @@ def _without_line_ending(line: bytes) -> bytes:
     if line.endswith(b"\n"):
         return line[:-1]
     return line
-
-
-def _chunks(bodies: Iterator[bytes]) -> Iterator[list[bytes]]:
-    while chunk := list(islice(bodies, CHUNK_SIZE)):
-        yield chunk
 
 
 @dataclass
@@ -237,11 +242,12 @@ def _stream_size(path: str) -> int | None:
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
 @click.pass_obj
 def ingest(session: _Session, files: tuple[str, ...], as_json: bool) -> None:
-    """Apply callback bodies from JSON Lines FILES (`-` reads stdin), one body per line.
+    """Apply callback bodies from JSON Lines files.
 
-    Each line goes to the tracker as the exact bytes received, less its line ending, so the
-    event log keeps what was sent. Empty and whitespace-only lines are skipped and counted.
-    Files are streamed and applied 500 bodies per transaction, so any size fits in memory.
+    FILES hold one body per line; `-` reads stdin. Each line goes to the tracker as the exact
+    bytes received, less its line ending, so the event log keeps what was sent. Empty and
+    whitespace-only lines are skipped and counted. Files are streamed and applied 500 bodies
+    per transaction, so any size fits in memory.
 
     Bodies that are invalid, rejected or ignored are recorded in the event log with their
     reason and counted in the summary; they do not change the exit code, which is 0 once every
@@ -266,17 +272,17 @@ def ingest(session: _Session, files: tuple[str, ...], as_json: bool) -> None:
             task = progress.add_task(name, total=_stream_size(path), lines=0)
             with click.open_file(path, "rb") as stream:
                 reader = _LineReader(stream)
-                for chunk in _chunks(reader.bodies()):
-                    applied_through = reader.lines - len(chunk)
+                for lines_before, chunk in reader.chunks():
                     try:
                         tally.count(tracker.apply_many(chunk))
                     except StorageError as error:
                         raise StorageError(
-                            f"{error}; {name}: the bodies before line {applied_through + 1} "
-                            "were applied (ingesting the file again is safe: those come back "
-                            "as duplicates)"
+                            f"{error} (stopped at {name} line {lines_before + 1}: the lines "
+                            "before it were applied; ingesting again is safe, bodies already "
+                            "applied come back as duplicates)"
                         ) from error
                     progress.update(task, completed=reader.bytes_read, lines=reader.lines)
+                # Blank lines after the last body were read but belong to no chunk.
                 progress.update(task, completed=reader.bytes_read, lines=reader.lines)
             tally.lines += reader.lines
             tally.blank_lines += reader.blank_lines
@@ -356,7 +362,10 @@ def _leg_label(call: Call) -> Text:
 @click.option("--json", "as_json", is_flag=True, help="Print the call as one JSON object.")
 @click.pass_obj
 def show(session: _Session, call_id: str, as_json: bool) -> None:
-    """Show one call: its facts, its legs as a tree (legs of legs too) and its history."""
+    """Show one call, its legs and its history.
+
+    The legs are drawn as a tree: the legs a transfer created, and theirs in turn.
+    """
     tracker = session.tracker
     call = tracker.get_call(call_id)
     if call is None:
@@ -454,7 +463,12 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     "--until", metavar="DATETIME", callback=_instant, help="Only calls that started before it."
 )
 @click.option(
-    "--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most N calls."
+    "--limit",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    metavar="N",
+    help="At most N calls.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of calls.")
 @click.pass_obj
@@ -468,8 +482,9 @@ def calls(
     limit: int,
     as_json: bool,
 ) -> None:
-    """List calls by start time, oldest first (parents known only through their legs last).
+    """List calls, oldest first, with filters.
 
+    Calls are ordered by start time; parents known only through their legs come last.
     --since and --until take ISO 8601 dates or datetimes; one without a zone is UTC.
     """
     found = session.tracker.calls(
@@ -531,7 +546,10 @@ def calls(
 )
 @click.pass_obj
 def events(session: _Session, call_id: str | None, outcome: str | None, as_json: bool) -> None:
-    """List the event log, oldest first: every body received and what became of it."""
+    """List the event log, oldest first.
+
+    Every body received is there, with its outcome and the reason for it.
+    """
     found = session.tracker.events(call_id=call_id, outcome=outcome)
     if as_json:
         click.echo(json.dumps([_event_json(event) for event in found], indent=2))
