@@ -31,6 +31,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     and_,
+    bindparam,
     event,
     insert,
     or_,
@@ -285,22 +286,15 @@ def find_call(connection: Connection, call_id: str) -> CallRecord | None:
     return where_calls_by_id(connection, [call_id]).get(call_id)
 
 
-def where_ancestry(connection: Connection, call: CallRecord) -> list[str]:
-    """The ids above `call`, nearest first. Stops at a repeat, so a corrupt loop cannot hang."""
-    chain: list[str] = []
-    parent_id = call.parent_call_id
-    while parent_id is not None and parent_id not in chain and parent_id != call.call_id:
-        chain.append(parent_id)
-        parent_id = connection.execute(
-            select(calls.c.parent_call_id).where(calls.c.call_id == parent_id)
-        ).scalar_one_or_none()
-    return chain
-
-
-def find_applied_event_id(connection: Connection, dedup_key: str) -> int | None:
-    return connection.execute(
-        select(events.c.id).where(events.c.dedup_key == dedup_key)
-    ).scalar_one_or_none()
+def where_applied_keys(connection: Connection, dedup_keys: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(list(dedup_keys)):
+        found.update(
+            connection.execute(
+                select(events.c.dedup_key).where(events.c.dedup_key.in_(chunk))
+            ).scalars()
+        )
+    return found
 
 
 def where_legs(connection: Connection, call_id: str) -> list[tuple[str, datetime | None]]:
@@ -315,13 +309,6 @@ def where_transitions(connection: Connection, call_id: str) -> list[Transition]:
         select(transitions).where(transitions.c.call_id == call_id).order_by(transitions.c.seq)
     )
     return [Transition(row.source, row.target, row.at, row.event, row.event_id) for row in rows]
-
-
-def count_transitions(connection: Connection, call_id: str) -> int:
-    rows = connection.execute(
-        select(transitions.c.seq).where(transitions.c.call_id == call_id)
-    ).all()
-    return len(rows)
 
 
 def where_events(
@@ -374,77 +361,100 @@ def where_calls(
 # --- writes ---------------------------------------------------------------------------------
 
 
-def insert_event(
-    connection: Connection,
-    *,
-    received_at: datetime,
-    body: bytes,
-    outcome: Outcome,
-    reason: str | None,
-    detail: str,
-    call_id: str | None,
-    event_type: str | None,
-    dedup_key: str | None,
-) -> int:
+def insert_events(connection: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Append to the event log; the ids come back in the order of `rows`."""
+    if not rows:
+        return []
     result = connection.execute(
-        insert(events).values(
-            received_at=received_at,
-            body=body,
-            outcome=outcome.value,
-            reason=reason,
-            detail=detail,
-            call_id=call_id,
-            event_type=event_type[:256] if event_type else event_type,
-            dedup_key=dedup_key,
+        insert(events).returning(events.c.id, sort_by_parameter_order=True), rows
+    )
+    return [int(event_id) for event_id in result.scalars()]
+
+
+def write_calls(
+    connection: Connection, changes: Sequence[tuple[CallRecord | None, CallRecord]]
+) -> None:
+    """Insert new calls and compare-and-set existing ones on the version they were read at.
+
+    Raises `LostRaceError` when another writer changed one of them meanwhile.
+    """
+    new = [after for before, after in changes if before is None]
+    if new:
+        connection.execute(
+            insert(calls),
+            [{**_values(after), "version": 1} for after in _parents_first(new)],
         )
-    )
-    key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0])
-
-
-def write_call(connection: Connection, before: CallRecord | None, after: CallRecord) -> None:
-    """Insert a new call, or compare-and-set an existing one on the version it was read at."""
-    values = {name: getattr(after, name) for name in _RECORD_FIELDS}
-    if before is None:
-        values["version"] = 1
-        connection.execute(insert(calls).values(values))
+    updates = [
+        {**_values(after), "version": before.version + 1, "expected_version": before.version}
+        for before, after in changes
+        if before is not None
+    ]
+    if not updates:
         return
-    del values["call_id"]
-    values["version"] = before.version + 1
-    result = connection.execute(
+    statement = (
         update(calls)
-        .where(and_(calls.c.call_id == before.call_id, calls.c.version == before.version))
-        .values(values)
+        .where(
+            and_(
+                calls.c.call_id == bindparam("b_call_id"),
+                calls.c.version == bindparam("expected_version"),
+            )
+        )
+        .values({name: bindparam(name) for name in _RECORD_FIELDS if name != "call_id"})
     )
-    if result.rowcount != 1:
-        raise LostRaceError(f"call {before.call_id} changed while this delivery was applied")
+    rows = [{**row, "b_call_id": row.pop("call_id")} for row in updates]
+    if connection.dialect.supports_sane_multi_rowcount or len(rows) == 1:
+        changed = connection.execute(statement, rows).rowcount
+    else:
+        changed = sum(connection.execute(statement, row).rowcount for row in rows)
+    if changed != len(rows):
+        raise LostRaceError("a call changed while this delivery was applied")
+
+
+def _values(record: CallRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in _RECORD_FIELDS}
+
+
+def _parents_first(records: Sequence[CallRecord]) -> list[CallRecord]:
+    """MySQL checks a foreign key row by row, so a parent inserted in the same statement as its
+    leg must come first."""
+    pending = {record.call_id: record for record in records}
+    ordered: list[CallRecord] = []
+
+    def place(record: CallRecord, path: set[str]) -> None:
+        if record.call_id not in pending or record.call_id in path:
+            return
+        parent_id = record.parent_call_id
+        if parent_id is not None and parent_id in pending:
+            place(pending[parent_id], path | {record.call_id})
+        if record.call_id in pending:
+            ordered.append(pending.pop(record.call_id))
+
+    for record in records:
+        place(record, set())
+    return ordered
 
 
 def insert_transitions(
     connection: Connection,
-    call_id: str,
-    first_seq: int,
-    taken: Sequence[TransitionTaken],
-    event_id: int,
+    histories: Sequence[tuple[str, int, Sequence[TransitionTaken]]],
 ) -> None:
-    if not taken:
-        return
-    connection.execute(
-        insert(transitions),
-        [
-            {
-                "call_id": call_id,
-                "seq": first_seq + offset,
-                "source": step.source,
-                "target": step.target,
-                "at": step.at,
-                "event": step.event,
-                "event_id": event_id,
-            }
-            for offset, step in enumerate(taken)
-        ],
-    )
+    """Each (call id, event id, transitions taken): a call's whole history, from its own
+    terminal event, numbered from 0."""
+    rows = [
+        {
+            "call_id": call_id,
+            "seq": seq,
+            "source": step.source,
+            "target": step.target,
+            "at": step.at,
+            "event": step.event,
+            "event_id": event_id,
+        }
+        for call_id, event_id, taken in histories
+        for seq, step in enumerate(taken)
+    ]
+    if rows:
+        connection.execute(insert(transitions), rows)
 
 
 def fill_account(connection: Connection, call_id: str, account_id: str) -> None:

@@ -14,9 +14,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from tracker import lifecycle, parsing, storage
+from tracker.applying import apply_deliveries
 from tracker.errors import StorageError
-from tracker.parsing import Delivery, Unreadable, Untracked
-from tracker.records import Call, Event, Outcome, Result
+from tracker.records import Call, Event, Result
 from tracker.schema import check_current, upgrade_schema
 
 DEFAULT_DATABASE_URL: Final = "sqlite:///tracker.db"
@@ -86,7 +86,7 @@ class Tracker:
         self._check_schema()
         delivery = parsing.read(body)
         received_at = datetime.now(UTC)
-        return self._in_transaction(lambda c: _apply_delivery(c, delivery, received_at))
+        return self._in_transaction(lambda c: apply_deliveries(c, [delivery], received_at)[0])
 
     def apply_many(self, bodies: Iterable[bytes | str | object]) -> list[Result]:
         """Apply bodies in order in one transaction: the outcomes of applying them one by one,
@@ -94,9 +94,7 @@ class Tracker:
         self._check_schema()
         deliveries = [parsing.read(body) for body in bodies]
         received_at = datetime.now(UTC)
-        return self._in_transaction(
-            lambda c: [_apply_delivery(c, delivery, received_at) for delivery in deliveries]
-        )
+        return self._in_transaction(lambda c: apply_deliveries(c, deliveries, received_at))
 
     def _in_transaction(self, work: Callable[[Connection], T]) -> T:
         """Run `work` in one writing transaction; when it loses a race (a unique key taken, a
@@ -159,90 +157,6 @@ class Tracker:
         self._check_schema()
         with self.engine.connect() as connection:
             return list(storage.where_events(connection, call_id=call_id, outcome=outcome))
-
-
-def _apply_delivery(connection: Connection, delivery: Delivery, received_at: datetime) -> Result:
-    content = delivery.content
-
-    def log(result: Result, event_type: str | None, dedup_key: str | None = None) -> int:
-        return storage.insert_event(
-            connection,
-            received_at=received_at,
-            body=delivery.raw,
-            outcome=result.outcome,
-            reason=result.reason,
-            detail=result.detail,
-            call_id=result.call_id,
-            event_type=event_type,
-            dedup_key=dedup_key,
-        )
-
-    if isinstance(content, Unreadable):
-        result = Result(Outcome.INVALID, content.call_id, content.reason, content.detail)
-        log(result, None)
-        return result
-    if isinstance(content, Untracked):
-        result = Result(
-            Outcome.IGNORED,
-            delivery.call_id,
-            "untracked_event_type",
-            f"'{content.event_type}' events are not tracked; only "
-            + " and ".join(parsing.TRACKED_EVENT_TYPES)
-            + " are",
-        )
-        log(result, content.event_type)
-        return result
-
-    event = content
-    key = parsing.content_key(event)
-    ids = [event.call_id] if event.parent_call_id is None else [event.call_id, event.parent_call_id]
-    found = storage.where_calls_by_id(connection, ids)
-    call = found.get(event.call_id)
-    parent = found.get(event.parent_call_id) if event.parent_call_id else None
-
-    if call is not None and call.state == lifecycle.DISCONNECTED:
-        # Only a call that has ended can have had this very delivery applied.
-        earlier = storage.find_applied_event_id(connection, key)
-        if earlier is not None:
-            result = Result(
-                Outcome.DUPLICATE,
-                event.call_id,
-                None,
-                f"the same delivery was already applied (event #{earlier})",
-            )
-            log(result, event.event_type)
-            return result
-
-    # Only a call already in the database can have descendants, and so become its own ancestor.
-    ancestry: Sequence[str] = ()
-    if call is not None and parent is not None:
-        ancestry = storage.where_ancestry(connection, parent)
-    decision = lifecycle.decide(event, call, parent, ancestry)
-    result = Result(
-        decision.outcome,
-        event.call_id,
-        decision.reason.value if decision.reason else None,
-        decision.detail,
-    )
-    if decision.outcome is not Outcome.APPLIED:
-        log(result, event.event_type)
-        return result
-
-    event_id = log(result, event.event_type, dedup_key=key)
-    assert decision.call is not None
-    call_before, call_after = decision.call
-    if decision.parent is not None and decision.parent[0] is None:
-        storage.write_call(connection, None, decision.parent[1])  # the leg refers to it
-    storage.write_call(connection, call_before, call_after)
-    if decision.parent is not None and decision.parent[0] is not None:
-        storage.write_call(connection, *decision.parent)
-    first_seq = 0 if call_before is None else storage.count_transitions(connection, event.call_id)
-    storage.insert_transitions(connection, event.call_id, first_seq, decision.transitions, event_id)
-    if decision.fill_account is not None:
-        storage.fill_account(connection, event.call_id, decision.fill_account)
-    if decision.fill_application is not None:
-        storage.fill_application(connection, event.call_id, decision.fill_application)
-    return result
 
 
 def _snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) -> list[Call]:

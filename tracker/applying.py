@@ -1,0 +1,197 @@
+"""Applying a batch of deliveries inside one transaction: decide each in order, write once.
+
+Each delivery is decided (by `lifecycle.decide`) against the calls as the earlier deliveries of
+the batch left them, kept in memory; the rows are then written in a handful of statements
+whatever the batch size: one per table, plus one compare-and-set UPDATE per call that existed
+before. `apply` is a batch of one, so both paths are the same code and give the same outcomes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from tracker import lifecycle, parsing, storage
+from tracker.lifecycle import CallRecord, Decision, TransitionTaken
+from tracker.parsing import Delivery, TerminalEvent, Unreadable, Untracked
+from tracker.records import Outcome, Result
+
+
+def apply_deliveries(
+    connection: Connection, deliveries: Sequence[Delivery], received_at: datetime
+) -> list[Result]:
+    batch = _Batch(connection, received_at)
+    batch.prefetch(deliveries)
+    results = [batch.apply(delivery) for delivery in deliveries]
+    batch.flush()
+    return results
+
+
+class _Batch:
+    """The calls this batch touched, as it leaves them, and the rows still to be written."""
+
+    def __init__(self, connection: Connection, received_at: datetime) -> None:
+        self.connection = connection
+        self.received_at = received_at
+        # Latest record of every call looked at (None: not in the database, not created yet).
+        self.known: dict[str, CallRecord | None] = {}
+        # The record each changed call had in the database: the compare-and-set expectation.
+        self.stored: dict[str, CallRecord | None] = {}
+        self.events: list[dict[str, Any]] = []
+        self.history: list[tuple[int, str, tuple[TransitionTaken, ...]]] = []
+        self.stored_keys: set[str] = set()
+        self.batch_keys: set[str] = set()
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def prefetch(self, deliveries: Sequence[Delivery]) -> None:
+        """Read every call the batch names in one query, and the content keys that may repeat
+        an applied delivery in another."""
+        events = [d.content for d in deliveries if isinstance(d.content, TerminalEvent)]
+        ids = {e.call_id for e in events} | {e.parent_call_id for e in events if e.parent_call_id}
+        self._load(ids)
+        # Only a call that has already ended can have had this very delivery applied.
+        maybe_repeats = [
+            parsing.content_key(event)
+            for event in events
+            if (call := self.known.get(event.call_id)) is not None
+            and call.state == lifecycle.DISCONNECTED
+        ]
+        if maybe_repeats:
+            self.stored_keys = storage.where_applied_keys(self.connection, maybe_repeats)
+
+    def _load(self, call_ids: set[str]) -> None:
+        missing = call_ids - self.known.keys()
+        if missing:
+            found = storage.where_calls_by_id(self.connection, missing)
+            self.known.update({call_id: found.get(call_id) for call_id in missing})
+
+    def record(self, call_id: str) -> CallRecord | None:
+        self._load({call_id})
+        return self.known[call_id]
+
+    def ancestry(self, call: CallRecord) -> list[str]:
+        """The ids above `call`, nearest first; stops at a repeat so a corrupt loop cannot hang."""
+        chain: list[str] = []
+        parent_id = call.parent_call_id
+        while parent_id is not None and parent_id not in chain and parent_id != call.call_id:
+            chain.append(parent_id)
+            parent = self.record(parent_id)
+            parent_id = parent.parent_call_id if parent else None
+        return chain
+
+    # --- deciding ---------------------------------------------------------------------------
+
+    def apply(self, delivery: Delivery) -> Result:
+        content = delivery.content
+        if isinstance(content, Unreadable):
+            return self._log(
+                delivery, Result(Outcome.INVALID, content.call_id, content.reason, content.detail)
+            )
+        if isinstance(content, Untracked):
+            tracked = " and ".join(parsing.TRACKED_EVENT_TYPES)
+            return self._log(
+                delivery,
+                Result(
+                    Outcome.IGNORED,
+                    delivery.call_id,
+                    "untracked_event_type",
+                    f"'{content.event_type}' events are not tracked; only {tracked} are",
+                ),
+                event_type=content.event_type,
+            )
+        return self._apply_event(delivery, content)
+
+    def _apply_event(self, delivery: Delivery, event: TerminalEvent) -> Result:
+        key = parsing.content_key(event)
+        call = self.record(event.call_id)
+        parent = self.record(event.parent_call_id) if event.parent_call_id else None
+        if key in self.batch_keys or key in self.stored_keys:
+            return self._log(
+                delivery,
+                Result(
+                    Outcome.DUPLICATE,
+                    event.call_id,
+                    None,
+                    "the same delivery was already applied",
+                ),
+                event_type=event.event_type,
+            )
+        # Only a call that already exists can have legs, and so become its own ancestor.
+        ancestry = self.ancestry(parent) if call is not None and parent is not None else []
+        decision = lifecycle.decide(event, call, parent, ancestry)
+        result = Result(
+            decision.outcome,
+            event.call_id,
+            decision.reason.value if decision.reason else None,
+            decision.detail,
+        )
+        if decision.outcome is not Outcome.APPLIED:
+            return self._log(delivery, result, event_type=event.event_type)
+        self.batch_keys.add(key)
+        self._log(delivery, result, event_type=event.event_type, dedup_key=key)
+        self._keep(event.call_id, decision)
+        return result
+
+    def _keep(self, call_id: str, decision: Decision) -> None:
+        assert decision.call is not None
+        # A new parent placeholder first: the leg's row refers to it.
+        for change in (decision.parent, decision.call):
+            if change is not None:
+                before, after = change
+                self.stored.setdefault(after.call_id, before)
+                self.known[after.call_id] = after
+        self.history.append((len(self.events) - 1, call_id, decision.transitions))
+        if decision.fill_account is not None or decision.fill_application is not None:
+            # Rare (a tree learning an account or application late): the tree is walked in the
+            # database, so write what is pending first, and read back what the walk changed.
+            self.flush()
+            if decision.fill_account is not None:
+                storage.fill_account(self.connection, call_id, decision.fill_account)
+            if decision.fill_application is not None:
+                storage.fill_application(self.connection, call_id, decision.fill_application)
+            self.known.clear()
+
+    def _log(
+        self,
+        delivery: Delivery,
+        result: Result,
+        *,
+        event_type: str | None = None,
+        dedup_key: str | None = None,
+    ) -> Result:
+        self.events.append(
+            {
+                "received_at": self.received_at,
+                "body": delivery.raw,
+                "outcome": result.outcome.value,
+                "reason": result.reason,
+                "detail": result.detail,
+                "call_id": result.call_id,
+                "event_type": event_type[:256] if event_type else None,
+                "dedup_key": dedup_key,
+            }
+        )
+        return result
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write everything pending, in the order foreign keys need: events, calls, history."""
+        event_ids = storage.insert_events(self.connection, self.events)
+        changes: list[tuple[CallRecord | None, CallRecord]] = []
+        for call_id, before in self.stored.items():
+            after = self.known[call_id]
+            assert after is not None  # only calls a decision produced are in `stored`
+            changes.append((before, after))
+        storage.write_calls(self.connection, changes)
+        storage.insert_transitions(
+            self.connection,
+            [(call_id, event_ids[index], taken) for index, call_id, taken in self.history if taken],
+        )
+        self.events.clear()
+        self.history.clear()
+        self.stored.clear()
