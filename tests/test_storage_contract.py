@@ -31,3 +31,36 @@ def test_leg_links_to_placeholder_parent(tracker: Tracker) -> None:
     assert parent is not None
     assert parent.legs == (leg["callId"],)
     assert parent.state == "initiated"
+
+
+def test_event_log_keeps_every_body_byte_for_byte(tracker: Tracker) -> None:
+    bodies = [b"\xff\xfe not utf-8", b'{"eventType": "answer"}', json.dumps(disconnect()).encode()]
+    for body in bodies:
+        tracker.apply(body)
+    logged = tracker.events()
+    assert [event.body for event in logged] == bodies
+    assert [event.outcome for event in logged] == ["invalid", "ignored", "applied"]
+    assert all(event.received_at.tzinfo is not None for event in logged)
+
+
+def test_event_log_filters_by_call_and_outcome_and_keeps_the_newest(tracker: Tracker) -> None:
+    body = disconnect()
+    for _ in range(3):
+        tracker.apply(body)
+    tracker.apply(disconnect())
+    assert [e.outcome for e in tracker.events(call_id=body["callId"])] == [
+        "applied",
+        "duplicate",
+        "duplicate",
+    ]
+    assert len(tracker.events(outcome="duplicate")) == 2
+    newest = tracker.events(limit=2)
+    assert [e.id for e in newest] == [e.id for e in tracker.events()][-2:]
+
+
+def test_upgrade_reports_the_revisions_it_moved_between(database_url: str) -> None:
+    with Tracker(database_url) as tracker:
+        first = tracker.upgrade()
+        again = tracker.upgrade()
+    assert first.from_revision is None and first.changed
+    assert (again.from_revision, again.changed) == (first.to_revision, False)

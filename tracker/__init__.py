@@ -9,11 +9,12 @@ correlated with their transfer legs, and persisted.
 """
 
 from tracker.errors import SchemaError, StorageError, TrackerError
-from tracker.lifecycle import DISPOSITIONS, STATES, TRANSITIONS, Reason
-from tracker.records import Call, Event, Outcome, Result, Transition
+from tracker.lifecycle import ALL_DISPOSITIONS, DISPOSITIONS, STATES, TRANSITIONS, Reason
+from tracker.records import Call, Event, Outcome, Result, SchemaUpgrade, Transition
 from tracker.tracker import DEFAULT_DATABASE_URL, Tracker
 
 __all__ = [
+    "ALL_DISPOSITIONS",
     "DEFAULT_DATABASE_URL",
     "DISPOSITIONS",
     "STATES",
@@ -24,6 +25,7 @@ __all__ = [
     "Reason",
     "Result",
     "SchemaError",
+    "SchemaUpgrade",
     "StorageError",
     "Tracker",
     "TrackerError",

@@ -378,26 +378,26 @@ def _account_from_url(url: str | None) -> str | None:
     return match[1] if match else None
 
 
-def _floor_delivery(
+def _floor_transaction(
     execute: Callable[..., Any],
     statements: _FloorStatements,
-    body: bytes,
-    received_at: object,
+    bodies: Sequence[bytes],
+    now: Callable[[], object],
 ) -> None:
-    """One delivery's least work: parse, hash the canonical form, read the call, insert the
-    delivery (its unique hash refuses a duplicate), upsert the call, insert an unseen parent."""
-    document = json.loads(body)
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
-    call_id = document["callId"]
-    parent_id = document.get("parentCallId")
-    execute(statements.select_call, (call_id,)).fetchone()
-    execute(statements.insert_delivery, (digest, body, received_at))
-    leg = parent_id is not None
-    account = document.get("accountId") or _account_from_url(document.get("callUrl"))
-    execute(
-        statements.upsert_call,
-        (
+    """The least work for the deliveries of one transaction: parse each, hash its canonical form,
+    insert it (its unique hash refuses a duplicate); then, in call-id order so that concurrent
+    writers never deadlock, read each call, upsert it, and insert each unseen parent."""
+    rows: list[tuple[str, int, str, tuple[Any, ...]]] = []
+    for order, body in enumerate(bodies):
+        document = json.loads(body)
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+        execute(statements.insert_delivery, (digest, body, now()))
+        call_id = document["callId"]
+        parent_id = document.get("parentCallId")
+        leg = parent_id is not None
+        account = document.get("accountId") or _account_from_url(document.get("callUrl"))
+        call = (
             call_id,
             "disconnected",
             parent_id,
@@ -414,12 +414,24 @@ def _floor_delivery(
             document.get("tag"),
             document.get("errorMessage"),
             document.get("errorId"),
-        ),
-    )
-    if leg:
-        execute(
-            statements.insert_parent, (parent_id, account, document.get("from"), document.get("to"))
         )
+        rows.append((call_id, order, statements.upsert_call, call))
+        if leg:
+            parent = (parent_id, account, document.get("from"), document.get("to"))
+            rows.append((parent_id, order, statements.insert_parent, parent))
+    rows.sort(key=lambda row: (row[0], row[1]))
+    for call_id, _order, statement, parameters in rows:
+        if statement is statements.upsert_call:
+            execute(statements.select_call, (call_id,)).fetchone()
+        execute(statement, parameters)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).isoformat()
 
 
 def _chunks(items: Sequence[bytes], size: int) -> Iterator[Sequence[bytes]]:
@@ -448,8 +460,7 @@ class _SqliteFloor:
         execute = cursor.execute
         for chunk in _chunks(bodies, batch):
             execute("BEGIN IMMEDIATE")  # as the tracker: the write lock before the read
-            for body in chunk:
-                _floor_delivery(execute, self.statements, body, datetime.now(UTC).isoformat())
+            _floor_transaction(execute, self.statements, chunk, _now_text)
             execute("COMMIT")
 
     def close(self) -> None:
@@ -480,12 +491,11 @@ class _PostgresqlFloor:
         for chunk in _chunks(bodies, batch):
             while True:
                 try:
-                    for body in chunk:
-                        _floor_delivery(execute, self.statements, body, datetime.now(UTC))
+                    _floor_transaction(execute, self.statements, chunk, _now)
                     self.connection.commit()
                     break
                 except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
-                    self.connection.rollback()  # batches of several workers crossed: again
+                    self.connection.rollback()  # not expected (rows go in order); run it again
 
     def close(self) -> None:
         self.connection.close()

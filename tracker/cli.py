@@ -31,11 +31,11 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError
 
 from tracker import (
+    ALL_DISPOSITIONS,
     DEFAULT_DATABASE_URL,
-    DISPOSITIONS,
     STATES,
     Call,
     Event,
@@ -44,9 +44,7 @@ from tracker import (
     SchemaError,
     StorageError,
     Tracker,
-    schema,
 )
-from tracker.lifecycle import FAILED
 
 EXIT_NOT_FOUND: Final = 1
 EXIT_SCHEMA: Final = 2
@@ -60,8 +58,6 @@ CHUNK_SIZE: Final = 500
 # take only the width they need, so a wide page loses nothing.
 _PIPE_WIDTH: Final = 1000
 
-_DISPOSITION_CHOICES: Final = (*DISPOSITIONS.values(), FAILED)
-
 
 class _TrackerGroup(click.Group):
     """Ends every command that meets a tracker error with one line on stderr and its exit code."""
@@ -73,10 +69,6 @@ class _TrackerGroup(click.Group):
             _fail(str(error), EXIT_SCHEMA)
         except StorageError as error:
             _fail(str(error), EXIT_STORAGE)
-        except OperationalError as error:
-            # Reads and upgrades reach the database outside `apply`, so an unreachable or
-            # unusable database surfaces as the driver's error rather than a StorageError.
-            _fail(f"the database failed: {error.orig}", EXIT_STORAGE)
 
 
 def _fail(message: str, exit_code: int) -> NoReturn:
@@ -88,14 +80,15 @@ class _Session:
     """The database named by --db, and the tracker opened on it when a command first needs one,
     so that `--help` works whatever --db says."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, schema: str | None) -> None:
         self.database_url = database_url
+        self.schema = schema
 
     @cached_property
     def tracker(self) -> Tracker:
         try:
-            tracker = Tracker(self.database_url)
-        except ArgumentError as error:
+            tracker = Tracker(self.database_url, schema=self.schema)
+        except (ArgumentError, ValueError) as error:
             raise click.BadParameter(str(error), param_hint="'--db'") from error
         except ImportError as error:
             raise click.BadParameter(
@@ -122,15 +115,23 @@ class _Session:
     metavar="URL",
     help="SQLAlchemy database URL, e.g. postgresql+psycopg://user@host/calls.",
 )
+@click.option(
+    "--schema",
+    envvar="TRACKER_DATABASE_SCHEMA",
+    default=None,
+    show_envvar=True,
+    metavar="NAME",
+    help="PostgreSQL only: keep the tracker's tables in this schema, apart from the host's.",
+)
 @click.version_option(package_name="tracker")
 @click.pass_context
-def cli(ctx: click.Context, database_url: str) -> None:
+def cli(ctx: click.Context, database_url: str, schema: str | None) -> None:
     """Follow Bandwidth Voice calls: apply callback bodies, then look at calls and their legs.
 
     Exit codes: 0 done; 1 call not found; 2 usage error, or the database schema needs
     `tracker upgrade`; 3 the database failed.
     """
-    ctx.obj = _Session(database_url)
+    ctx.obj = _Session(database_url, schema)
 
 
 # --- upgrade ----------------------------------------------------------------------------------
@@ -140,12 +141,9 @@ def cli(ctx: click.Context, database_url: str) -> None:
 @click.pass_obj
 def upgrade(session: _Session) -> None:
     """Create or migrate the tracker's tables. Safe to run again, and from many hosts at once."""
-    tracker = session.tracker
-    with tracker.engine.connect() as connection:
-        before = schema.current_revision(connection)
-    tracker.upgrade()
-    head = schema.head_revision()
-    if before == head:
+    done = session.tracker.upgrade()
+    before, head = done.from_revision, done.to_revision
+    if not done.changed:
         click.echo(f"The tracker schema in {session.shown_url} is already at revision {head}.")
     else:
         click.echo(
@@ -450,7 +448,7 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 @cli.command()
 @click.option("--state", type=click.Choice(STATES), help="Only calls in this state.")
 @click.option(
-    "--disposition", type=click.Choice(_DISPOSITION_CHOICES), help="Only calls that ended so."
+    "--disposition", type=click.Choice(ALL_DISPOSITIONS), help="Only calls that ended so."
 )
 @click.option("--account", "account_id", metavar="ID", help="Only calls of this account.")
 @click.option(
@@ -544,13 +542,22 @@ def calls(
     is_flag=True,
     help="Print a JSON array; `body` is the text received (bytes that are not UTF-8 escaped).",
 )
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Show only the newest N entries.",
+)
 @click.pass_obj
-def events(session: _Session, call_id: str | None, outcome: str | None, as_json: bool) -> None:
+def events(
+    session: _Session, call_id: str | None, outcome: str | None, limit: int, as_json: bool
+) -> None:
     """List the event log, oldest first.
 
     Every body received is there, with its outcome and the reason for it.
     """
-    found = session.tracker.events(call_id=call_id, outcome=outcome)
+    found = session.tracker.events(call_id=call_id, outcome=outcome, limit=limit)
     if as_json:
         click.echo(json.dumps([_event_json(event) for event in found], indent=2))
         return

@@ -41,6 +41,7 @@ DISPOSITIONS: Final = {
     "rejected": "rejected",
 }
 FAILED: Final = "failed"
+ALL_DISPOSITIONS: Final = (*DISPOSITIONS.values(), FAILED)
 
 
 def disposition_of(cause: str) -> str:

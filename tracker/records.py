@@ -100,3 +100,15 @@ class Event:
     detail: str
     call_id: str | None
     event_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaUpgrade:
+    """What `Tracker.upgrade` did: the revision found (None: an empty database) and the head."""
+
+    from_revision: str | None
+    to_revision: str
+
+    @property
+    def changed(self) -> bool:
+        return self.from_revision != self.to_revision

@@ -55,9 +55,10 @@ def current_revision(connection: Connection) -> str | None:
     return context.get_current_revision()
 
 
-def upgrade_schema(engine: Engine, schema: str | None = None) -> None:
+def upgrade_schema(engine: Engine, schema: str | None = None) -> tuple[str | None, str]:
     """Bring the schema to head. Safe to call from many processes at once, and again and again:
     a database-level lock lets one process migrate while the others wait, then find nothing to do.
+    Returns the revisions before and after.
     """
     # SQLite: the writing transaction (BEGIN IMMEDIATE) is itself the database-wide lock.
     with (
@@ -69,9 +70,11 @@ def upgrade_schema(engine: Engine, schema: str | None = None) -> None:
             quoted = connection.dialect.identifier_preparer.quote_identifier(schema)
             connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
         try:
+            before = current_revision(connection)
             command.upgrade(alembic_config(connection), "head")
         finally:
             _unlock(connection)
+    return before, head_revision()
 
 
 def _lock(connection: Connection) -> None:

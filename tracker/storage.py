@@ -312,15 +312,25 @@ def where_transitions(connection: Connection, call_id: str) -> list[Transition]:
 
 
 def where_events(
-    connection: Connection, *, call_id: str | None = None, outcome: str | None = None
-) -> Iterator[Event]:
-    query = select(events).order_by(events.c.id)
+    connection: Connection,
+    *,
+    call_id: str | None = None,
+    outcome: str | None = None,
+    limit: int | None = None,
+) -> list[Event]:
+    query = select(events)
     if call_id is not None:
         query = query.where(events.c.call_id == call_id)
     if outcome is not None:
         query = query.where(events.c.outcome == outcome)
-    for row in connection.execute(query):
-        yield Event(
+    if limit is None:
+        rows = list(connection.execute(query.order_by(events.c.id)))
+    else:
+        # The newest `limit` entries, still handed back oldest first.
+        rows = list(connection.execute(query.order_by(events.c.id.desc()).limit(limit)))
+        rows.reverse()
+    return [
+        Event(
             id=row.id,
             received_at=row.received_at,
             body=bytes(row.body),
@@ -330,6 +340,8 @@ def where_events(
             call_id=row.call_id,
             event_type=row.event_type,
         )
+        for row in rows
+    ]
 
 
 def where_calls(

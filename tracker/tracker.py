@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Final, TypeVar
 
@@ -16,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from tracker import lifecycle, parsing, storage
 from tracker.applying import apply_deliveries
 from tracker.errors import StorageError
-from tracker.records import Call, Event, Result
+from tracker.records import Call, Event, Result, SchemaUpgrade
 from tracker.schema import check_current, upgrade_schema
 
 DEFAULT_DATABASE_URL: Final = "sqlite:///tracker.db"
@@ -67,15 +68,18 @@ class Tracker:
 
     # --- schema ---------------------------------------------------------------------------
 
-    def upgrade(self) -> None:
+    def upgrade(self) -> SchemaUpgrade:
         """Migrate the database to the schema this tracker needs. Safe to call again, and from
         many processes at once."""
-        upgrade_schema(self.engine, self._schema)
+        with _database_errors():
+            before, after = upgrade_schema(self.engine, self._schema)
         self._schema_checked = False
+        return SchemaUpgrade(before, after)
 
     def _check_schema(self) -> None:
         if not self._schema_checked:
-            check_current(self.engine)
+            with _database_errors():
+                check_current(self.engine)
             self._schema_checked = True
 
     # --- writing --------------------------------------------------------------------------
@@ -124,7 +128,7 @@ class Tracker:
 
     def get_call(self, call_id: str) -> Call | None:
         self._check_schema()
-        with self.engine.connect() as connection:
+        with _database_errors(), self.engine.connect() as connection:
             record = storage.find_call(connection, call_id)
             return None if record is None else _snapshots(connection, [record])[0]
 
@@ -140,7 +144,7 @@ class Tracker:
     ) -> list[Call]:
         """Calls matching every filter given, by start time (placeholders, with none, last)."""
         self._check_schema()
-        with self.engine.connect() as connection:
+        with _database_errors(), self.engine.connect() as connection:
             records = storage.where_calls(
                 connection,
                 state=state,
@@ -152,11 +156,13 @@ class Tracker:
             )
             return _snapshots(connection, records)
 
-    def events(self, call_id: str | None = None, outcome: str | None = None) -> list[Event]:
-        """The event log, oldest first."""
+    def events(
+        self, call_id: str | None = None, outcome: str | None = None, limit: int | None = None
+    ) -> list[Event]:
+        """The event log, oldest first; `limit` keeps the newest entries when given."""
         self._check_schema()
-        with self.engine.connect() as connection:
-            return list(storage.where_events(connection, call_id=call_id, outcome=outcome))
+        with _database_errors(), self.engine.connect() as connection:
+            return storage.where_events(connection, call_id=call_id, outcome=outcome, limit=limit)
 
 
 def _snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) -> list[Call]:
@@ -190,6 +196,15 @@ def _snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) 
             )
         )
     return calls
+
+
+@contextmanager
+def _database_errors() -> Iterator[None]:
+    """Reads and upgrades fail as `StorageError` too, so a caller handles one error type."""
+    try:
+        yield
+    except DBAPIError as error:
+        raise StorageError(f"the database failed: {error.orig}") from error
 
 
 def _is_transient(error: DBAPIError) -> bool:
