@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from transitions import EventData, Machine
 
-from tracker.parsing import TerminalEvent, read_call_url
+from tracker.parsing import CallUrl, TerminalEvent, read_call_url
 from tracker.records import Outcome
 
 INITIATED: Final = "initiated"
@@ -182,7 +182,7 @@ def decide(
     )
     if rejection is not None:
         return rejection
-    account = _account_of(event, call, parent)
+    account = _account_of(event, url, call, parent)
     if isinstance(account, Decision):
         return account
     application = event.application_id or (parent.application_id if parent else None)
@@ -327,11 +327,10 @@ def _second_terminal_event(
 
 
 def _account_of(
-    event: TerminalEvent, call: CallRecord | None, parent: CallRecord | None
+    event: TerminalEvent, url: CallUrl | None, call: CallRecord | None, parent: CallRecord | None
 ) -> str | Decision | None:
     """The call's account: from the body, else the callUrl path, else what its tree already
     knows. A transfer never crosses accounts, so a leg and its parent must agree."""
-    url = read_call_url(event.call_url)
     own = event.account_id or (url.account_id if url else None)
     if call is not None and call.is_placeholder and call.account_id is not None:
         # A placeholder's account came from its legs.
@@ -355,8 +354,7 @@ def _account_of(
     return own
 
 
-def _check_call_url(event: TerminalEvent) -> Decision | None:
-    url = read_call_url(event.call_url)
+def _check_call_url(event: TerminalEvent, url: CallUrl | None) -> Decision | None:
     if url is None:
         return None
     if url.call_id != event.call_id:
