@@ -177,8 +177,11 @@ def decide(
     """Apply `event` to `call` (None when never seen) and its `parent` (None when the event names
     none, or names one never seen). `parent_ancestry` lists the parent's ancestors, nearest
     first."""
+    url = read_call_url(event.call_url)
     rejection = (
-        _check_call_url(event) or _check_times(event) or _check_ancestry(event, parent_ancestry)
+        _check_call_url(event, url)
+        or _check_times(event)
+        or _check_ancestry(event, parent_ancestry)
     )
     if rejection is not None:
         return rejection
