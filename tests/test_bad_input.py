@@ -1,0 +1,90 @@
+"""Bad input never raises, is always logged byte for byte, and changes no call (property-based)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.factories import disconnect, transfer_disconnect
+from tracker import Outcome, Tracker
+
+FIELDS = [
+    "eventType", "eventTime", "accountId", "applicationId", "from", "to", "direction", "callId",
+    "callUrl", "startTime", "answerTime", "endTime", "cause", "errorMessage", "errorId", "tag",
+    "enqueuedTime", "parentCallId", "transferCallerId", "transferTo", "sipResponseCode",
+]  # fmt: skip
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=300),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+SETTINGS = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@st.composite
+def damaged_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid body with some fields removed or replaced by any JSON value."""
+    body = draw(st.sampled_from([disconnect(), transfer_disconnect("c-parent-of-damaged")]))
+    body = dict(body, callId=f"c-damaged-{draw(st.integers(0, 10**9))}")
+    for field in draw(st.lists(st.sampled_from(FIELDS), min_size=1, max_size=4, unique=True)):
+        if draw(st.booleans()):
+            body.pop(field, None)
+        else:
+            body[field] = draw(json_values)
+    return body
+
+
+def log_grows_by_exactly(tracker: Tracker, body: bytes | str, outcome: Outcome) -> None:
+    logged = tracker.events(limit=1)[-1]
+    expected = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
+    assert logged.body == expected
+    assert logged.outcome is outcome
+
+
+@SETTINGS
+@given(body=st.binary(max_size=2000))
+def test_any_bytes_are_answered_and_logged(sqlite_tracker: Tracker, body: bytes) -> None:
+    result = sqlite_tracker.apply(body)
+    assert result.outcome in (Outcome.INVALID, Outcome.IGNORED)
+    assert result.detail
+    log_grows_by_exactly(sqlite_tracker, body, result.outcome)
+
+
+@SETTINGS
+@given(value=json_values)
+def test_any_json_value_is_answered_and_logged(sqlite_tracker: Tracker, value: Any) -> None:
+    body = json.dumps(value)
+    result = sqlite_tracker.apply(body)
+    assert result.outcome in (Outcome.INVALID, Outcome.IGNORED)
+    log_grows_by_exactly(sqlite_tracker, body, result.outcome)
+
+
+@SETTINGS
+@given(body=damaged_bodies())
+def test_damaged_callbacks_never_raise_on_any_backend(
+    tracker: Tracker, body: dict[str, Any]
+) -> None:
+    text = json.dumps(body, ensure_ascii=False)
+    result = tracker.apply(text)
+    log_grows_by_exactly(tracker, text, result.outcome)
+    call = tracker.get_call(body["callId"]) if isinstance(body.get("callId"), str) else None
+    if result.outcome is Outcome.INVALID:
+        assert result.reason in ("missing_field", "invalid_field", "not_json")
+        assert call is None
+    if result.outcome is Outcome.APPLIED:
+        assert call is not None and call.state == "disconnected"
