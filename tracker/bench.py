@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import platform
 import pstats
+import queue
 import random
 import re
 import resource
@@ -584,16 +585,21 @@ def _worker(
     bodies: Sequence[bytes],
     warmup: Sequence[bytes],
     batch: int,
-    barrier: Any,
-    results: Any,
+    messages: Any,
+    go: Any,
 ) -> None:
-    """A spawned process: its own connection or Tracker, started together with the others."""
+    """A spawned process: its own connection or Tracker. It says when it is ready, waits for the
+    signal to go, and reports its figures (or its error)."""
+
+    def ready() -> None:
+        messages.put("ready")
+        go.wait()
+
     try:
-        share = _run_share(mode, url, bodies, warmup, batch, barrier.wait)
-        results.put(asdict(share))
+        share = _run_share(mode, url, bodies, warmup, batch, ready)
+        messages.put(asdict(share))
     except BaseException as error:
-        barrier.abort()
-        results.put({"error": f"{type(error).__name__}: {error}"})
+        messages.put({"error": f"{type(error).__name__}: {error}"})
         raise
 
 
@@ -601,34 +607,54 @@ def _run_parallel(
     mode: Mode, url: str, bodies: Sequence[bytes], warmup: Sequence[bytes], batch: int, workers: int
 ) -> _ShareResult:
     """Deal the bodies out as a load balancer would (round robin), start `workers` processes
-    together, and time the whole, from their common start to the last one's end."""
+    together once all are ready, and time the whole, from the start to the last one's end."""
     context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(workers + 1)
-    results = context.Queue()
+    messages = context.Queue()
+    go = context.Event()
     processes = [
         context.Process(
             target=_worker,
-            args=(mode, url, bodies[n::workers], warmup[n::workers], batch, barrier, results),
+            args=(mode, url, bodies[n::workers], warmup[n::workers], batch, messages, go),
         )
         for n in range(workers)
     ]
     for process in processes:
         process.start()
-    with suppress(Exception):  # a broken barrier: a worker failed preparing, its report says why
-        barrier.wait(timeout=300)
-    started = time.perf_counter()
-    shares = [results.get(timeout=3600) for _ in processes]
-    seconds = time.perf_counter() - started
-    for process in processes:
-        process.join()
-    errors = [share["error"] for share in shares if "error" in share]
-    if errors:
-        raise RuntimeError(f"a {mode} worker failed: {errors[0]}")
+    try:
+        _receive(messages, processes, workers)  # every worker ready
+        go.set()
+        started = time.perf_counter()
+        shares = _receive(messages, processes, workers)
+        seconds = time.perf_counter() - started
+    finally:
+        for process in processes:
+            if process.exitcode is None and not go.is_set():
+                process.terminate()
+            process.join()
     outcomes: Counter[str] = Counter()
     for share in shares:
         outcomes.update(share["outcomes"])
     peak = max(float(share["peak_rss_mb"]) for share in shares)
     return _ShareResult(seconds, dict(outcomes), peak)
+
+
+def _receive(
+    messages: Any, processes: Sequence[multiprocessing.process.BaseProcess], count: int
+) -> list[Any]:
+    """`count` messages from the workers; raises as soon as one reports an error or dies."""
+    received: list[Any] = []
+    while len(received) < count:
+        try:
+            message = messages.get(timeout=0.5)
+        except queue.Empty:
+            dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a worker process died (exit code {dead[0]})") from None
+            continue
+        if isinstance(message, dict) and "error" in message:
+            raise RuntimeError(f"a worker failed: {message['error']}")
+        received.append(message)
+    return received
 
 
 # --- databases --------------------------------------------------------------------------------
@@ -835,7 +861,13 @@ class Report:
         if floor_mode is None:
             return None
         floor = self._find(figure.backend, figure.workers, floor_mode)
-        return None if floor is None else figure.median / floor.median
+        if floor is None:
+            return None
+        # Each repetition ran the tracker right after its floor: compare within a repetition, so
+        # a neighbour's load that slowed both cancels out, then take the median.
+        return statistics.median(
+            tracker / floor for tracker, floor in zip(figure.rates, floor.rates, strict=True)
+        )
 
     def _find(self, backend: str, workers: int, mode: Mode) -> Figure | None:
         for figure in self.figures:
@@ -885,7 +917,8 @@ class Report:
         """A Markdown table, ready to paste into the README."""
         lines = [
             f"{self.deliveries} distinct deliveries per run, median of {self.repeat} interleaved "
-            f"repetitions, batches of {self.batch}",
+            f"repetitions, batches of {self.batch}; 'of floor' is the median over repetitions of "
+            "the tracker's rate over its floor's in the same repetition",
             "machine: " + ", ".join(f"{key} {value}" for key, value in self.machine.items()),
             "",
             "| database | processes | run | deliveries/s (min-max) | of floor | target | |",
