@@ -73,7 +73,11 @@ def upgrade_schema(engine: Engine, schema: str | None = None) -> tuple[str | Non
             before = current_revision(connection)
             command.upgrade(alembic_config(connection), "head")
         finally:
-            _unlock(connection)
+            # A lost connection released the lock with its session; asking the server again
+            # would only hide the real error behind "Can't reconnect until invalid transaction
+            # is rolled back".
+            if not connection.invalidated:
+                _unlock(connection)
     return before, head_revision()
 
 

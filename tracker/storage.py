@@ -9,6 +9,9 @@ overwritten. The schema itself comes only from the Alembic migrations in `migrat
 
 from __future__ import annotations
 
+import random
+import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
@@ -48,6 +51,8 @@ from tracker.records import Event, Outcome, Transition
 
 TABLE_PREFIX: Final = "tracker_"
 VERSION_TABLE: Final = "tracker_alembic_version"
+# How long a SQLite writer waits for another to finish before "database is locked".
+_SQLITE_BUSY_TIMEOUT_MS: Final = 60_000
 
 # MySQL/MariaDB: utf8mb4 for every character Bandwidth may send (tags, SIP URIs), and a binary
 # collation so that call ids differing only in case stay different calls.
@@ -252,10 +257,10 @@ def _prepare_sqlite(engine: Engine, *, durable: bool) -> None:
     def _on_connect(connection: Any, _record: Any) -> None:
         connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
         if not in_memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cursor)
         cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute("PRAGMA busy_timeout=60000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -263,6 +268,26 @@ def _prepare_sqlite(engine: Engine, *, durable: bool) -> None:
     def _on_begin(connection: Connection) -> None:
         writing = connection.get_execution_options().get("tracker_write", False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+
+
+def _use_wal(cursor: Any) -> None:
+    """Switch the file to WAL (persistent: a no-op once done). The switch needs an exclusive
+    lock, which SQLite refuses at once, busy timeout or not, while another connection holds a
+    write lock (waiting could deadlock): processes opening a new file together meet exactly
+    that, so the switch is retried here until the busy timeout."""
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            mode = str(cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error).lower() and "busy" not in str(error).lower():
+                raise
+            mode = ""
+        if mode.lower() == "wal":
+            return
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError("database is locked: could not switch it to WAL")
+        time.sleep(random.uniform(0.005, 0.05))
 
 
 # --- reads ----------------------------------------------------------------------------------

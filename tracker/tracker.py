@@ -13,6 +13,7 @@ from typing import Final, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from tracker import lifecycle, parsing, storage
 from tracker.applying import apply_deliveries
@@ -112,6 +113,13 @@ class Tracker:
                     return work(connection)
             except (storage.LostRaceError, IntegrityError):
                 pass
+            except PoolTimeoutError as error:
+                # Every pooled connection stayed busy for `pool_timeout`: the database is too
+                # slow to serve this delivery now, which the caller handles like a failure.
+                raise StorageError(
+                    f"no database connection became free in time; nothing of this delivery was "
+                    f"written: {error}"
+                ) from error
             except DBAPIError as error:
                 if not _is_transient(error):
                     raise StorageError(
@@ -205,6 +213,8 @@ def _database_errors() -> Iterator[None]:
         yield
     except DBAPIError as error:
         raise StorageError(f"the database failed: {error.orig}") from error
+    except PoolTimeoutError as error:
+        raise StorageError(f"no database connection became free in time: {error}") from error
 
 
 def _is_transient(error: DBAPIError) -> bool:

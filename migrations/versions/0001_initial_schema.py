@@ -23,6 +23,14 @@ INSTANT = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 SERIAL = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
+def _create_index(name: str, table: str, columns: list[str]) -> None:
+    """MySQL/MariaDB cannot roll DDL back: an upgrade whose connection died half-way leaves the
+    first objects behind with no revision stamped, so the next upgrade runs this migration again
+    and must skip what already exists. (MySQL has no CREATE INDEX IF NOT EXISTS.)"""
+    if name not in {index["name"] for index in sa.inspect(op.get_bind()).get_indexes(table)}:
+        op.create_index(name, table, columns)
+
+
 def upgrade() -> None:
     op.create_table(
         "tracker_events",
@@ -41,9 +49,10 @@ def upgrade() -> None:
         sa.Column("dedup_key", sa.String(64), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_tracker_events"),
         sa.UniqueConstraint("dedup_key", name="uq_tracker_events_dedup_key"),
+        if_not_exists=True,
         **MYSQL,
     )
-    op.create_index("ix_tracker_events_call_id", "tracker_events", ["call_id"])
+    _create_index("ix_tracker_events_call_id", "tracker_events", ["call_id"])
 
     op.create_table(
         "tracker_calls",
@@ -74,14 +83,15 @@ def upgrade() -> None:
             ["tracker_calls.call_id"],
             name="fk_tracker_calls_parent_call_id_tracker_calls",
         ),
+        if_not_exists=True,
         **MYSQL,
     )
-    op.create_index("ix_tracker_calls_parent_call_id", "tracker_calls", ["parent_call_id"])
-    op.create_index(
+    _create_index("ix_tracker_calls_parent_call_id", "tracker_calls", ["parent_call_id"])
+    _create_index(
         "ix_tracker_calls_account_id_start_time", "tracker_calls", ["account_id", "start_time"]
     )
-    op.create_index("ix_tracker_calls_state", "tracker_calls", ["state"])
-    op.create_index("ix_tracker_calls_start_time", "tracker_calls", ["start_time"])
+    _create_index("ix_tracker_calls_state", "tracker_calls", ["state"])
+    _create_index("ix_tracker_calls_start_time", "tracker_calls", ["start_time"])
 
     op.create_table(
         "tracker_transitions",
@@ -105,6 +115,7 @@ def upgrade() -> None:
             name="fk_tracker_transitions_event_id_tracker_events",
         ),
         sa.UniqueConstraint("call_id", "seq", name="uq_tracker_transitions_call_id_seq"),
+        if_not_exists=True,
         **MYSQL,
     )
 

@@ -8,6 +8,7 @@ Create Date: 2026-11-23
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0002"
@@ -16,9 +17,17 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+def _create_index(name: str, table: str, columns: list[str]) -> None:
+    """MySQL/MariaDB cannot roll DDL back: an upgrade whose connection died half-way leaves the
+    first objects behind with no revision stamped, so the next upgrade runs this migration again
+    and must skip what already exists. (MySQL has no CREATE INDEX IF NOT EXISTS.)"""
+    if name not in {index["name"] for index in sa.inspect(op.get_bind()).get_indexes(table)}:
+        op.create_index(name, table, columns)
+
+
 def upgrade() -> None:
-    op.create_index("ix_tracker_events_outcome", "tracker_events", ["outcome"])
-    op.create_index("ix_tracker_calls_disposition", "tracker_calls", ["disposition"])
+    _create_index("ix_tracker_events_outcome", "tracker_events", ["outcome"])
+    _create_index("ix_tracker_calls_disposition", "tracker_calls", ["disposition"])
 
 
 def downgrade() -> None:
