@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
-from tests.factories import disconnect, transfer_disconnect
+from tests.factories import BASE_TIME, disconnect, transfer_disconnect
 from tracker import Outcome, Tracker
 
 
@@ -64,3 +65,32 @@ def test_upgrade_reports_the_revisions_it_moved_between(database_url: str) -> No
         again = tracker.upgrade()
     assert first.from_revision is None and first.changed
     assert (again.from_revision, again.changed) == (first.to_revision, False)
+
+
+def test_calls_are_listed_by_start_time_with_placeholders_last(tracker: Tracker) -> None:
+    late = disconnect(start=BASE_TIME + timedelta(hours=1))
+    early = disconnect(start=BASE_TIME)
+    leg = transfer_disconnect("c-placeholder", start=BASE_TIME + timedelta(minutes=30))
+    for body in (late, leg, early):
+        tracker.apply(body)
+    assert [call.call_id for call in tracker.calls()] == [
+        early["callId"],
+        leg["callId"],
+        late["callId"],
+        "c-placeholder",
+    ]
+
+
+def test_calls_filter_by_state_disposition_account_and_time(tracker: Tracker) -> None:
+    busy = disconnect(ring=None, cause="busy", start=BASE_TIME)
+    other_account = disconnect(accountId="777", callUrl=..., start=BASE_TIME + timedelta(hours=2))
+    tracker.apply(busy)
+    tracker.apply(other_account)
+    tracker.apply(transfer_disconnect("c-open"))
+    assert [c.call_id for c in tracker.calls(disposition="busy")] == [busy["callId"]]
+    assert [c.call_id for c in tracker.calls(state="initiated")] == ["c-open"]
+    assert [c.call_id for c in tracker.calls(account_id="777")] == [other_account["callId"]]
+    window = tracker.calls(
+        started_after=BASE_TIME + timedelta(hours=1), started_before=BASE_TIME + timedelta(hours=3)
+    )
+    assert [c.call_id for c in window] == [other_account["callId"]]

@@ -145,14 +145,11 @@ class _Batch:
                 self.stored.setdefault(after.call_id, before)
                 self.known[after.call_id] = after
         self.history.append((len(self.events) - 1, call_id, decision.transitions))
-        if decision.fill_account is not None or decision.fill_application is not None:
-            # Rare (a tree learning an account or application late): the tree is walked in the
-            # database, so write what is pending first, and read back what the walk changed.
+        if decision.fill_account is not None:
+            # Rare (a tree whose calls carry no account learning one late): the tree is walked
+            # in the database, so write what is pending first, and read back what changed.
             self.flush()
-            if decision.fill_account is not None:
-                storage.fill_account(self.connection, call_id, decision.fill_account)
-            if decision.fill_application is not None:
-                storage.fill_application(self.connection, call_id, decision.fill_application)
+            storage.fill_account(self.connection, call_id, decision.fill_account)
             self.known.clear()
 
     def _log(

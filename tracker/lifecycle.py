@@ -128,8 +128,6 @@ class Decision:
     # Set when the tree the call belongs to learns its account: every call of the tree without
     # one takes it (a transfer never crosses accounts, see `_check_accounts`).
     fill_account: str | None = None
-    # Set when a call that already has legs learns its application: legs without one inherit it.
-    fill_application: str | None = None
 
 
 class _Walk:
@@ -188,7 +186,9 @@ def decide(
     account = _account_of(event, url, call, parent)
     if isinstance(account, Decision):
         return account
-    application = event.application_id or (parent.application_id if parent else None)
+    # Only the call's own application is stored; a leg without one shows its parent's, resolved
+    # when read, so a parent arriving after its legs need not rewrite them.
+    application = event.application_id
     base = call if call is not None else CallRecord(call_id=event.call_id)
 
     if base.state == DISCONNECTED:
@@ -205,7 +205,6 @@ def decide(
         (parent is not None and parent.account_id is None)
         or (call is not None and call.account_id is None)
     )
-    learns_application = call is not None and application is not None
     answered = f", answered at {_iso(event.answer_time)}" if event.answer_time else ""
     return Decision(
         outcome=Outcome.APPLIED,
@@ -214,7 +213,6 @@ def decide(
         parent=parent_write,
         transitions=tuple(walk.taken),
         fill_account=account if learns_account else None,
-        fill_application=application if learns_application else None,
     )
 
 

@@ -311,6 +311,26 @@ def find_call(connection: Connection, call_id: str) -> CallRecord | None:
     return where_calls_by_id(connection, [call_id]).get(call_id)
 
 
+def find_inherited_application(connection: Connection, call: CallRecord) -> str | None:
+    """The application of the nearest ancestor that names one: a transferred leg runs in its
+    parent's application, and `transferDisconnect` bodies seldom say which."""
+    seen = {call.call_id}
+    parent_id = call.parent_call_id
+    while parent_id is not None and parent_id not in seen:
+        seen.add(parent_id)
+        row = connection.execute(
+            select(calls.c.application_id, calls.c.parent_call_id).where(
+                calls.c.call_id == parent_id
+            )
+        ).first()
+        if row is None:
+            return None
+        if row.application_id is not None:
+            return str(row.application_id)
+        parent_id = row.parent_call_id
+    return None
+
+
 def where_applied_keys(connection: Connection, dedup_keys: Sequence[str]) -> set[str]:
     found: set[str] = set()
     for chunk in _chunks(list(dedup_keys)):
@@ -379,7 +399,10 @@ def where_calls(
     started_before: datetime | None = None,
     limit: int | None = None,
 ) -> list[CallRecord]:
-    query = select(*_CALL_COLUMNS).order_by(calls.c.start_time, calls.c.call_id)
+    # Placeholders (no start time yet) last on every backend: NULLs sort first on some.
+    query = select(*_CALL_COLUMNS).order_by(
+        calls.c.start_time.is_(None), calls.c.start_time, calls.c.call_id
+    )
     if state is not None:
         query = query.where(calls.c.state == state)
     if disposition is not None:
@@ -503,28 +526,6 @@ def fill_account(connection: Connection, call_id: str, account_id: str) -> None:
             .where(and_(calls.c.call_id.in_(chunk), calls.c.account_id.is_(None)))
             .values(account_id=account_id, version=calls.c.version + 1)
         )
-
-
-def fill_application(connection: Connection, call_id: str, application_id: str) -> None:
-    """Legs without an application inherit their parent's, level by level down the tree."""
-    frontier = [call_id]
-    while frontier:
-        inheriting: list[str] = []
-        for chunk in _chunks(frontier):
-            inheriting.extend(
-                connection.execute(
-                    select(calls.c.call_id).where(
-                        and_(calls.c.parent_call_id.in_(chunk), calls.c.application_id.is_(None))
-                    )
-                ).scalars()
-            )
-        for chunk in _chunks(inheriting):
-            connection.execute(
-                update(calls)
-                .where(calls.c.call_id.in_(chunk))
-                .values(application_id=application_id, version=calls.c.version + 1)
-            )
-        frontier = inheriting
 
 
 def _tree_of(connection: Connection, call_id: str) -> set[str]:

@@ -186,7 +186,8 @@ def _snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) 
                 parent_call_id=record.parent_call_id,
                 legs=tuple(leg_id for leg_id, _start in legs),
                 account_id=record.account_id,
-                application_id=record.application_id,
+                application_id=record.application_id
+                or storage.find_inherited_application(connection, record),
                 direction=record.direction,
                 from_number=record.from_number,
                 to_number=record.to_number,
