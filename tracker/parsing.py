@@ -221,19 +221,20 @@ def _in_utc(event: TerminalEvent) -> TerminalEvent | Unreadable:
         value: datetime | None = getattr(event, name)
         if value is None:
             continue
+        offset = value.utcoffset()  # None when the stamp has no zone
         try:
-            if value.tzinfo is None:
-                changes[name] = value.replace(tzinfo=UTC)
-            elif value.utcoffset():
-                changes[name] = value.astimezone(UTC)
-            in_range = changes.get(name, value) >= _EARLIEST
+            if offset is None:
+                value = changes[name] = value.replace(tzinfo=UTC)
+            elif offset:
+                value = changes[name] = value.astimezone(UTC)
+            in_range = value.year >= _EARLIEST.year
         except OverflowError:
             in_range = False
         if not in_range:
             return Unreadable(
                 "invalid_field",
-                f"field '{_alias(event, name)}' is {value.isoformat()}, outside the years "
-                "1000 to 9999 (UTC)",
+                f"field '{_alias(event, name)}' is {getattr(event, name).isoformat()}, outside "
+                "the years 1000 to 9999 (UTC)",
                 event.call_id,
             )
     return event.model_copy(update=changes) if changes else event

@@ -193,6 +193,31 @@ _CALL_COLUMNS: Final = tuple(calls.c[name] for name in _RECORD_FIELDS)
 # Big IN lists are split so no backend hits its bound-parameter limit.
 _CHUNK: Final = 500
 
+# The statements of the write path, built once: SQLAlchemy then reuses their compiled form
+# without rebuilding and re-hashing them for every delivery.
+_SELECT_CALLS: Final = select(*_CALL_COLUMNS).where(
+    calls.c.call_id.in_(bindparam("call_ids", expanding=True))
+)
+_SELECT_APPLIED_KEYS: Final = select(events.c.dedup_key).where(
+    events.c.dedup_key.in_(bindparam("keys", expanding=True))
+)
+_INSERT_EVENT: Final = insert(events)
+_INSERT_EVENTS_RETURNING: Final = insert(events).returning(
+    events.c.id, sort_by_parameter_order=True
+)
+_INSERT_CALL: Final = insert(calls)
+_UPDATE_CALL: Final = (
+    update(calls)
+    .where(
+        and_(
+            calls.c.call_id == bindparam("b_call_id"),
+            calls.c.version == bindparam("expected_version"),
+        )
+    )
+    .values({name: bindparam(name) for name in _RECORD_FIELDS if name != "call_id"})
+)
+_INSERT_TRANSITIONS: Final = insert(transitions)
+
 
 class LostRaceError(Exception):
     """Another writer changed a row between our read and our write; the delivery is retried."""
@@ -301,7 +326,7 @@ def where_calls_by_id(connection: Connection, call_ids: Iterable[str]) -> dict[s
     wanted = list(dict.fromkeys(call_ids))
     found: dict[str, CallRecord] = {}
     for chunk in _chunks(wanted):
-        for row in connection.execute(select(*_CALL_COLUMNS).where(calls.c.call_id.in_(chunk))):
+        for row in connection.execute(_SELECT_CALLS, {"call_ids": chunk}):
             record = _record(row)
             found[record.call_id] = record
     return found
@@ -334,11 +359,7 @@ def find_inherited_application(connection: Connection, call: CallRecord) -> str 
 def where_applied_keys(connection: Connection, dedup_keys: Sequence[str]) -> set[str]:
     found: set[str] = set()
     for chunk in _chunks(list(dedup_keys)):
-        found.update(
-            connection.execute(
-                select(events.c.dedup_key).where(events.c.dedup_key.in_(chunk))
-            ).scalars()
-        )
+        found.update(connection.execute(_SELECT_APPLIED_KEYS, {"keys": chunk}).scalars())
     return found
 
 
@@ -425,9 +446,11 @@ def insert_events(connection: Connection, rows: Sequence[dict[str, Any]]) -> lis
     """Append to the event log; the ids come back in the order of `rows`."""
     if not rows:
         return []
-    result = connection.execute(
-        insert(events).returning(events.c.id, sort_by_parameter_order=True), rows
-    )
+    if len(rows) == 1:  # the common `apply`: the driver's last row id, no RETURNING needed
+        key = connection.execute(_INSERT_EVENT, rows[0]).inserted_primary_key
+        assert key is not None
+        return [int(key[0])]
+    result = connection.execute(_INSERT_EVENTS_RETURNING, rows)
     return [int(event_id) for event_id in result.scalars()]
 
 
@@ -438,34 +461,30 @@ def write_calls(
 
     Raises `LostRaceError` when another writer changed one of them meanwhile.
     """
-    new = [after for before, after in changes if before is None]
+    # Rows are written in call-id order, so that concurrent batches lock them in one order and
+    # do not deadlock each other.
+    ordered = sorted(changes, key=lambda change: change[1].call_id)
+    new = [after for before, after in ordered if before is None]
     if new:
         connection.execute(
-            insert(calls),
-            [{**_values(after), "version": 1} for after in _parents_first(new)],
+            _INSERT_CALL, [{**_values(after), "version": 1} for after in _parents_first(new)]
         )
-    updates = [
-        {**_values(after), "version": before.version + 1, "expected_version": before.version}
-        for before, after in changes
+    rows = [
+        {
+            **_values(after),
+            "b_call_id": after.call_id,
+            "version": before.version + 1,
+            "expected_version": before.version,
+        }
+        for before, after in ordered
         if before is not None
     ]
-    if not updates:
+    if not rows:
         return
-    statement = (
-        update(calls)
-        .where(
-            and_(
-                calls.c.call_id == bindparam("b_call_id"),
-                calls.c.version == bindparam("expected_version"),
-            )
-        )
-        .values({name: bindparam(name) for name in _RECORD_FIELDS if name != "call_id"})
-    )
-    rows = [{**row, "b_call_id": row.pop("call_id")} for row in updates]
     if connection.dialect.supports_sane_multi_rowcount or len(rows) == 1:
-        changed = connection.execute(statement, rows).rowcount
+        changed = connection.execute(_UPDATE_CALL, rows).rowcount
     else:
-        changed = sum(connection.execute(statement, row).rowcount for row in rows)
+        changed = sum(connection.execute(_UPDATE_CALL, row).rowcount for row in rows)
     if changed != len(rows):
         raise LostRaceError("a call changed while this delivery was applied")
 
@@ -514,7 +533,7 @@ def insert_transitions(
         for seq, step in enumerate(taken)
     ]
     if rows:
-        connection.execute(insert(transitions), rows)
+        connection.execute(_INSERT_TRANSITIONS, rows)
 
 
 def fill_account(connection: Connection, call_id: str, account_id: str) -> None:
