@@ -83,6 +83,16 @@ def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
         admin.dispose()
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Show the concurrency figures (workers, deliveries, deliveries per second) in every run."""
+    from tests.workers import FIGURES
+
+    if FIGURES:
+        terminalreporter.section("concurrency figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from tests.conftest import fresh_database
 from tests.factories import disconnect, transfer_disconnect
-from tests.workers import run_together, upgrade_rounds
+from tests.workers import record_figure, run_together, upgrade_rounds
 from tracker import Outcome, Tracker
 from tracker.schema import head_revision
 from tracker.storage import VERSION_TABLE
@@ -43,8 +43,8 @@ def test_processes_upgrading_a_new_database_at_once_leave_one_schema_at_head(
         ]
 
         run = run_together(upgrade_rounds, [(urls,)] * WORKERS, rounds=ROUNDS)
-        print(
-            f"\n[{backend} upgrade race] workers={WORKERS} new databases={ROUNDS} "
+        record_figure(
+            f"[{backend} upgrade race] workers={WORKERS} new databases={ROUNDS} "
             f"seconds={run.seconds:.2f}"
         )
 

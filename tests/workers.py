@@ -242,8 +242,18 @@ def snapshot(tracker: Tracker, call_ids: Iterable[str]) -> dict[str, dict[str, o
     return found
 
 
+# Figures of this run, printed again in pytest's closing summary so that CI logs show them
+# even though pytest captures what tests print.
+FIGURES: list[str] = []
+
+
 def print_figures(label: str, *, workers: int, deliveries: int, seconds: float) -> None:
-    print(
-        f"\n[{label}] workers={workers} deliveries={deliveries} seconds={seconds:.2f} "
+    record_figure(
+        f"[{label}] workers={workers} deliveries={deliveries} seconds={seconds:.2f} "
         f"deliveries/s={deliveries / seconds:.0f}"
     )
+
+
+def record_figure(line: str) -> None:
+    FIGURES.append(line)
+    print("\n" + line)
