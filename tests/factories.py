@@ -38,8 +38,7 @@ def disconnect(
     """A `disconnect` body. `ring=None` means never answered; extra keyword arguments override
     or add fields (use their Bandwidth spelling); a value of `...` removes the key."""
     call_id = call_id or new_call_id()
-    answered = start + timedelta(seconds=ring) if ring is not None else None
-    end = (answered or start) + timedelta(seconds=talk if answered else 20.0)
+    answered, end = _times(start, ring, talk, unanswered=20.0)
     body: dict[str, Any] = {
         "eventType": "disconnect",
         "eventTime": stamp(end + timedelta(milliseconds=10)),
@@ -54,9 +53,7 @@ def disconnect(
         "endTime": stamp(end),
         "cause": cause,
     }
-    if answered is not None:
-        body["answerTime"] = stamp(answered)
-    return _override(body, fields)
+    return _finish(body, answered, fields)
 
 
 def transfer_disconnect(
@@ -71,8 +68,7 @@ def transfer_disconnect(
 ) -> dict[str, Any]:
     """A `transferDisconnect` body for a leg of `parent_call_id` (no accountId, as documented)."""
     call_id = call_id or new_call_id()
-    answered = start + timedelta(seconds=ring) if ring is not None else None
-    end = (answered or start) + timedelta(seconds=talk if answered else 15.0)
+    answered, end = _times(start, ring, talk, unanswered=15.0)
     body: dict[str, Any] = {
         "eventType": "transferDisconnect",
         "eventTime": stamp(end + timedelta(milliseconds=10)),
@@ -88,12 +84,24 @@ def transfer_disconnect(
         "endTime": stamp(end),
         "cause": cause,
     }
+    return _finish(body, answered, fields)
+
+
+def _times(
+    start: datetime, ring: float | None, talk: float, *, unanswered: float
+) -> tuple[datetime | None, datetime]:
+    """When the call was answered (None: never) and when it ended."""
+    if ring is None:
+        return None, start + timedelta(seconds=unanswered)
+    answered = start + timedelta(seconds=ring)
+    return answered, answered + timedelta(seconds=talk)
+
+
+def _finish(
+    body: dict[str, Any], answered: datetime | None, fields: dict[str, Any]
+) -> dict[str, Any]:
     if answered is not None:
         body["answerTime"] = stamp(answered)
-    return _override(body, fields)
-
-
-def _override(body: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     for key, value in fields.items():
         if value is ...:
             body.pop(key, None)
