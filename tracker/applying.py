@@ -138,10 +138,11 @@ class _Batch:
 
     def _keep(self, call_id: str, decision: Decision) -> None:
         assert decision.call is not None
-        # A new parent placeholder first: the leg's row refers to it.
         for change in (decision.parent, decision.call):
             if change is not None:
                 before, after = change
+                # The first `before` is the row as read from the database: the compare-and-set
+                # expectation, however often the batch changes the call afterwards.
                 self.stored.setdefault(after.call_id, before)
                 self.known[after.call_id] = after
         self.history.append((len(self.events) - 1, call_id, decision.transitions))
