@@ -42,6 +42,8 @@ class _Batch:
         self.stored: dict[str, CallRecord | None] = {}
         self.events: list[dict[str, Any]] = []
         self.history: list[tuple[int, str, tuple[TransitionTaken, ...]]] = []
+        # Content key of each terminal event of the batch, by identity: computed once.
+        self.keys: dict[int, str] = {}
         self.stored_keys: set[str] = set()
         self.batch_keys: set[str] = set()
 
@@ -53,9 +55,10 @@ class _Batch:
         events = [d.content for d in deliveries if isinstance(d.content, TerminalEvent)]
         ids = {e.call_id for e in events} | {e.parent_call_id for e in events if e.parent_call_id}
         self._load(ids)
+        self.keys = {id(event): parsing.content_key(event) for event in events}
         # Only a call that has already ended can have had this very delivery applied.
         maybe_repeats = [
-            parsing.content_key(event)
+            self.keys[id(event)]
             for event in events
             if (call := self.known.get(event.call_id)) is not None
             and call.state == lifecycle.DISCONNECTED
@@ -106,7 +109,7 @@ class _Batch:
         return self._apply_event(delivery, content)
 
     def _apply_event(self, delivery: Delivery, event: TerminalEvent) -> Result:
-        key = parsing.content_key(event)
+        key = self.keys[id(event)]
         call = self.record(event.call_id)
         parent = self.record(event.parent_call_id) if event.parent_call_id else None
         if key in self.batch_keys or key in self.stored_keys:
