@@ -9,8 +9,18 @@ correlated with their transfer legs, and persisted.
 """
 
 from tracker.errors import SchemaError, StorageError, TrackerError
-from tracker.lifecycle import ALL_DISPOSITIONS, DISPOSITIONS, STATES, TRANSITIONS, Reason
-from tracker.records import Call, Event, Outcome, Result, SchemaUpgrade, Transition
+from tracker.lifecycle import ALL_DISPOSITIONS, DISPOSITIONS, STATES, TRANSITIONS
+from tracker.records import (
+    Call,
+    Event,
+    IgnoredReason,
+    InvalidReason,
+    Outcome,
+    Reason,
+    Result,
+    SchemaUpgrade,
+    Transition,
+)
 from tracker.tracker import DEFAULT_DATABASE_URL, Tracker
 
 __all__ = [
@@ -21,6 +31,8 @@ __all__ = [
     "TRANSITIONS",
     "Call",
     "Event",
+    "IgnoredReason",
+    "InvalidReason",
     "Outcome",
     "Reason",
     "Result",

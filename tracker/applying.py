@@ -9,6 +9,7 @@ before. `apply` is a batch of one, so both paths are the same code and give the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy import Connection
 from tracker import lifecycle, parsing, storage
 from tracker.lifecycle import CallRecord, Decision, TransitionTaken
 from tracker.parsing import Delivery, TerminalEvent, Unreadable, Untracked
-from tracker.records import Outcome, Result
+from tracker.records import MAX_DETAIL_LENGTH, IgnoredReason, Outcome, Result, clipped
 
 
 def apply_deliveries(
@@ -95,14 +96,13 @@ class _Batch:
                 delivery, Result(Outcome.INVALID, content.call_id, content.reason, content.detail)
             )
         if isinstance(content, Untracked):
-            tracked = " and ".join(parsing.TRACKED_EVENT_TYPES)
             return self._log(
                 delivery,
                 Result(
                     Outcome.IGNORED,
                     delivery.call_id,
-                    "untracked_event_type",
-                    f"'{content.event_type}' events are not tracked; only {tracked} are",
+                    IgnoredReason.UNTRACKED_EVENT_TYPE,
+                    parsing.untracked_detail(content.event_type),
                 ),
                 event_type=content.event_type,
             )
@@ -137,6 +137,11 @@ class _Batch:
         self.batch_keys.add(key)
         self._log(delivery, result, event_type=event.event_type, dedup_key=key)
         self._keep(event.call_id, decision)
+        for ancestor_id in ancestry:
+            # The cycle rule read the ancestry: each ancestor is compare-and-set like the call
+            # and its parent, so a writer that re-parents one meanwhile makes one of us retry.
+            if self.known.get(ancestor_id) is not None:
+                self.stored.setdefault(ancestor_id, self.known[ancestor_id])
         return result
 
     def _keep(self, call_id: str, decision: Decision) -> None:
@@ -164,6 +169,8 @@ class _Batch:
         event_type: str | None = None,
         dedup_key: str | None = None,
     ) -> Result:
+        if len(result.detail) > MAX_DETAIL_LENGTH:
+            result = replace(result, detail=clipped(result.detail))
         self.events.append(
             {
                 "received_at": self.received_at,
@@ -172,7 +179,8 @@ class _Batch:
                 "reason": result.reason,
                 "detail": result.detail,
                 "call_id": result.call_id,
-                "event_type": event_type[:256] if event_type else None,
+                # A hostile untracked type (megabytes, a NUL) stays in the body alone.
+                "event_type": parsing.identifier(event_type),
                 "dedup_key": dedup_key,
             }
         )

@@ -317,10 +317,13 @@ class _LegNode:
     legs: tuple[_LegNode, ...]
 
 
-def _leg_tree(tracker: Tracker, call: Call) -> _LegNode:
-    """The call and its legs, their legs in turn, as deep as transfers went."""
-    legs = (tracker.get_call(leg_id) for leg_id in call.legs)
-    return _LegNode(call, tuple(_leg_tree(tracker, leg) for leg in legs if leg is not None))
+def _leg_tree(tracker: Tracker, call: Call, above: frozenset[str] = frozenset()) -> _LegNode:
+    """The call and its legs, their legs in turn, as deep as transfers went. A leg already
+    above in the tree is not followed again: the tracker refuses cycles, but a database written
+    by an older version may hold one, and `show` must still show it."""
+    above = above | {call.call_id}
+    legs = (tracker.get_call(leg_id) for leg_id in call.legs if leg_id not in above)
+    return _LegNode(call, tuple(_leg_tree(tracker, leg, above) for leg in legs if leg is not None))
 
 
 def _leg_tree_json(node: _LegNode) -> dict[str, Any]:

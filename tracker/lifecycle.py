@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, Final
 
 from transitions import EventData, Machine
 
-from tracker.parsing import CallUrl, TerminalEvent, read_call_url
-from tracker.records import Outcome
+from tracker.parsing import CallUrl, TerminalEvent, read_call_url, shown
+from tracker.records import Outcome, Reason
 
 INITIATED: Final = "initiated"
 ANSWERED: Final = "answered"
@@ -46,21 +45,6 @@ ALL_DISPOSITIONS: Final = (*DISPOSITIONS.values(), FAILED)
 
 def disposition_of(cause: str) -> str:
     return DISPOSITIONS.get(cause, FAILED)
-
-
-class Reason(StrEnum):
-    """Why a well-formed event was rejected. Stable codes: callers may branch on them."""
-
-    CONFLICTING_TERMINAL_EVENT = "conflicting_terminal_event"
-    DIRECTION_CHANGED = "direction_changed"
-    ACCOUNT_CHANGED = "account_changed"
-    PARENT_CHANGED = "parent_changed"
-    LEG_ACCOUNT_MISMATCH = "leg_account_mismatch"
-    ANCESTRY_CYCLE = "ancestry_cycle"
-    END_BEFORE_START = "end_before_start"
-    ANSWER_OUTSIDE_CALL = "answer_outside_call"
-    CALL_URL_CALL_MISMATCH = "call_url_call_mismatch"
-    CALL_URL_ACCOUNT_MISMATCH = "call_url_account_mismatch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,4 +395,4 @@ def _iso(value: datetime | None) -> str:
 def _show(value: object) -> str:
     if isinstance(value, datetime):
         return _iso(value)
-    return repr(value)
+    return shown(value)

@@ -26,6 +26,9 @@ from pydantic import (
     ValidationError,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import from_json
+
+from tracker.records import InvalidReason
 
 TRACKED_EVENT_TYPES: Final = ("disconnect", "transferDisconnect")
 
@@ -33,6 +36,13 @@ TRACKED_EVENT_TYPES: Final = ("disconnect", "transferDisconnect")
 # than failing (or being truncated) inside the database.
 MAX_ID_LENGTH: Final = 256
 MAX_TEXT_LENGTH: Final = 4096
+
+# A callback is a few hundred bytes. A body over this limit is not parsed: it is `invalid`
+# (`too_large`) and the log keeps its first `TOO_LARGE_PREFIX` bytes, with its length and hash in
+# the detail, so that no backend's packet or column limit decides what is kept (MariaDB refuses
+# statements over `max_allowed_packet`, 16 MiB by default). `Tracker(max_body_bytes=...)`.
+MAX_BODY_BYTES: Final = 1024 * 1024
+TOO_LARGE_PREFIX: Final = 64 * 1024
 
 # Bandwidth stamps are UTC; MySQL/MariaDB DATETIME cannot hold years before 1000.
 _EARLIEST: Final = datetime(1000, 1, 1, tzinfo=UTC)
@@ -132,11 +142,21 @@ _UNTRACKED_TAG: Final = frozenset({"union_tag_invalid", "union_tag_not_found"})
 
 @dataclass(frozen=True, slots=True)
 class Unreadable:
-    """Why a body is not a readable callback: a reason code and a sentence a person can act on."""
+    """Why a body is not a readable callback: a reason code and a sentence a person can act on.
+    `call_id` is the body's `callId` when it is a usable id (see `identifier`)."""
 
-    reason: str
+    reason: InvalidReason
     detail: str
     call_id: str | None = None
+
+
+def identifier(value: object) -> str | None:
+    """`value` when it can name a call in the log (a string of 1 to `MAX_ID_LENGTH` characters
+    without NUL), else None. The one test every id read from a body passes before it reaches a
+    column: an unreadable body's `callId` may be anything, and PostgreSQL refuses NUL in text."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and "\x00" not in value:
+        return value
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +171,10 @@ class Delivery:
         content = self.content
         if isinstance(content, Unreadable):
             return content.call_id
-        return content.call_id if isinstance(content.call_id, str) else None
+        return identifier(content.call_id)
 
 
-def read(body: object) -> Delivery:
+def read(body: object, max_body_bytes: int = MAX_BODY_BYTES) -> Delivery:
     """Turn whatever `apply` was handed into a `Delivery`. Never raises for bad input."""
     if isinstance(body, bytes | bytearray | memoryview):
         raw = bytes(body)
@@ -165,25 +185,51 @@ def read(body: object) -> Delivery:
     elif isinstance(body, Mapping):
         try:
             text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-            raw_bytes = text.encode("utf-8", "surrogatepass")
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, RecursionError) as error:
+            # ValueError: NaN, or an integer too long to write; RecursionError: deep nesting.
             return Delivery(
-                repr(body).encode("utf-8", "backslashreplace"),
+                _shown_object(body),
                 Unreadable(
-                    "not_json",
-                    f"the mapping cannot be written as JSON ({error}); pass plain JSON values",
+                    InvalidReason.NOT_JSON,
+                    f"the mapping cannot be written as JSON ({_first_line(error)}); "
+                    "pass plain JSON values",
                 ),
             )
-        return Delivery(raw_bytes, _parse(raw_bytes))
+        raw = text.encode("utf-8", "surrogatepass")
     else:
         return Delivery(
-            repr(body).encode("utf-8", "backslashreplace"),
+            _shown_object(body),
             Unreadable(
-                "unsupported_body",
+                InvalidReason.UNSUPPORTED_BODY,
                 f"apply() takes bytes, str or a mapping, not {type(body).__name__}",
             ),
         )
+    if len(raw) > max_body_bytes:
+        return Delivery(raw[:TOO_LARGE_PREFIX], _too_large(raw, max_body_bytes))
     return Delivery(raw, _parse(raw))
+
+
+def _too_large(raw: bytes, limit: int) -> Unreadable:
+    return Unreadable(
+        InvalidReason.TOO_LARGE,
+        f"the body is {len(raw):,} bytes, over the limit of {limit:,}; the log keeps its first "
+        f"{min(len(raw), TOO_LARGE_PREFIX):,} bytes (sha256 of the whole body "
+        f"{hashlib.sha256(raw).hexdigest()})",
+    )
+
+
+def _shown_object(body: object) -> bytes:
+    """What the log keeps of something that is not a JSON body: its repr, bounded. `repr` itself
+    may fail on hostile values (an integer too long to print, nesting deeper than the stack)."""
+    try:
+        shown = repr(body)
+    except (ValueError, RecursionError) as error:
+        shown = f"<{type(body).__name__} that cannot be shown: {_first_line(error)}>"
+    return shown[:TOO_LARGE_PREFIX].encode("utf-8", "backslashreplace")
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).split("\n", 1)[0][:200]
 
 
 # Only PostgreSQL refuses NUL in text, but the same body must get the same outcome on every
@@ -202,15 +248,32 @@ def _parse(raw: bytes) -> TerminalEvent | Untracked | Unreadable:
         except ValidationError as untracked_error:
             return _explain(raw, untracked_error)
     if _NUL_ESCAPE.search(raw):
-        for name, value in event:
+        # Only the declared fields are stored in columns; an unknown key may hold anything,
+        # it lives on in the body alone.
+        for name in type(event).model_fields:
+            value = getattr(event, name)
             if isinstance(value, str) and "\x00" in value:
                 return Unreadable(
-                    "invalid_field",
+                    InvalidReason.INVALID_FIELD,
                     f"field '{_alias(event, name)}' contains a NUL character (\\u0000), "
                     "which no call field may hold",
-                    event.call_id,
+                    identifier(event.call_id),
                 )
-    return _in_utc(event)
+    return _check_call_url(event) or _in_utc(event)
+
+
+def _check_call_url(event: TerminalEvent) -> Unreadable | None:
+    """The ids a `callUrl` path names are stored (the account, when the body has none), so they
+    pass the same test as the body's own ids."""
+    url = read_call_url(event.call_url)
+    if url is None or (identifier(url.account_id) and identifier(url.call_id)):
+        return None
+    return Unreadable(
+        InvalidReason.INVALID_FIELD,
+        f"field 'callUrl' names account {shown(url.account_id)} and call {shown(url.call_id)}; "
+        f"ids are 1 to {MAX_ID_LENGTH} characters without NUL",
+        event.call_id,
+    )
 
 
 def _in_utc(event: TerminalEvent) -> TerminalEvent | Unreadable:
@@ -232,7 +295,7 @@ def _in_utc(event: TerminalEvent) -> TerminalEvent | Unreadable:
             in_range = False
         if not in_range:
             return Unreadable(
-                "invalid_field",
+                InvalidReason.INVALID_FIELD,
                 f"field '{_alias(event, name)}' is {getattr(event, name).isoformat()}, outside "
                 "the years 1000 to 9999 (UTC)",
                 event.call_id,
@@ -263,38 +326,43 @@ def _explain(raw: bytes, error: ValidationError) -> Unreadable:
             raw.decode("utf-8")
         except UnicodeDecodeError as decode_error:
             return Unreadable(
-                "not_utf8",
+                InvalidReason.NOT_UTF8,
                 f"the body is not valid UTF-8 (byte {decode_error.start}); "
                 "Bandwidth sends UTF-8 JSON",
             )
         message = first["ctx"].get("error", first["msg"]) if "ctx" in first else first["msg"]
         if "recursion limit" in str(message):
             return Unreadable(
-                "too_deeply_nested",
+                InvalidReason.TOO_DEEPLY_NESTED,
                 f"the body nests arrays or objects too deeply to read ({message}); "
                 "a callback is a flat JSON object",
             )
-        return Unreadable("not_json", f"the body is not valid JSON: {message}")
-    document = json.loads(raw)  # pydantic has just parsed it, so this cannot fail
+        return Unreadable(InvalidReason.NOT_JSON, f"the body is not valid JSON: {message}")
+    # pydantic has just read it, so this cannot fail (and the same reader cannot meet a number
+    # or a nesting the standard library's would refuse).
+    document = from_json(raw)
     if not isinstance(document, dict):
         kind = _JSON_TYPE_NAMES.get(type(document), type(document).__name__)
-        return Unreadable("not_an_object", f"the body is {kind}, but a callback is a JSON object")
-    call_id = document.get("callId")
-    call_id = call_id if isinstance(call_id, str) and call_id else None
+        return Unreadable(
+            InvalidReason.NOT_AN_OBJECT, f"the body is {kind}, but a callback is a JSON object"
+        )
+    call_id = identifier(document.get("callId"))
     event_type = document.get("eventType")
-    what = f"the {event_type} callback" if isinstance(event_type, str) else "the callback"
+    what = f"the {shown(event_type)} callback" if isinstance(event_type, str) else "the callback"
     missing = [p for p in problems if p["type"] == "missing"]
     if missing:
         names = ", ".join(f"'{_field_name(p['loc'])}'" for p in missing)
         plural = "s" if len(missing) > 1 else ""
         return Unreadable(
-            "missing_field", f"required field{plural} {names} missing from {what}", call_id
+            InvalidReason.MISSING_FIELD,
+            f"required field{plural} {names} missing from {what}",
+            call_id,
         )
     sentences = [
-        f"field '{_field_name(p['loc'])}' {_lower_first(p['msg'])} (got {_show(p['input'])})"
+        f"field '{_field_name(p['loc'])}' {_lower_first(p['msg'])} (got {shown(p['input'])})"
         for p in problems[:5]
     ]
-    return Unreadable("invalid_field", f"in {what}: " + "; ".join(sentences), call_id)
+    return Unreadable(InvalidReason.INVALID_FIELD, f"in {what}: " + "; ".join(sentences), call_id)
 
 
 def _field_name(location: tuple[int | str, ...]) -> str:
@@ -306,9 +374,18 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
-def _show(value: object) -> str:
+def shown(value: object) -> str:
+    """A value quoted for a detail: JSON-escaped (so a NUL or a control character shows as an
+    escape, never reaches a column raw) and short, whatever its size."""
+    if isinstance(value, str) and len(value) > 60:
+        value = value[:60]  # before escaping: quoting a megabyte to show 60 characters is waste
     shown = json.dumps(value, ensure_ascii=False, default=repr)
     return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def untracked_detail(event_type: str) -> str:
+    tracked = " and ".join(TRACKED_EVENT_TYPES)
+    return f"{shown(event_type)} events are not tracked; only {tracked} are"
 
 
 def content_key(event: TerminalEvent) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Final
 
 
 class Outcome(StrEnum):
@@ -18,6 +19,56 @@ class Outcome(StrEnum):
     REJECTED = "rejected"
     INVALID = "invalid"
     IGNORED = "ignored"
+
+
+# The reason codes of `Result.reason`, one enum per outcome that has them. Stable: callers branch
+# on them, and the README lists every one (tests/test_project.py keeps the two in step).
+
+
+class Reason(StrEnum):
+    """Why a well-formed event was `rejected`: the lifecycle rule it breaks."""
+
+    CONFLICTING_TERMINAL_EVENT = "conflicting_terminal_event"
+    DIRECTION_CHANGED = "direction_changed"
+    ACCOUNT_CHANGED = "account_changed"
+    PARENT_CHANGED = "parent_changed"
+    LEG_ACCOUNT_MISMATCH = "leg_account_mismatch"
+    ANCESTRY_CYCLE = "ancestry_cycle"
+    END_BEFORE_START = "end_before_start"
+    ANSWER_OUTSIDE_CALL = "answer_outside_call"
+    CALL_URL_CALL_MISMATCH = "call_url_call_mismatch"
+    CALL_URL_ACCOUNT_MISMATCH = "call_url_account_mismatch"
+
+
+class InvalidReason(StrEnum):
+    """Why a body is `invalid`: not a readable callback."""
+
+    NOT_UTF8 = "not_utf8"
+    NOT_JSON = "not_json"
+    TOO_DEEPLY_NESTED = "too_deeply_nested"
+    TOO_LARGE = "too_large"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    INVALID_FIELD = "invalid_field"
+    UNSUPPORTED_BODY = "unsupported_body"
+
+
+class IgnoredReason(StrEnum):
+    """Why a readable callback was `ignored`."""
+
+    UNTRACKED_EVENT_TYPE = "untracked_event_type"
+
+
+# A `detail` is a sentence for people, stored in the event log: bounded, so that quoting a
+# hostile value can never overflow a column (MySQL's TEXT holds 64 KB).
+MAX_DETAIL_LENGTH: Final = 2000
+
+
+def clipped(detail: str) -> str:
+    """`detail` cut to `MAX_DETAIL_LENGTH` characters, saying that it was."""
+    if len(detail) <= MAX_DETAIL_LENGTH:
+        return detail
+    return detail[: MAX_DETAIL_LENGTH - 14] + " ... (clipped)"
 
 
 @dataclass(frozen=True, slots=True)

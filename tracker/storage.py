@@ -44,6 +44,7 @@ from sqlalchemy import (
 from sqlalchemy import create_engine as sqlalchemy_create_engine
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tracker.lifecycle import CallRecord, TransitionTaken
@@ -55,11 +56,12 @@ VERSION_TABLE: Final = "tracker_alembic_version"
 _SQLITE_BUSY_TIMEOUT_MS: Final = 60_000
 
 # MySQL/MariaDB: utf8mb4 for every character Bandwidth may send (tags, SIP URIs), and a binary
-# collation so that call ids differing only in case stay different calls.
+# collation without PAD SPACE so that call ids differing only in case or in trailing spaces stay
+# different calls (migration 0003; MySQL 8 gets its own name for it, `utf8mb4_0900_bin`).
 _MYSQL_OPTIONS: Final = {
     "mysql_engine": "InnoDB",
     "mysql_charset": "utf8mb4",
-    "mysql_collate": "utf8mb4_bin",
+    "mysql_collate": "utf8mb4_nopad_bin",
 }
 
 ID: Final = String(256)
@@ -217,10 +219,51 @@ _UPDATE_CALL: Final = (
     .values({name: bindparam(name) for name in _RECORD_FIELDS if name != "call_id"})
 )
 _INSERT_TRANSITIONS: Final = insert(transitions)
+_SELECT_TREE_STEP: Final = select(
+    calls.c.call_id, calls.c.parent_call_id, calls.c.account_id, calls.c.version
+).where(
+    or_(
+        calls.c.call_id.in_(bindparam("call_ids", expanding=True)),
+        calls.c.parent_call_id.in_(bindparam("call_ids", expanding=True)),
+    )
+)
+_FILL_ACCOUNT: Final = (
+    update(calls)
+    .where(
+        and_(
+            calls.c.call_id == bindparam("b_call_id"),
+            calls.c.version == bindparam("expected_version"),
+        )
+    )
+    .values(account_id=bindparam("account_id"), version=calls.c.version + 1)
+)
 
 
 class LostRaceError(Exception):
     """Another writer changed a row between our read and our write; the delivery is retried."""
+
+
+# A unique key taken by another writer between our read and our insert: the call row (two
+# deliveries creating one call or one placeholder), the dedup key (one body applied by two
+# workers) or a history step. PostgreSQL's SQLSTATE, MySQL's error numbers (duplicate entry,
+# duplicate key), SQLite's extended result codes (UNIQUE, PRIMARY KEY).
+_UNIQUE_SQLSTATES: Final = frozenset({"23505"})
+_UNIQUE_MYSQL_CODES: Final = frozenset({1062, 1586})
+_UNIQUE_SQLITE_CODES: Final = frozenset(
+    {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
+)
+
+
+def is_unique_violation(error: IntegrityError) -> bool:
+    """True when `error` is a lost race on a unique key, the only constraint a race can break
+    (rows are never deleted, so a foreign key or NOT NULL failure is always a bug)."""
+    original = error.orig
+    if getattr(original, "sqlstate", None) in _UNIQUE_SQLSTATES:
+        return True
+    if getattr(original, "sqlite_errorname", None) in _UNIQUE_SQLITE_CODES:
+        return True
+    arguments: tuple[Any, ...] = getattr(original, "args", ())
+    return bool(arguments) and arguments[0] in _UNIQUE_MYSQL_CODES
 
 
 # --- engines ------------------------------------------------------------------------------
@@ -444,14 +487,33 @@ def where_calls(
 
 def insert_events(connection: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
     """Append to the event log; the ids come back in the order of `rows`."""
-    if not rows:
-        return []
-    if len(rows) == 1:  # the common `apply`: the driver's last row id, no RETURNING needed
-        key = connection.execute(_INSERT_EVENT, rows[0]).inserted_primary_key
-        assert key is not None
-        return [int(key[0])]
-    result = connection.execute(_INSERT_EVENTS_RETURNING, rows)
-    return [int(event_id) for event_id in result.scalars()]
+    ids: list[int] = []
+    for group in _by_statement_size(rows):
+        if len(group) == 1:  # the common `apply`: the driver's last row id, no RETURNING needed
+            key = connection.execute(_INSERT_EVENT, group[0]).inserted_primary_key
+            assert key is not None
+            ids.append(int(key[0]))
+        else:
+            result = connection.execute(_INSERT_EVENTS_RETURNING, group)
+            ids.extend(int(event_id) for event_id in result.scalars())
+    return ids
+
+
+# Bodies sent in one multi-row INSERT, at most. MariaDB refuses a statement over its
+# `max_allowed_packet` (16 MiB by default) and the driver may double a body's bytes escaping
+# them, so a batch of large bodies is split; one body alone is bounded by `MAX_BODY_BYTES`.
+_STATEMENT_BODY_BYTES: Final = 4 * 1024 * 1024
+
+
+def _by_statement_size(rows: Sequence[dict[str, Any]]) -> Iterator[Sequence[dict[str, Any]]]:
+    start, size = 0, 0
+    for index, row in enumerate(rows):
+        size += len(row["body"])
+        if size > _STATEMENT_BODY_BYTES and index > start:
+            yield rows[start:index]
+            start, size = index, len(row["body"])
+    if start < len(rows):
+        yield rows[start:]
 
 
 def write_calls(
@@ -479,14 +541,15 @@ def write_calls(
         for before, after in ordered
         if before is not None
     ]
-    if not rows:
-        return
-    if connection.dialect.supports_sane_multi_rowcount or len(rows) == 1:
-        changed = connection.execute(_UPDATE_CALL, rows).rowcount
-    else:
-        changed = sum(connection.execute(_UPDATE_CALL, row).rowcount for row in rows)
-    if changed != len(rows):
+    if rows and _compare_and_set(connection, _UPDATE_CALL, rows) != len(rows):
         raise LostRaceError("a call changed while this delivery was applied")
+
+
+def _compare_and_set(connection: Connection, statement: Any, rows: list[dict[str, Any]]) -> int:
+    """Run a compare-and-set UPDATE for every row; how many rows matched their version."""
+    if connection.dialect.supports_sane_multi_rowcount or len(rows) == 1:
+        return int(connection.execute(statement, rows).rowcount)
+    return sum(connection.execute(statement, row).rowcount for row in rows)
 
 
 def _values(record: CallRecord) -> dict[str, Any]:
@@ -537,31 +600,33 @@ def insert_transitions(
 
 
 def fill_account(connection: Connection, call_id: str, account_id: str) -> None:
-    """Give `account_id` to every call of `call_id`'s transfer tree that has no account yet."""
+    """Give `account_id` to every call of `call_id`'s transfer tree that has no account yet.
+
+    Each row is compare-and-set on the version the tree walk read: a leg attached to the tree
+    by another writer meanwhile bumps its parent, so one of the two retries and no call of the
+    tree is left without the account. Raises `LostRaceError` when that happens."""
     tree = _tree_of(connection, call_id)
-    for chunk in _chunks(sorted(tree)):
-        connection.execute(
-            update(calls)
-            .where(and_(calls.c.call_id.in_(chunk), calls.c.account_id.is_(None)))
-            .values(account_id=account_id, version=calls.c.version + 1)
-        )
+    rows = [
+        {"b_call_id": tree_call_id, "expected_version": version, "account_id": account_id}
+        for tree_call_id, (account, version) in sorted(tree.items())
+        if account is None
+    ]
+    if rows and _compare_and_set(connection, _FILL_ACCOUNT, rows) != len(rows):
+        raise LostRaceError("a call of the transfer tree changed while its account was filled")
 
 
-def _tree_of(connection: Connection, call_id: str) -> set[str]:
-    tree = {call_id}
+def _tree_of(connection: Connection, call_id: str) -> dict[str, tuple[str | None, int]]:
+    """Every call of the tree `call_id` belongs to, with its account and version."""
+    tree: dict[str, tuple[str | None, int]] = {}
     frontier = [call_id]
     while frontier:
         found: set[str] = set()
         for chunk in _chunks(frontier):
-            rows = connection.execute(
-                select(calls.c.call_id, calls.c.parent_call_id).where(
-                    or_(calls.c.call_id.in_(chunk), calls.c.parent_call_id.in_(chunk))
-                )
-            )
+            rows = connection.execute(_SELECT_TREE_STEP, {"call_ids": chunk})
             for row in rows:
+                tree[row.call_id] = (row.account_id, row.version)
                 found.update(x for x in (row.call_id, row.parent_call_id) if x is not None)
-        frontier = sorted(found - tree)
-        tree |= found
+        frontier = sorted(found - tree.keys())
     return tree
 
 

@@ -42,12 +42,15 @@ class Tracker:
         durable: bool = True,
         schema: str | None = None,
         max_attempts: int = 30,
+        max_body_bytes: int = parsing.MAX_BODY_BYTES,
     ) -> None:
         """`database` is a URL or an Engine; None reads TRACKER_DATABASE_URL, else uses
         `sqlite:///tracker.db`. `durable=False` relaxes SQLite to `synchronous=NORMAL`: faster,
         and a power loss may forget the last deliveries (never corrupt the database).
         `schema` (PostgreSQL) keeps the tracker's tables in that schema, apart from the host's.
-        `max_attempts` bounds the retries of a delivery that keeps losing races."""
+        `max_attempts` bounds the retries of a delivery that keeps losing races.
+        `max_body_bytes`: a larger body is not parsed but logged as `invalid` (`too_large`),
+        its first 64 KiB kept with its length and hash."""
         if database is None:
             database = os.environ.get("TRACKER_DATABASE_URL", DEFAULT_DATABASE_URL)
         if isinstance(database, Engine):
@@ -56,6 +59,7 @@ class Tracker:
             self.engine = storage.create_engine(database, durable=durable, schema=schema)
         self._schema = schema
         self._max_attempts = max_attempts
+        self._max_body_bytes = max_body_bytes
         self._schema_checked = False
 
     def close(self) -> None:
@@ -89,7 +93,7 @@ class Tracker:
         """Apply one callback body. Never raises for bad input; raises `StorageError` only when
         the database failed, and then nothing of the body was written."""
         self._check_schema()
-        delivery = parsing.read(body)
+        delivery = parsing.read(body, self._max_body_bytes)
         received_at = datetime.now(UTC)
         return self._in_transaction(lambda c: apply_deliveries(c, [delivery], received_at)[0])
 
@@ -97,22 +101,34 @@ class Tracker:
         """Apply bodies in order in one transaction: the outcomes of applying them one by one,
         for one commit."""
         self._check_schema()
-        deliveries = [parsing.read(body) for body in bodies]
+        deliveries = [parsing.read(body, self._max_body_bytes) for body in bodies]
         received_at = datetime.now(UTC)
         return self._in_transaction(lambda c: apply_deliveries(c, deliveries, received_at))
 
     def _in_transaction(self, work: Callable[[Connection], T]) -> T:
         """Run `work` in one writing transaction; when it loses a race (a unique key taken, a
-        compare-and-set missed, a deadlock), roll back and run it again after a jittered pause."""
+        compare-and-set missed, a deadlock), roll back and run it again after a jittered pause.
+        Any other failure, a broken constraint that is not a race included, is a `StorageError`
+        at once: retrying a bug only hides it."""
+        lost: Exception | None = None
         for attempt in range(self._max_attempts):
+            if lost is not None:
+                time.sleep(min(0.5, 0.002 * 2**attempt) * random.uniform(0.5, 1.5))
             try:
                 with (
                     self.engine.connect().execution_options(tracker_write=True) as connection,
                     connection.begin(),
                 ):
                     return work(connection)
-            except (storage.LostRaceError, IntegrityError):
-                pass
+            except storage.LostRaceError as error:
+                lost = error
+            except IntegrityError as error:
+                if not storage.is_unique_violation(error):
+                    raise StorageError(
+                        "a database constraint refused this delivery, which is a bug in the "
+                        f"tracker (please report it); nothing of it was written: {error.orig}"
+                    ) from error
+                lost = error
             except PoolTimeoutError as error:
                 # Every pooled connection stayed busy for `pool_timeout`: the database is too
                 # slow to serve this delivery now, which the caller handles like a failure.
@@ -126,11 +142,11 @@ class Tracker:
                         "the database failed and nothing of this delivery was written: "
                         f"{error.orig}"
                     ) from error
-            time.sleep(min(0.5, 0.002 * 2**attempt) * random.uniform(0.5, 1.5))
+                lost = error
         raise StorageError(
             f"gave up after {self._max_attempts} attempts lost to concurrent writers; "
-            "nothing of this delivery was written"
-        )
+            f"nothing of this delivery was written (last: {lost})"
+        ) from lost
 
     # --- reading --------------------------------------------------------------------------
 
