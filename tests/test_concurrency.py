@@ -279,6 +279,7 @@ def leg_body(
     *,
     start: Any = BASE_TIME,
     with_call_url: bool = True,
+    call_id: str | None = None,
 ) -> dict[str, Any]:
     """The `transferDisconnect` of leg `number` of `parent_id`: legs start seconds apart, and each
     leg's from/to differ, so which leg a placeholder parent takes its numbers from shows."""
@@ -287,6 +288,7 @@ def leg_body(
         extra["callUrl"] = ...
     return transfer_disconnect(
         parent_id,
+        call_id,
         start=start + timedelta(seconds=5 + 7 * number, milliseconds=rng.randrange(1000)),
         ring=rng.choice([None, 1.5, 3.25]),
         talk=rng.randrange(1_000, 300_000) / 1000,

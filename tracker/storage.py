@@ -618,15 +618,17 @@ def fill_account(connection: Connection, call_id: str, account_id: str) -> None:
 def _tree_of(connection: Connection, call_id: str) -> dict[str, tuple[str | None, int]]:
     """Every call of the tree `call_id` belongs to, with its account and version."""
     tree: dict[str, tuple[str | None, int]] = {}
+    walked: set[str] = set()  # the ids whose parent and legs were asked for
     frontier = [call_id]
     while frontier:
+        walked.update(frontier)
         found: set[str] = set()
         for chunk in _chunks(frontier):
             rows = connection.execute(_SELECT_TREE_STEP, {"call_ids": chunk})
             for row in rows:
                 tree[row.call_id] = (row.account_id, row.version)
                 found.update(x for x in (row.call_id, row.parent_call_id) if x is not None)
-        frontier = sorted(found - tree.keys())
+        frontier = sorted(found - walked)
     return tree
 
 

@@ -1,0 +1,130 @@
+"""Races where a decision reads more than the call and its parent (SPEC section 4).
+
+The cycle rule reads the parent's whole ancestry, and a tree that learns its account is filled
+from a walk of the whole tree. Two workers released by a barrier at the same instant each make a
+change the other's decision read; whatever the interleaving, the result must be one a serial run
+can give. Before the ancestry and the tree walk were compare-and-set, both races were lost on
+PostgreSQL and MariaDB (a call became its own ancestor; a grandchild kept no account).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.factories import ACCOUNT, new_call_id
+from tests.test_concurrency import leg_body, migrate, to_json
+from tests.workers import apply_rounds, run_together
+from tracker import Outcome, Reason, Tracker
+
+ROUNDS = 12
+
+
+@pytest.fixture
+def migrated_url(database_url: str) -> str:
+    migrate(database_url)
+    return database_url
+
+
+def apply_serially(url: str, bodies: list[dict[str, object]]) -> None:
+    with Tracker(url) as tracker:
+        outcomes = [tracker.apply(to_json(body)).outcome for body in bodies]
+    assert outcomes == [Outcome.APPLIED] * len(bodies)
+
+
+def ancestors(tracker: Tracker, call_id: str) -> list[str]:
+    """The ids above `call_id`, nearest first, stopping (and including it) at a repeat."""
+    chain: list[str] = []
+    call = tracker.get_call(call_id)
+    while call is not None and call.parent_call_id is not None:
+        chain.append(call.parent_call_id)
+        if call.parent_call_id in chain[:-1] or call.parent_call_id == call_id:
+            break
+        call = tracker.get_call(call.parent_call_id)
+    return chain
+
+
+@pytest.mark.slow
+def test_two_legs_that_would_close_a_cycle_at_once_never_make_a_call_its_own_ancestor(
+    migrated_url: str,
+) -> None:
+    # Each round: B is a leg of placeholder A, L a leg of placeholder C. Then, at once, C reports
+    # as a leg of B and A as a leg of L: together A -> L -> C -> B -> A. Each alone is fine.
+    rng = random.Random(8)
+    rounds: list[list[str]] = []
+    setup: list[dict[str, object]] = []
+    for _ in range(ROUNDS):
+        a, b, c, leg = (new_call_id() for _ in range(4))
+        setup += [leg_body(a, rng, 0, call_id=b), leg_body(c, rng, 0, call_id=leg)]
+        rounds.append(
+            [to_json(leg_body(b, rng, 1, call_id=c)), to_json(leg_body(leg, rng, 1, call_id=a))]
+        )
+    apply_serially(migrated_url, setup)
+    jobs = [(migrated_url, [[bodies[worker]] for bodies in rounds]) for worker in range(2)]
+
+    run = run_together(apply_rounds, jobs, rounds=ROUNDS)
+
+    assert not [outcome for outcome in run.flat() if outcome.startswith("raised")]
+    with Tracker(migrated_url) as tracker:
+        for bodies in rounds:
+            outcomes = sorted(
+                outcome
+                for body in bodies
+                for outcome in [
+                    event.outcome
+                    for event in tracker.events(call_id=json.loads(body)["callId"])
+                    if event.body == body.encode()
+                ]
+            )
+            assert outcomes == [Outcome.APPLIED, Outcome.REJECTED]
+        rejected = tracker.events(outcome="rejected")
+        assert [event.reason for event in rejected] == [Reason.ANCESTRY_CYCLE] * ROUNDS
+        for call in tracker.calls():
+            assert call.call_id not in ancestors(tracker, call.call_id)
+
+
+@pytest.mark.slow
+def test_a_grandchild_added_while_its_tree_learns_its_account_gets_the_account(
+    migrated_url: str,
+) -> None:
+    # Each round: L1 is a leg of placeholder R, and neither knows its account. Then, at once,
+    # L2 reports as a leg of R with the account, and G as a leg of L1 without one.
+    rng = random.Random(9)
+    rounds: list[list[str]] = []
+    setup: list[dict[str, object]] = []
+    grandchildren: list[str] = []
+    for _ in range(ROUNDS):
+        root, first_leg = new_call_id(), new_call_id()
+        setup.append(leg_body(root, rng, 0, call_id=first_leg, with_call_url=False))
+        grandchild = leg_body(first_leg, rng, 2, with_call_url=False)
+        grandchildren.append(str(grandchild["callId"]))
+        rounds.append([to_json(leg_body(root, rng, 1)), to_json(grandchild)])
+    apply_serially(migrated_url, setup)
+    jobs = [(migrated_url, [[bodies[worker]] for bodies in rounds]) for worker in range(2)]
+
+    run = run_together(apply_rounds, jobs, rounds=ROUNDS)
+
+    assert run.flat() == ["applied"] * (2 * ROUNDS)
+    with Tracker(migrated_url) as tracker:
+        for call in tracker.calls():
+            assert call.account_id == ACCOUNT, call.call_id
+        assert all(tracker.get_call(call_id) is not None for call_id in grandchildren)
+
+
+def test_the_grandchild_race_gives_the_account_in_a_serial_run_in_either_order(
+    tmp_path: Path,
+) -> None:
+    """The expectation above is what one worker applying in order gives."""
+    rng = random.Random(9)
+    for order in (1, -1):
+        url = f"sqlite:///{tmp_path / f'order{order}.db'}"
+        migrate(url)
+        root, first_leg = new_call_id(), new_call_id()
+        racing = [leg_body(root, rng, 1), leg_body(first_leg, rng, 2, with_call_url=False)]
+        setup = leg_body(root, rng, 0, call_id=first_leg, with_call_url=False)
+        apply_serially(url, [setup, *racing[::order]])
+        with Tracker(url) as tracker:
+            assert {call.account_id for call in tracker.calls()} == {ACCOUNT}
