@@ -110,7 +110,7 @@ class Decision:
     parent: tuple[CallRecord | None, CallRecord] | None = None
     transitions: tuple[TransitionTaken, ...] = ()
     # Set when the tree the call belongs to learns its account: every call of the tree without
-    # one takes it (a transfer never crosses accounts, see `_check_accounts`).
+    # one takes it (a transfer never crosses accounts, see `_account_of`).
     fill_account: str | None = None
 
 
@@ -167,9 +167,10 @@ def decide(
     )
     if rejection is not None:
         return rejection
-    account = _account_of(event, url, call, parent)
-    if isinstance(account, Decision):
-        return account
+    tree_account = _account_of(event, url, call, parent)
+    if isinstance(tree_account, Decision):
+        return tree_account
+    account = tree_account.account
     # Only the call's own application is stored; a leg without one shows its parent's, resolved
     # when read, so a parent arriving after its legs need not rewrite them.
     application = event.application_id
@@ -185,10 +186,6 @@ def decide(
     after = _facts_of(event, base, account, application, walk.state)
 
     parent_write = _parent_after(event, after, parent) if event.parent_call_id else None
-    learns_account = account is not None and (
-        (parent is not None and parent.account_id is None)
-        or (call is not None and call.account_id is None)
-    )
     answered = f", answered at {_iso(event.answer_time)}" if event.answer_time else ""
     return Decision(
         outcome=Outcome.APPLIED,
@@ -196,7 +193,7 @@ def decide(
         call=(call, after),
         parent=parent_write,
         transitions=tuple(walk.taken),
-        fill_account=account if learns_account else None,
+        fill_account=account if tree_account.tree_learns_it else None,
     )
 
 
@@ -248,7 +245,7 @@ def _parent_after(
         )
         return None, placeholder
     after = parent
-    if parent.account_id is None and leg.account_id is not None:
+    if parent.account_id is None:  # the tree learns its account (see `_account_of`)
         after = replace(after, account_id=leg.account_id)
     if parent.is_placeholder and _earlier_leg(leg, parent):
         after = replace(
@@ -311,11 +308,35 @@ def _second_terminal_event(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _TreeAccount:
+    account: str | None
+    # True when a tree that had no account learns it from this event: every call of the tree
+    # then takes it (the parent in this decision, the rest by `Decision.fill_account`).
+    tree_learns_it: bool
+
+
 def _account_of(
     event: TerminalEvent, url: CallUrl | None, call: CallRecord | None, parent: CallRecord | None
+) -> _TreeAccount | Decision:
+    """The one home of the account rule. A call's account comes from its body, else its
+    callUrl path, else its transfer tree: a transfer never crosses accounts, so every call of
+    a tree has the same account, stored on each (so that filters and statistics by account
+    are plain indexed reads). A leg and its parent must agree; a placeholder's account came
+    from its legs, so its own event must agree with them; and a tree that had none learns it
+    from the first call that brings one."""
+    account = _resolved_account(event, url, call, parent)
+    if isinstance(account, Decision):
+        return account
+    lacking = (parent is not None and parent.account_id is None) or (
+        call is not None and call.account_id is None
+    )
+    return _TreeAccount(account, tree_learns_it=account is not None and lacking)
+
+
+def _resolved_account(
+    event: TerminalEvent, url: CallUrl | None, call: CallRecord | None, parent: CallRecord | None
 ) -> str | Decision | None:
-    """The call's account: from the body, else the callUrl path, else what its tree already
-    knows. A transfer never crosses accounts, so a leg and its parent must agree."""
     own = event.account_id or (url.account_id if url else None)
     if call is not None and call.is_placeholder and call.account_id is not None:
         # A placeholder's account came from its legs.

@@ -28,13 +28,12 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import from_json
 
-from tracker.records import InvalidReason
+from tracker.records import MAX_ID_LENGTH, InvalidReason
 
 TRACKED_EVENT_TYPES: Final = ("disconnect", "transferDisconnect")
 
 # Column sizes of the storage layer; a longer value is refused here, with a clear error, rather
 # than failing (or being truncated) inside the database.
-MAX_ID_LENGTH: Final = 256
 MAX_TEXT_LENGTH: Final = 4096
 
 # A callback is a few hundred bytes. A body over this limit is not parsed: it is `invalid`

@@ -59,6 +59,10 @@ class IgnoredReason(StrEnum):
     UNTRACKED_EVENT_TYPE = "untracked_event_type"
 
 
+# The longest id (call, account, application) stored; the storage layer's id columns have this
+# size, and parsing refuses a longer id with a clear error rather than let the database fail.
+MAX_ID_LENGTH: Final = 256
+
 # A `detail` is a sentence for people, stored in the event log: bounded, so that quoting a
 # hostile value can never overflow a column (MySQL's TEXT holds 64 KB).
 MAX_DETAIL_LENGTH: Final = 2000

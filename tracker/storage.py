@@ -48,7 +48,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tracker.lifecycle import CallRecord, TransitionTaken
-from tracker.records import Event, Outcome, Transition
+from tracker.records import MAX_ID_LENGTH, Event, Outcome, Transition
 
 TABLE_PREFIX: Final = "tracker_"
 VERSION_TABLE: Final = "tracker_alembic_version"
@@ -64,7 +64,7 @@ _MYSQL_OPTIONS: Final = {
     "mysql_collate": "utf8mb4_nopad_bin",
 }
 
-ID: Final = String(256)
+ID: Final = String(MAX_ID_LENGTH)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
