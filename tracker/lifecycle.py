@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from transitions import EventData, Machine
@@ -261,11 +261,18 @@ def _parent_after(
 def _earlier_leg(leg: CallRecord, placeholder: CallRecord) -> bool:
     if placeholder.numbers_leg_start is None or placeholder.numbers_leg_id is None:
         return True
-    assert leg.start_time is not None
-    return (leg.start_time, leg.call_id) < (
-        placeholder.numbers_leg_start,
-        placeholder.numbers_leg_id,
+    return leg_order(leg.call_id, leg.start_time) < leg_order(
+        placeholder.numbers_leg_id, placeholder.numbers_leg_start
     )
+
+
+_NO_START_YET: Final = datetime.min.replace(tzinfo=UTC)
+
+
+def leg_order(call_id: str, start_time: datetime | None) -> tuple[bool, datetime, str]:
+    """Where a leg sorts among its siblings: by start time, then id, and a call with no start
+    time yet (a placeholder) last. `storage.BY_START_TIME` is the same order in SQL."""
+    return (start_time is None, start_time or _NO_START_YET, call_id)
 
 
 def _second_terminal_event(

@@ -238,6 +238,23 @@ _FILL_ACCOUNT: Final = (
     .values(account_id=bindparam("account_id"), version=calls.c.version + 1)
 )
 
+# The statements of the read path, each taking one chunk of ids: a snapshot of any number of
+# calls costs a few statements, not a few per call.
+_SELECT_LEGS: Final = select(calls.c.parent_call_id, calls.c.call_id, calls.c.start_time).where(
+    calls.c.parent_call_id.in_(bindparam("call_ids", expanding=True))
+)
+_SELECT_TRANSITIONS: Final = (
+    select(transitions)
+    .where(transitions.c.call_id.in_(bindparam("call_ids", expanding=True)))
+    .order_by(transitions.c.call_id, transitions.c.seq)
+)
+_SELECT_ANCESTORS: Final = select(
+    calls.c.call_id, calls.c.application_id, calls.c.parent_call_id
+).where(calls.c.call_id.in_(bindparam("call_ids", expanding=True)))
+# `lifecycle.leg_order` in SQL: by start time, then id, placeholders (no start time) last on
+# every backend, although some sort NULLs first.
+BY_START_TIME: Final = (calls.c.start_time.is_(None), calls.c.start_time, calls.c.call_id)
+
 
 class LostRaceError(Exception):
     """Another writer changed a row between our read and our write; the delivery is retried."""
@@ -379,24 +396,43 @@ def find_call(connection: Connection, call_id: str) -> CallRecord | None:
     return where_calls_by_id(connection, [call_id]).get(call_id)
 
 
-def find_inherited_application(connection: Connection, call: CallRecord) -> str | None:
-    """The application of the nearest ancestor that names one: a transferred leg runs in its
-    parent's application, and `transferDisconnect` bodies seldom say which."""
-    seen = {call.call_id}
-    parent_id = call.parent_call_id
-    while parent_id is not None and parent_id not in seen:
-        seen.add(parent_id)
-        row = connection.execute(
-            select(calls.c.application_id, calls.c.parent_call_id).where(
-                calls.c.call_id == parent_id
-            )
-        ).first()
-        if row is None:
-            return None
-        if row.application_id is not None:
-            return str(row.application_id)
-        parent_id = row.parent_call_id
-    return None
+def where_applications(
+    connection: Connection, records: Sequence[CallRecord]
+) -> dict[str, str | None]:
+    """The application each call runs in: its own, else that of the nearest ancestor that names
+    one (a transferred leg runs in its parent's, and `transferDisconnect` bodies seldom say
+    which). Resolved when read, so a parent reporting after its legs need not rewrite them.
+
+    All the calls climb their ancestry together, one level per step, and each step reads the
+    ancestors not seen yet in one query (per chunk) for the whole set, so the cost follows the
+    depth of the transfer trees, not the number of calls. A walk that comes back to a call it
+    passed (a loop a race may leave) stops with no application.
+    """
+    # call id -> (application id, parent call id) of every call read so far; the records
+    # themselves are often the ancestors asked for (`calls()` returns whole trees).
+    known = {record.call_id: (record.application_id, record.parent_call_id) for record in records}
+    shown: dict[str, str | None] = {}
+    # For each call still climbing: the ancestor to look at next, and the calls passed so far.
+    climbing: dict[str, tuple[str, set[str]]] = {}
+    for record in records:
+        shown[record.call_id] = record.application_id
+        if record.application_id is None and record.parent_call_id is not None:
+            climbing[record.call_id] = (record.parent_call_id, {record.call_id})
+    while climbing:
+        unknown = sorted({ancestor for ancestor, _ in climbing.values()} - known.keys())
+        for chunk in _chunks(unknown):
+            for row in connection.execute(_SELECT_ANCESTORS, {"call_ids": chunk}):
+                known[row.call_id] = (row.application_id, row.parent_call_id)
+        still_climbing: dict[str, tuple[str, set[str]]] = {}
+        for call_id, (ancestor, passed) in climbing.items():
+            application_id, parent_id = known.get(ancestor, (None, None))  # gone: no parent
+            passed.add(ancestor)
+            if application_id is not None:
+                shown[call_id] = application_id
+            elif parent_id is not None and parent_id not in passed:
+                still_climbing[call_id] = (parent_id, passed)
+        climbing = still_climbing
+    return shown
 
 
 def where_applied_keys(connection: Connection, dedup_keys: Sequence[str]) -> set[str]:
@@ -406,18 +442,29 @@ def where_applied_keys(connection: Connection, dedup_keys: Sequence[str]) -> set
     return found
 
 
-def where_legs(connection: Connection, call_id: str) -> list[tuple[str, datetime | None]]:
-    rows = connection.execute(
-        select(calls.c.call_id, calls.c.start_time).where(calls.c.parent_call_id == call_id)
-    )
-    return [(row.call_id, row.start_time) for row in rows]
+def where_legs(
+    connection: Connection, call_ids: Iterable[str]
+) -> dict[str, list[tuple[str, datetime | None]]]:
+    """(leg id, start time) of the legs of each call, in no particular order (legs are ordered
+    by `lifecycle.leg_order`). A call without legs has no entry."""
+    legs: dict[str, list[tuple[str, datetime | None]]] = {}
+    for chunk in _chunks(list(dict.fromkeys(call_ids))):
+        for row in connection.execute(_SELECT_LEGS, {"call_ids": chunk}):
+            legs.setdefault(row.parent_call_id, []).append((row.call_id, row.start_time))
+    return legs
 
 
-def where_transitions(connection: Connection, call_id: str) -> list[Transition]:
-    rows = connection.execute(
-        select(transitions).where(transitions.c.call_id == call_id).order_by(transitions.c.seq)
-    )
-    return [Transition(row.source, row.target, row.at, row.event, row.event_id) for row in rows]
+def where_transitions(
+    connection: Connection, call_ids: Iterable[str]
+) -> dict[str, list[Transition]]:
+    """The history of each call, oldest first. A call without history has no entry."""
+    histories: dict[str, list[Transition]] = {}
+    for chunk in _chunks(list(dict.fromkeys(call_ids))):
+        for row in connection.execute(_SELECT_TRANSITIONS, {"call_ids": chunk}):
+            histories.setdefault(row.call_id, []).append(
+                Transition(row.source, row.target, row.at, row.event, row.event_id)
+            )
+    return histories
 
 
 def where_events(
@@ -463,10 +510,7 @@ def where_calls(
     started_before: datetime | None = None,
     limit: int | None = None,
 ) -> list[CallRecord]:
-    # Placeholders (no start time yet) last on every backend: NULLs sort first on some.
-    query = select(*_CALL_COLUMNS).order_by(
-        calls.c.start_time.is_(None), calls.c.start_time, calls.c.call_id
-    )
+    query = select(*_CALL_COLUMNS).order_by(*BY_START_TIME)
     if state is not None:
         query = query.where(calls.c.state == state)
     if disposition is not None:

@@ -190,37 +190,41 @@ class Tracker:
 
 
 def _snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) -> list[Call]:
-    calls: list[Call] = []
-    for record in records:
-        legs = sorted(
-            storage.where_legs(connection, record.call_id),
-            key=lambda leg: (leg[1] is None, leg[1] or datetime.min.replace(tzinfo=UTC), leg[0]),
+    """The `Call` of each record, in the same order. Legs, histories and inherited applications
+    are read for all the records at once, so any number of calls costs a few statements."""
+    call_ids = [record.call_id for record in records]
+    legs = storage.where_legs(connection, call_ids)
+    histories = storage.where_transitions(connection, call_ids)
+    applications = storage.where_applications(connection, records)
+    return [
+        Call(
+            call_id=record.call_id,
+            parent_call_id=record.parent_call_id,
+            legs=tuple(
+                leg_id
+                for leg_id, _start in sorted(
+                    legs.get(record.call_id, ()), key=lambda leg: lifecycle.leg_order(*leg)
+                )
+            ),
+            account_id=record.account_id,
+            application_id=applications[record.call_id],
+            direction=record.direction,
+            from_number=record.from_number,
+            to_number=record.to_number,
+            state=record.state,
+            cause=record.cause,
+            disposition=record.disposition,
+            start_time=record.start_time,
+            answer_time=record.answer_time,
+            end_time=record.end_time,
+            enqueued_time=record.enqueued_time,
+            tag=record.tag,
+            error_message=record.error_message,
+            error_id=record.error_id,
+            history=tuple(histories.get(record.call_id, ())),
         )
-        calls.append(
-            Call(
-                call_id=record.call_id,
-                parent_call_id=record.parent_call_id,
-                legs=tuple(leg_id for leg_id, _start in legs),
-                account_id=record.account_id,
-                application_id=record.application_id
-                or storage.find_inherited_application(connection, record),
-                direction=record.direction,
-                from_number=record.from_number,
-                to_number=record.to_number,
-                state=record.state,
-                cause=record.cause,
-                disposition=record.disposition,
-                start_time=record.start_time,
-                answer_time=record.answer_time,
-                end_time=record.end_time,
-                enqueued_time=record.enqueued_time,
-                tag=record.tag,
-                error_message=record.error_message,
-                error_id=record.error_id,
-                history=tuple(storage.where_transitions(connection, record.call_id)),
-            )
-        )
-    return calls
+        for record in records
+    ]
 
 
 @contextmanager
