@@ -19,7 +19,7 @@ from tracker.cli import CHUNK_SIZE, cli
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "callbacks.jsonl"
 
 # What samples/callbacks.jsonl holds (see samples/README.md).
-SAMPLE_OUTCOMES = {"applied": 11, "duplicate": 2, "rejected": 0, "invalid": 1, "ignored": 1}
+SAMPLE_OUTCOMES = {"applied": 12, "duplicate": 2, "rejected": 0, "invalid": 1, "ignored": 1}
 SIM_RING_PARENT = "c-99e07ec9-658e8b3e-1136-4f5a-aa70-31b554d82886"
 SIM_RING_LEGS = [
     "c-99e07ec9-11c030a3-8e86-400f-b96c-81be1a519687",
@@ -78,14 +78,14 @@ def test_ingest_of_the_sample_counts_every_outcome(db: str) -> None:
     counts = ingest_json(db, str(SAMPLE))
     assert counts["outcomes"] == SAMPLE_OUTCOMES
     assert counts["reasons"] == {"missing_field": 1, "untracked_event_type": 1}
-    assert (counts["lines"], counts["blank_lines"], counts["bodies"]) == (15, 0, 15)
+    assert (counts["lines"], counts["blank_lines"], counts["bodies"]) == (16, 0, 16)
 
 
 def test_ingest_summary_table_shows_outcomes_and_reason_codes(db: str) -> None:
     result = run("--db", db, "ingest", str(SAMPLE))
     assert result.exit_code == 0
     assert table_rows(result.stdout) == [
-        ["applied", "", "11"],
+        ["applied", "", "12"],
         ["duplicate", "", "2"],
         ["rejected", "", "0"],
         ["invalid", "", "1"],
@@ -115,7 +115,7 @@ def test_ingest_skips_blank_and_whitespace_only_lines(db: str, sqlite_tracker: T
 
 
 def test_ingest_hands_over_each_line_as_its_exact_bytes(db: str, sqlite_tracker: Tracker) -> None:
-    body = b' { "eventType" : "answer" , "callId" : "c-1" }  '
+    body = b' { "eventType" : "dtmf" , "callId" : "c-1" }  '
     ingest_json(db, "-", input=body + b"\r\n" + body)
     assert [event.body for event in sqlite_tracker.events()] == [body, body]
 
@@ -147,7 +147,7 @@ def test_ingest_applies_bodies_in_chunks(
 
     monkeypatch.setattr(Tracker, "apply_many", recording)
     path = tmp_path / "untracked.jsonl"
-    path.write_bytes(b'{"eventType":"answer"}\n' * (2 * CHUNK_SIZE + 7))
+    path.write_bytes(b'{"eventType":"dtmf"}\n' * (2 * CHUNK_SIZE + 7))
     counts = ingest_json(db, str(path))
     assert chunk_sizes == [CHUNK_SIZE, CHUNK_SIZE, 7]
     assert counts["outcomes"]["ignored"] == 2 * CHUNK_SIZE + 7
@@ -314,7 +314,7 @@ def test_events_lists_the_log_filtered_by_outcome(sample_db: str) -> None:
     [event] = json.loads(result.stdout)
     assert event["reason"] == "missing_field"
     assert "endTime" in event["detail"]
-    assert event["body"] == SAMPLE.read_text().splitlines()[-1]
+    assert event["body"] == SAMPLE.read_text().splitlines()[14]  # line 15 (samples/README.md)
 
 
 def test_events_filters_by_call(sample_db: str) -> None:
@@ -372,7 +372,7 @@ def test_storage_error_names_the_line_ingest_stopped_at(
         return apply_many(self, bodies)
 
     monkeypatch.setattr(Tracker, "apply_many", failing_second_time)
-    untracked = b'{"eventType":"answer"}\n'
+    untracked = b'{"eventType":"dtmf"}\n'
     result = run("--db", db, "ingest", "-", input=b"\n" + untracked * (CHUNK_SIZE + 3))
     assert result.exit_code == 3
     assert f"stopped at stdin line {CHUNK_SIZE + 2}:" in result.stderr

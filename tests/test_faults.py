@@ -30,7 +30,7 @@ from tests.factories import disconnect, transfer_disconnect
 from tracker import Outcome, StorageError, Tracker
 from tracker.schema import current_revision, head_revision
 
-TABLES = ("tracker_events", "tracker_calls", "tracker_transitions")
+TABLES = ("tracker_events", "tracker_calls", "tracker_transitions", "tracker_transfers")
 QUICKLY = 10.0  # seconds: an outage must fail a delivery fast, not hang the webhook
 
 

@@ -70,7 +70,7 @@ CASES: dict[str, Case] = {
         InvalidReason.NOT_JSON,
     ),
     "an ignored body with a 300-character callId": Case(
-        lambda: {"eventType": "answer", "callId": LONG_ID}, Outcome.IGNORED, "untracked_event_type"
+        lambda: {"eventType": "dtmf", "callId": LONG_ID}, Outcome.IGNORED, "untracked_event_type"
     ),
     "an invalid body with a 300-character callId": Case(
         lambda: disconnect(LONG_ID, endTime=...), Outcome.INVALID, InvalidReason.MISSING_FIELD
@@ -79,7 +79,7 @@ CASES: dict[str, Case] = {
         lambda: disconnect(LONG_ID, callUrl=...), Outcome.INVALID, InvalidReason.INVALID_FIELD
     ),
     "an ignored body with a NUL in callId": Case(
-        lambda: {"eventType": "answer", "callId": f"c-{NUL}"},
+        lambda: {"eventType": "dtmf", "callId": f"c-{NUL}"},
         Outcome.IGNORED,
         "untracked_event_type",
     ),
@@ -208,7 +208,7 @@ def test_ingest_logs_poisoned_lines_and_applies_the_rest(database_url: str) -> N
     tracker.upgrade()
     good = [disconnect(new_call_id(), start=BASE_TIME) for _ in range(6)]
     poisoned: list[dict[str, Any]] = [
-        {"eventType": "answer", "callId": LONG_ID},
+        {"eventType": "dtmf", "callId": LONG_ID},
         {"eventType": f"x{NUL}", "callId": f"c-{NUL}"},
         disconnect("c-ingest-url", accountId=..., callUrl=call_url("c-ingest-url", "%00")),
         dict(disconnect("c-ingest-nul"), extra=NUL, startTime=stamp(BASE_TIME)),

@@ -160,7 +160,7 @@ def test_apply_many_gives_the_outcomes_of_one_by_one(
         parent,
         parent,
         b"not json",
-        {"eventType": "answer"},
+        {"eventType": "dtmf"},
         disconnect(ring=None, endTime=stamp(BASE_TIME - timedelta(seconds=5))),
         dict(parent, cause="busy", eventTime="2031-01-01T00:00:00Z"),
     ]

@@ -10,7 +10,7 @@ import pytest
 
 from tests.factories import BASE_TIME, call_url, disconnect, stamp, transfer_disconnect
 from tracker import Outcome, Reason, Tracker
-from tracker.lifecycle import STATES, TRANSITIONS, CallRecord, decide
+from tracker.lifecycle import STATES, TRANSITIONS, CallRecord, decide, history_of
 from tracker.parsing import Disconnect, read
 
 
@@ -46,14 +46,16 @@ def test_disconnected_is_terminal_for_the_machine() -> None:
     ended = first.call[1]
     again = decide(event, ended, None)
     assert again.outcome is Outcome.DUPLICATE
-    assert again.transitions == ()
+    assert again.call is None
 
 
 def test_unanswered_call_goes_straight_to_disconnected() -> None:
     event = read(disconnect(ring=None, cause="busy")).content
     assert isinstance(event, Disconnect)
     decision = decide(event, None, None)
-    assert [(t.source, t.target) for t in decision.transitions] == [("initiated", "disconnected")]
+    assert decision.call is not None
+    _state, history = history_of(decision.call[1])
+    assert [(t.source, t.target) for t in history] == [("initiated", "disconnected")]
 
 
 def test_placeholder_record_starts_initiated() -> None:

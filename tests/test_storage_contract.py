@@ -35,7 +35,7 @@ def test_leg_links_to_placeholder_parent(tracker: Tracker) -> None:
 
 
 def test_event_log_keeps_every_body_byte_for_byte(tracker: Tracker) -> None:
-    bodies = [b"\xff\xfe not utf-8", b'{"eventType": "answer"}', json.dumps(disconnect()).encode()]
+    bodies = [b"\xff\xfe not utf-8", b'{"eventType": "dtmf"}', json.dumps(disconnect()).encode()]
     for body in bodies:
         tracker.apply(body)
     logged = tracker.events()

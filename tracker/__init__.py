@@ -9,7 +9,7 @@ correlated with their transfer legs, and persisted.
 """
 
 from tracker.errors import SchemaError, StorageError, TrackerError
-from tracker.lifecycle import ALL_DISPOSITIONS, DISPOSITIONS, STATES, TRANSITIONS
+from tracker.lifecycle import ALL_DISPOSITIONS, DISPOSITIONS, LIVE_STATES, STATES, TRANSITIONS
 from tracker.records import (
     Call,
     Event,
@@ -19,6 +19,7 @@ from tracker.records import (
     Reason,
     Result,
     SchemaUpgrade,
+    TransferAttempt,
     Transition,
 )
 from tracker.tracker import DEFAULT_DATABASE_URL, Tracker
@@ -27,6 +28,7 @@ __all__ = [
     "ALL_DISPOSITIONS",
     "DEFAULT_DATABASE_URL",
     "DISPOSITIONS",
+    "LIVE_STATES",
     "STATES",
     "TRANSITIONS",
     "Call",
@@ -41,5 +43,6 @@ __all__ = [
     "StorageError",
     "Tracker",
     "TrackerError",
+    "TransferAttempt",
     "Transition",
 ]

@@ -17,8 +17,15 @@ from sqlalchemy import Connection
 
 from tracker import lifecycle, parsing, storage
 from tracker.lifecycle import CallRecord, Decision, TransitionTaken
-from tracker.parsing import Delivery, TerminalEvent, Unreadable, Untracked
-from tracker.records import MAX_DETAIL_LENGTH, IgnoredReason, Outcome, Result, clipped
+from tracker.parsing import Delivery, Event, TransferComplete, Unreadable, Untracked
+from tracker.records import (
+    MAX_DETAIL_LENGTH,
+    IgnoredReason,
+    Outcome,
+    Result,
+    TransferAttempt,
+    clipped,
+)
 
 
 def apply_deliveries(
@@ -42,8 +49,13 @@ class _Batch:
         # The record each changed call had in the database: the compare-and-set expectation.
         self.stored: dict[str, CallRecord | None] = {}
         self.events: list[dict[str, Any]] = []
-        self.history: list[tuple[int, str, tuple[TransitionTaken, ...]]] = []
-        # Content key of each terminal event of the batch, by identity: computed once.
+        # Each changed call's history as the batch leaves it: every step with the index (in
+        # `events`) of the delivery that made it, or None for a step already stored, which
+        # stays; and how many steps the database holds for it.
+        self.steps: dict[str, list[tuple[TransitionTaken, int | None]]] = {}
+        self.stored_steps: dict[str, int] = {}
+        self.transfers: list[tuple[int, str, TransferAttempt, str]] = []
+        # Content key of each tracked event of the batch, by identity: computed once.
         self.keys: dict[int, str] = {}
         self.stored_keys: set[str] = set()
         self.batch_keys: set[str] = set()
@@ -53,16 +65,17 @@ class _Batch:
     def prefetch(self, deliveries: Sequence[Delivery]) -> None:
         """Read every call the batch names in one query, and the content keys that may repeat
         an applied delivery in another."""
-        events = [d.content for d in deliveries if isinstance(d.content, TerminalEvent)]
+        events = [d.content for d in deliveries if isinstance(d.content, Event)]
         ids = {e.call_id for e in events} | {e.parent_call_id for e in events if e.parent_call_id}
         self._load(ids)
         self.keys = {id(event): parsing.content_key(event) for event in events}
-        # Only a call that has already ended can have had this very delivery applied.
+        # A repeat of any other delivery merges nothing new, and `decide` finds it a duplicate
+        # without a query; only these two may change a call that already had them applied.
         maybe_repeats = [
             self.keys[id(event)]
             for event in events
             if (call := self.known.get(event.call_id)) is not None
-            and call.state == lifecycle.DISCONNECTED
+            and (call.state == lifecycle.DISCONNECTED or isinstance(event, TransferComplete))
         ]
         if maybe_repeats:
             self.stored_keys = storage.where_applied_keys(self.connection, maybe_repeats)
@@ -108,7 +121,7 @@ class _Batch:
             )
         return self._apply_event(delivery, content)
 
-    def _apply_event(self, delivery: Delivery, event: TerminalEvent) -> Result:
+    def _apply_event(self, delivery: Delivery, event: Event) -> Result:
         key = self.keys[id(event)]
         call = self.record(event.call_id)
         parent = self.record(event.parent_call_id) if event.parent_call_id else None
@@ -136,6 +149,8 @@ class _Batch:
             return self._log(delivery, result, event_type=event.event_type)
         self.batch_keys.add(key)
         self._log(delivery, result, event_type=event.event_type, dedup_key=key)
+        if decision.transfer is not None:
+            self.transfers.append((len(self.events) - 1, event.call_id, decision.transfer, key))
         self._keep(event.call_id, decision)
         for ancestor_id in ancestry:
             # The cycle rule read the ancestry: each ancestor is compare-and-set like the call
@@ -153,13 +168,29 @@ class _Batch:
                 # expectation, however often the batch changes the call afterwards.
                 self.stored.setdefault(after.call_id, before)
                 self.known[after.call_id] = after
-        self.history.append((len(self.events) - 1, call_id, decision.transitions))
+                self._restep(after)
         if decision.fill_account is not None:
             # Rare (a tree whose calls carry no account learning one late): the tree is walked
             # in the database, so write what is pending first, and read back what changed.
             self.flush()
             storage.fill_account(self.connection, call_id, decision.fill_account)
             self.known.clear()
+
+    def _restep(self, call: CallRecord) -> None:
+        """Bring the call's history in step with its facts: the steps it shares with the history
+        held so far stay as they are, the rest are this delivery's."""
+        if call.call_id not in self.steps:
+            before = self.stored[call.call_id]
+            held = lifecycle.history_of(before)[1] if before is not None else ()
+            self.steps[call.call_id] = [(step, None) for step in held]
+            self.stored_steps[call.call_id] = len(held)
+        steps = self.steps[call.call_id]
+        _state, wanted = lifecycle.history_of(call)
+        kept = 0
+        while kept < min(len(steps), len(wanted)) and steps[kept][0] == wanted[kept]:
+            kept += 1
+        index = len(self.events) - 1
+        steps[kept:] = [(step, index) for step in wanted[kept:]]
 
     def _log(
         self,
@@ -197,10 +228,29 @@ class _Batch:
             assert after is not None  # only calls a decision produced are in `stored`
             changes.append((before, after))
         storage.write_calls(self.connection, changes)
-        storage.insert_transitions(
+        replaced: list[tuple[str, int]] = []
+        steps: list[tuple[str, int, TransitionTaken, int]] = []
+        for call_id, history in self.steps.items():
+            new = [
+                (call_id, seq, step, event_ids[index])
+                for seq, (step, index) in enumerate(history)
+                if index is not None
+            ]
+            first_new = new[0][1] if new else len(history)
+            if first_new < self.stored_steps[call_id]:
+                replaced.append((call_id, first_new))
+            steps.extend(new)
+        storage.delete_transitions(self.connection, replaced)
+        storage.insert_transitions(self.connection, steps)
+        storage.insert_transfers(
             self.connection,
-            [(call_id, event_ids[index], taken) for index, call_id, taken in self.history if taken],
+            [
+                (call_id, event_ids[index], attempt, key)
+                for index, call_id, attempt, key in self.transfers
+            ],
         )
         self.events.clear()
-        self.history.clear()
+        self.steps.clear()
+        self.stored_steps.clear()
+        self.transfers.clear()
         self.stored.clear()

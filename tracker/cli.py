@@ -36,6 +36,7 @@ from sqlalchemy.exc import ArgumentError
 from tracker import (
     ALL_DISPOSITIONS,
     DEFAULT_DATABASE_URL,
+    LIVE_STATES,
     STATES,
     Call,
     Event,
@@ -395,6 +396,20 @@ def show(session: _Session, call_id: str, as_json: bool) -> None:
         console.print(Text("No legs.", style="bold"))
 
     console.print()
+    if call.transfers:
+        attempts = Table(title=Text("Transfer attempts"), title_justify="left")
+        for column in ("at", "to", "caller id", "outcome", "error"):
+            attempts.add_column(column)
+        for attempt in call.transfers:
+            attempts.add_row(
+                _when(attempt.at),
+                _shown(attempt.transfer_to),
+                _shown(attempt.transfer_caller_id),
+                f"{attempt.disposition} (cause {attempt.cause})",
+                _shown(attempt.error_message),
+            )
+        console.print(attempts)
+        console.print()
     history = Table(title=Text("History"), title_justify="left")
     for column in ("transition", "at", "event", "event #"):
         history.add_column(column)
@@ -426,7 +441,14 @@ def _facts(call: Call) -> list[tuple[str, str]]:
         ("tag", _shown(call.tag)),
         ("error", _shown(call.error_message)),
         ("error id", _shown(call.error_id)),
+        ("caller name", _shown(call.caller_display_name)),
+        ("attestation", _shown(call.attestation) + _suffix("verstat", call.verstat)),
+        ("machine detection", _shown(call.machine_detection)),
     ]
+
+
+def _suffix(name: str, value: str | None) -> str:
+    return f" ({name} {value})" if value else ""
 
 
 # --- calls ------------------------------------------------------------------------------------
@@ -450,6 +472,9 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 
 @cli.command()
 @click.option("--state", type=click.Choice(STATES), help="Only calls in this state.")
+@click.option(
+    "--live", is_flag=True, help="Only calls ringing or talking now (initiated or answered)."
+)
 @click.option(
     "--disposition", type=click.Choice(ALL_DISPOSITIONS), help="Only calls that ended so."
 )
@@ -476,6 +501,7 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 def calls(
     session: _Session,
     state: str | None,
+    live: bool,
     disposition: str | None,
     account_id: str | None,
     since: datetime | None,
@@ -488,8 +514,10 @@ def calls(
     Calls are ordered by start time; parents known only through their legs come last.
     --since and --until take ISO 8601 dates or datetimes; one without a zone is UTC.
     """
+    if live and state is not None:
+        raise click.UsageError("--live and --state cannot be combined; --live is both live states")
     found = session.tracker.calls(
-        state=state,
+        state=LIVE_STATES if live else state,
         disposition=disposition,
         account_id=account_id,
         started_after=since,
@@ -630,6 +658,23 @@ def _call_json(call: Call) -> dict[str, Any]:
                 "event_id": step.event_id,
             }
             for step in call.history
+        ],
+        "machine_detection": call.machine_detection,
+        "attestation": call.attestation,
+        "verstat": call.verstat,
+        "diversion": None if call.diversion is None else dict(call.diversion),
+        "caller_display_name": call.caller_display_name,
+        "transfers": [
+            {
+                "at": _iso(attempt.at),
+                "cause": attempt.cause,
+                "disposition": attempt.disposition,
+                "transfer_to": attempt.transfer_to,
+                "transfer_caller_id": attempt.transfer_caller_id,
+                "error_message": attempt.error_message,
+                "error_id": attempt.error_id,
+            }
+            for attempt in call.transfers
         ],
     }
 

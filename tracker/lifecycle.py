@@ -9,14 +9,25 @@ The state graph is the table just below; every rule that rejects an event has it
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from transitions import EventData, Machine
 
-from tracker.parsing import CallUrl, TerminalEvent, read_call_url, shown
-from tracker.records import Outcome, Reason
+from tracker.parsing import (
+    CallUrl,
+    Disconnect,
+    Event,
+    Initiate,
+    MachineDetectionComplete,
+    TransferComplete,
+    TransferDisconnect,
+    read_call_url,
+    shown,
+)
+from tracker.records import Outcome, Reason, TransferAttempt
 
 INITIATED: Final = "initiated"
 ANSWERED: Final = "answered"
@@ -47,10 +58,38 @@ def disposition_of(cause: str) -> str:
     return DISPOSITIONS.get(cause, FAILED)
 
 
+# Which event types' facts win when two events of one call say different things, so that the
+# result does not depend on the order they arrive in: the terminal event carries the call's
+# complete facts; a live event's facts stand until it comes. One rank per type, so two events
+# only tie when they are of one type.
+RANKS: Final = {
+    "transferComplete": 1,
+    "machineDetectionComplete": 2,
+    "initiate": 3,
+    "transferAnswer": 4,
+    "answer": 5,
+    "transferDisconnect": 6,
+    "disconnect": 7,
+}
+# The event a history's `answered` step names, among those that carry the answerTime: the one
+# whose news it is, before those that merely repeat it.
+_ANSWER_NEWS: Final = (
+    "answer",
+    "transferAnswer",
+    "disconnect",
+    "transferDisconnect",
+    "transferComplete",
+    "machineDetectionComplete",
+)
+TERMINAL_RANK: Final = RANKS["transferDisconnect"]
+LIVE_STATES: Final = (INITIATED, ANSWERED)
+
+
 @dataclass(frozen=True, slots=True)
 class CallRecord:
-    """The facts of one call as stored. A call whose `terminal_event` is None is a placeholder:
-    a parent seen only through its legs, holding only what the legs say of it."""
+    """The facts of one call as stored. A call no event of its own has reached yet
+    (`seen_rank` 0) is a placeholder: a parent seen only through its legs, holding only what
+    the legs say of it."""
 
     call_id: str
     parent_call_id: str | None = None
@@ -70,23 +109,63 @@ class CallRecord:
     error_message: str | None = None
     error_id: str | None = None
     terminal_event: str | None = None
+    answer_event: str | None = None
+    machine_detection: str | None = None
+    attestation: str | None = None
+    verstat: str | None = None
+    diversion: dict[str, Any] | None = None
+    caller_display_name: str | None = None
     # For a placeholder: the leg whose from/to it shows. The earliest leg (start time, then id)
     # wins, so the result does not depend on which leg arrived first.
     numbers_leg_id: str | None = None
     numbers_leg_start: datetime | None = None
+    # The highest `RANKS` of the call's own events so far (0: a placeholder), and for each fact
+    # the rank of the event it came from, so a later event knows whether it may replace it.
+    seen_rank: int = 0
+    sources: dict[str, int] = dataclass_field(default_factory=dict)
     # Compare-and-set token of the storage layer; the lifecycle only carries it along.
     version: int = 0
 
     @property
     def is_placeholder(self) -> bool:
-        return self.terminal_event is None
+        return self.seen_rank == 0
 
 
-# Facts a terminal event sets; a second terminal event agrees when it sets them all the same.
-_FACTS: Final = tuple(
-    f.name
-    for f in fields(CallRecord)
-    if f.name not in {"call_id", "numbers_leg_id", "numbers_leg_start", "version"}
+# The facts an event may set, merged by rank (see `_merge`).
+MERGED_FACTS: Final = (
+    "application_id",
+    "direction",
+    "from_number",
+    "to_number",
+    "enqueued_time",
+    "tag",
+    "cause",
+    "disposition",
+    "error_message",
+    "error_id",
+    "end_time",
+    "terminal_event",
+    "machine_detection",
+    "attestation",
+    "verstat",
+    "diversion",
+    "caller_display_name",
+)
+# What a terminal event says: a second one agrees when it says all of it the same.
+_TERMINAL_FACTS: Final = (
+    "start_time",
+    "answer_time",
+    "end_time",
+    "cause",
+    "error_message",
+    "error_id",
+    "terminal_event",
+    "direction",
+    "from_number",
+    "to_number",
+    "application_id",
+    "enqueued_time",
+    "tag",
 )
 
 
@@ -101,14 +180,14 @@ class TransitionTaken:
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What applying one event means. `call`/`parent` hold (before, after) pairs to write; a
-    `before` of None means the row is new."""
+    `before` of None means the row is new. The call's history is `history_of(after)`."""
 
     outcome: Outcome
     detail: str
     reason: Reason | None = None
     call: tuple[CallRecord | None, CallRecord] | None = None
     parent: tuple[CallRecord | None, CallRecord] | None = None
-    transitions: tuple[TransitionTaken, ...] = ()
+    transfer: TransferAttempt | None = None
     # Set when the tree the call belongs to learns its account: every call of the tree without
     # one takes it (a transfer never crosses accounts, see `_account_of`).
     fill_account: str | None = None
@@ -150,8 +229,21 @@ def _fire(walk: _Walk, trigger: str, **details: Any) -> None:
     _MACHINE.events[trigger].trigger(walk, **details)
 
 
+def history_of(call: CallRecord) -> tuple[str, tuple[TransitionTaken, ...]]:
+    """The state and history a call's facts give: the machine walked from `initiated` (at the
+    start time) through `answered` at the answer time and `disconnected` at the end time,
+    whichever events taught them and in whatever order they came. So the state only moves
+    forward, and a late event fills in the step it knows without undoing a later one."""
+    walk = _Walk(INITIATED)
+    if call.answer_time is not None:
+        _fire(walk, "answer", at=call.answer_time, event=call.answer_event)
+    if call.end_time is not None:
+        _fire(walk, "end", at=call.end_time, event=call.terminal_event)
+    return walk.state, tuple(walk.taken)
+
+
 def decide(
-    event: TerminalEvent,
+    event: Event,
     call: CallRecord | None,
     parent: CallRecord | None,
     parent_ancestry: Sequence[str] = (),
@@ -162,7 +254,7 @@ def decide(
     url = read_call_url(event.call_url)
     rejection = (
         _check_call_url(event, url)
-        or _check_times(event)
+        or _check_times(event.event_type, event.start_time, event.answer_time, event.end_time)
         or _check_ancestry(event, parent_ancestry)
     )
     if rejection is not None:
@@ -170,66 +262,128 @@ def decide(
     tree_account = _account_of(event, url, call, parent)
     if isinstance(tree_account, Decision):
         return tree_account
-    account = tree_account.account
-    # Only the call's own application is stored; a leg without one shows its parent's, resolved
-    # when read, so a parent arriving after its legs need not rewrite them.
-    application = event.application_id
     base = call if call is not None else CallRecord(call_id=event.call_id)
-
-    if base.state == DISCONNECTED:
-        return _second_terminal_event(event, base, account, application)
-
-    walk = _Walk(base.state)
-    if event.answer_time is not None:
-        _fire(walk, "answer", at=event.answer_time, event=event.event_type)
-    _fire(walk, "end", at=event.end_time, event=event.event_type)
-    after = _facts_of(event, base, account, application, walk.state)
-
-    parent_write = _parent_after(event, after, parent) if event.parent_call_id else None
-    answered = f", answered at {_iso(event.answer_time)}" if event.answer_time else ""
+    rejection = _check_against(event, base)
+    if rejection is not None:
+        return rejection
+    after = _merge(event, base, tree_account.account)
+    rejection = _check_times("call", after.start_time, after.answer_time, after.end_time)
+    if rejection is not None:
+        return rejection
+    transfer = _transfer_attempt(event)
+    if after == base and transfer is None:
+        return Decision(
+            outcome=Outcome.DUPLICATE,
+            detail=f"call {event.call_id} already has exactly the facts this event carries",
+        )
     return Decision(
         outcome=Outcome.APPLIED,
-        detail=f"call {event.call_id} disconnected ({event.cause}){answered}",
+        detail=_what_happened(event, after),
         call=(call, after),
-        parent=parent_write,
-        transitions=tuple(walk.taken),
-        fill_account=account if tree_account.tree_learns_it else None,
+        parent=_parent_after(event, after, parent) if event.parent_call_id else None,
+        transfer=transfer,
+        fill_account=tree_account.account if tree_account.tree_learns_it else None,
     )
 
 
-def _facts_of(
-    event: TerminalEvent,
-    base: CallRecord,
-    account: str | None,
-    application: str | None,
-    state: str,
-) -> CallRecord:
-    return replace(
-        base,
-        parent_call_id=event.parent_call_id,
-        account_id=account,
-        application_id=application,
-        direction=event.direction,
-        from_number=event.own_from,
-        to_number=event.own_to,
-        state=state,
+def _offered(event: Event) -> dict[str, Any]:
+    """The mergeable facts this event carries (absent ones are not offered: absent is never a
+    contradiction, nor a reason to forget what another event said)."""
+    facts: dict[str, Any] = {
+        "application_id": event.application_id,
+        "direction": event.direction,
+        "from_number": event.own_from,
+        "to_number": event.own_to,
+        "enqueued_time": event.enqueued_time,
+        "tag": event.tag,
+        "machine_detection": event.machine_detection,
+    }
+    cause = event.ending_cause
+    if cause is not None:
+        assert isinstance(event, Disconnect | TransferDisconnect)
+        facts.update(
+            cause=cause,
+            disposition=disposition_of(cause),
+            error_message=event.error_message,
+            error_id=event.error_id,
+            end_time=event.end_time,
+            terminal_event=event.event_type,
+        )
+    if isinstance(event, Initiate):
+        stir_shaken = event.stir_shaken
+        facts.update(
+            attestation=stir_shaken.attestation_indicator if stir_shaken else None,
+            verstat=stir_shaken.verstat if stir_shaken else None,
+            diversion=event.diversion,
+            caller_display_name=event.caller_display_name,
+        )
+    return {name: value for name, value in facts.items() if value is not None}
+
+
+def _merge(event: Event, call: CallRecord, account: str | None) -> CallRecord:
+    """The call as this event leaves it. Each fact keeps the value of the highest-ranked event
+    that carried it (ties, two events of one type, go to the larger value), so any order of
+    arrival gives the same record."""
+    rank = RANKS[event.event_type]
+    sources = dict(call.sources)
+    changes: dict[str, Any] = {}
+    for name, value in _offered(event).items():
+        held = sources.get(name, 0)
+        current = getattr(call, name)
+        if held < rank or (held == rank and value != current and str(value) > str(current)):
+            changes[name] = value
+            sources[name] = rank
+    if event.IS_LEG is not None:
+        sources.setdefault("parent_call_id", rank)  # the call is known to be a leg, or not
+    if event.parent_call_id is not None:
+        changes["parent_call_id"] = event.parent_call_id
+    if event.start_time is not None:
+        changes["start_time"] = event.start_time
+    if event.answer_time is not None:
+        changes["answer_time"] = event.answer_time
+        if _answer_news(event.event_type) < _answer_news(call.answer_event):
+            changes["answer_event"] = event.event_type
+    if account is not None:
+        changes["account_id"] = account
+    if {"from_number", "to_number"} & changes.keys():
+        changes.update(numbers_leg_id=None, numbers_leg_start=None)
+    changes["seen_rank"] = max(call.seen_rank, rank)
+    merged = replace(call, **changes, sources=sources)
+    state, _history = history_of(merged)
+    return replace(merged, state=state) if state != merged.state else merged
+
+
+def _answer_news(event_type: str | None) -> int:
+    return _ANSWER_NEWS.index(event_type) if event_type in _ANSWER_NEWS else len(_ANSWER_NEWS)
+
+
+def _transfer_attempt(event: Event) -> TransferAttempt | None:
+    if not isinstance(event, TransferComplete):
+        return None
+    return TransferAttempt(
+        at=event.event_time,
         cause=event.cause,
         disposition=disposition_of(event.cause),
-        start_time=event.start_time,
-        answer_time=event.answer_time,
-        end_time=event.end_time,
-        enqueued_time=event.enqueued_time,
-        tag=event.tag,
+        transfer_to=event.transfer_to,
+        transfer_caller_id=event.transfer_caller_id,
         error_message=event.error_message,
         error_id=event.error_id,
-        terminal_event=event.event_type,
-        numbers_leg_id=None,
-        numbers_leg_start=None,
     )
+
+
+def _what_happened(event: Event, call: CallRecord) -> str:
+    if isinstance(event, TransferComplete):
+        return f"call {event.call_id} recorded a transfer attempt ({event.cause})"
+    if isinstance(event, MachineDetectionComplete):
+        return f"call {event.call_id} machine detection: {call.machine_detection}"
+    answered = f", answered at {_iso(call.answer_time)}" if call.answer_time else ""
+    if call.state == DISCONNECTED:
+        return f"call {event.call_id} disconnected ({call.cause}){answered}"
+    return f"call {event.call_id} is {call.state}{answered}"
 
 
 def _parent_after(
-    event: TerminalEvent, leg: CallRecord, parent: CallRecord | None
+    event: Event, leg: CallRecord, parent: CallRecord | None
 ) -> tuple[CallRecord | None, CallRecord]:
     """The parent as this leg leaves it. A leg always writes its parent (at least its version),
     so that a concurrent change to the parent and this leg cannot both commit unseen."""
@@ -247,7 +401,10 @@ def _parent_after(
     after = parent
     if parent.account_id is None:  # the tree learns its account (see `_account_of`)
         after = replace(after, account_id=leg.account_id)
-    if parent.is_placeholder and _earlier_leg(leg, parent):
+    # The original call's numbers, as its legs' events repeat them, stand until an event of
+    # its own says them; of several legs, the earliest one's.
+    own_numbers = {"from_number", "to_number"} & parent.sources.keys()
+    if not own_numbers and _earlier_leg(leg, parent):
         after = replace(
             after,
             from_number=event.from_number,
@@ -275,44 +432,73 @@ def leg_order(call_id: str, start_time: datetime | None) -> tuple[bool, datetime
     return (start_time is None, start_time or _NO_START_YET, call_id)
 
 
-def _second_terminal_event(
-    event: TerminalEvent, call: CallRecord, account: str | None, application: str | None
-) -> Decision:
-    """A call ends once. Another terminal event that says the same is a repeat of it; one that
-    says otherwise is refused, naming the first fact that differs."""
-    again = _facts_of(event, call, account, application, DISCONNECTED)
-    if call.parent_call_id != again.parent_call_id:
+def _check_against(event: Event, call: CallRecord) -> Decision | None:
+    """The rules that compare the event with what the call already has."""
+    said_parent = event.parent_call_id
+    known_parent = call.parent_call_id
+    not_a_leg = event.IS_LEG is False
+    known_not_a_leg = known_parent is None and "parent_call_id" in call.sources
+    if (
+        (said_parent is not None and known_parent not in (None, said_parent))
+        or (not_a_leg and known_parent is not None)
+        or (said_parent is not None and known_not_a_leg)
+    ):
         return _reject(
             Reason.PARENT_CHANGED,
-            f"call {call.call_id} is a leg of {call.parent_call_id or 'no call'}, "
-            f"but this event makes it a leg of {again.parent_call_id or 'no call'}",
+            f"call {call.call_id} is a leg of {known_parent or 'no call'}, "
+            f"but this event makes it a leg of {said_parent or 'no call'}",
         )
-    if call.direction is not None and again.direction not in (None, call.direction):
+    if call.direction is not None and event.direction not in (None, call.direction):
         return _reject(
             Reason.DIRECTION_CHANGED,
-            f"call {call.call_id} is {call.direction}, but this event says {again.direction}; "
+            f"call {call.call_id} is {call.direction}, but this event says {event.direction}; "
             "a call's direction never changes",
         )
-    if call.account_id is not None and account not in (None, call.account_id):
-        return _reject(
-            Reason.ACCOUNT_CHANGED,
-            f"call {call.call_id} belongs to account {call.account_id}, "
-            f"but this event says {account}",
-        )
-    differing = [name for name in _FACTS if getattr(call, name) != getattr(again, name)]
-    if differing:
-        shown = ", ".join(
-            f"{name} {_show(getattr(call, name))} vs {_show(getattr(again, name))}"
-            for name in differing[:4]
-        )
-        return _reject(
-            Reason.CONFLICTING_TERMINAL_EVENT,
-            f"call {call.call_id} already ended and this terminal event disagrees: {shown}",
-        )
-    return Decision(
-        outcome=Outcome.DUPLICATE,
-        detail=f"call {call.call_id} already ended with exactly these facts",
+    if call.terminal_event is not None and event.ending_cause is not None:
+        return _second_terminal_event(event, call)
+    for name, reason in (
+        ("start_time", Reason.START_TIME_CHANGED),
+        ("answer_time", Reason.ANSWER_TIME_CHANGED),
+    ):
+        known, said = getattr(call, name), getattr(event, name)
+        if known is not None and said is not None and known != said:
+            return _reject(
+                reason,
+                f"call {call.call_id} has {_camel(name)} {_iso(known)}, but this "
+                f"{event.event_type} event says {_iso(said)}",
+            )
+    return None
+
+
+def _second_terminal_event(event: Event, call: CallRecord) -> Decision | None:
+    """A call ends once. Another terminal event that says the same is a repeat of it; one that
+    says otherwise is refused, naming the first facts that differ. What the first one said is
+    each fact it was the source of (a live event's tag, say, is not its word)."""
+    offered = _offered(event) | {
+        "start_time": event.start_time,
+        "answer_time": event.answer_time,
+    }
+    said_first = {
+        name: getattr(call, name)
+        if name in ("start_time", "answer_time") or call.sources.get(name, 0) >= TERMINAL_RANK
+        else None
+        for name in _TERMINAL_FACTS
+    }
+    differing = [name for name in _TERMINAL_FACTS if said_first[name] != offered.get(name)]
+    if not differing:
+        return None
+    shown_facts = ", ".join(
+        f"{name} {_show(said_first[name])} vs {_show(offered.get(name))}" for name in differing[:4]
     )
+    return _reject(
+        Reason.CONFLICTING_TERMINAL_EVENT,
+        f"call {call.call_id} already ended and this terminal event disagrees: {shown_facts}",
+    )
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +510,7 @@ class _TreeAccount:
 
 
 def _account_of(
-    event: TerminalEvent, url: CallUrl | None, call: CallRecord | None, parent: CallRecord | None
+    event: Event, url: CallUrl | None, call: CallRecord | None, parent: CallRecord | None
 ) -> _TreeAccount | Decision:
     """The one home of the account rule. A call's account comes from its body, else its
     callUrl path, else its transfer tree: a transfer never crosses accounts, so every call of
@@ -342,7 +528,7 @@ def _account_of(
 
 
 def _resolved_account(
-    event: TerminalEvent, url: CallUrl | None, call: CallRecord | None, parent: CallRecord | None
+    event: Event, url: CallUrl | None, call: CallRecord | None, parent: CallRecord | None
 ) -> str | Decision | None:
     own = event.account_id or (url.account_id if url else None)
     if call is not None and call.is_placeholder and call.account_id is not None:
@@ -354,6 +540,11 @@ def _resolved_account(
                 f"account {call.account_id}",
             )
         own = call.account_id
+    elif call is not None and call.account_id is not None and own not in (None, call.account_id):
+        return _reject(
+            Reason.ACCOUNT_CHANGED,
+            f"call {call.call_id} belongs to account {call.account_id}, but this event says {own}",
+        )
     if parent is not None and parent.account_id is not None:
         if own is not None and own != parent.account_id:
             return _reject(
@@ -367,7 +558,7 @@ def _resolved_account(
     return own
 
 
-def _check_call_url(event: TerminalEvent, url: CallUrl | None) -> Decision | None:
+def _check_call_url(event: Event, url: CallUrl | None) -> Decision | None:
     if url is None:
         return None
     if url.call_id != event.call_id:
@@ -383,23 +574,28 @@ def _check_call_url(event: TerminalEvent, url: CallUrl | None) -> Decision | Non
     return None
 
 
-def _check_times(event: TerminalEvent) -> Decision | None:
-    if event.end_time < event.start_time:
+def _check_times(
+    what: str, start: datetime | None, answer: datetime | None, end: datetime | None
+) -> Decision | None:
+    """A call answers within itself and ends after it starts: the event's own times, then the
+    call's once the event's are merged in (an `answer` after its `disconnect` must fit)."""
+    if start is not None and end is not None and end < start:
         return _reject(
             Reason.END_BEFORE_START,
-            f"endTime {_iso(event.end_time)} is before startTime {_iso(event.start_time)}",
+            f"the {what}'s endTime {_iso(end)} is before its startTime {_iso(start)}",
         )
-    answer = event.answer_time
-    if answer is not None and not event.start_time <= answer <= event.end_time:
+    if answer is not None and (
+        (start is not None and answer < start) or (end is not None and answer > end)
+    ):
         return _reject(
             Reason.ANSWER_OUTSIDE_CALL,
-            f"answerTime {_iso(answer)} is outside the call, which ran from "
-            f"{_iso(event.start_time)} to {_iso(event.end_time)}",
+            f"the {what}'s answerTime {_iso(answer)} is outside the call, which ran from "
+            f"{_iso(start)} to {_iso(end)}",
         )
     return None
 
 
-def _check_ancestry(event: TerminalEvent, parent_ancestry: Sequence[str]) -> Decision | None:
+def _check_ancestry(event: Event, parent_ancestry: Sequence[str]) -> Decision | None:
     parent_id = event.parent_call_id
     if parent_id is None:
         return None

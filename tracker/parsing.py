@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import (
@@ -29,8 +29,6 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import from_json
 
 from tracker.records import MAX_ID_LENGTH, InvalidReason
-
-TRACKED_EVENT_TYPES: Final = ("disconnect", "transferDisconnect")
 
 # Column sizes of the storage layer; a longer value is refused here, with a clear error, rather
 # than failing (or being truncated) inside the database.
@@ -55,13 +53,34 @@ Identifier = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_ID_LENG
 Text = Annotated[str, Strict(), Field(max_length=MAX_TEXT_LENGTH)]
 
 
-class _Callback(BaseModel):
-    """Fields shared by every lifecycle callback. `extra="allow"`: an unknown key is never a
-    reason to refuse a body."""
+class _Model(BaseModel):
+    """Bandwidth's spelling (camelCase keys) and `extra="allow"`: an unknown key is never a
+    reason to refuse a body (live captures carry keys no document lists)."""
 
     model_config = ConfigDict(
         extra="allow", alias_generator=to_camel, validate_by_name=False, frozen=True
     )
+
+
+class MachineDetectionResult(_Model):
+    """`machineDetectionResult`: the value is kept verbatim (`human`, `answering-machine`,
+    `silence`, `timeout`, `error`, or values no list names yet)."""
+
+    value: Annotated[str, Strict(), Field(min_length=1, max_length=MAX_TEXT_LENGTH)]
+    duration: Text | None = None
+
+
+class StirShaken(_Model):
+    """`stirShaken` on `initiate`: how far the carrier vouches for the caller's number."""
+
+    verstat: Text | None = None
+    attestation_indicator: Text | None = None
+    originating_id: Text | None = None
+
+
+class _Callback(_Model):
+    """Fields every lifecycle callback may carry; each event type below says which it
+    requires. The properties give the lifecycle one vocabulary for all of them."""
 
     event_time: Timestamp | None = None
     account_id: Identifier | None = None
@@ -72,41 +91,74 @@ class _Callback(BaseModel):
     call_id: Identifier
     call_url: Text | None = None
     enqueued_time: Timestamp | None = None
-    start_time: Timestamp
+    start_time: Timestamp | None = None
     answer_time: Timestamp | None = None
-    end_time: Timestamp
-    cause: Annotated[str, Strict(), Field(min_length=1, max_length=MAX_TEXT_LENGTH)]
-    error_message: Text | None = None
-    error_id: Text | None = None
     tag: Text | None = None
     sip_call_id: Text | None = None
-    sip_response_code: Annotated[int, Strict()] | None = None
 
-
-class Disconnect(_Callback):
-    """`disconnect`: a call ended, for any reason."""
-
-    event_type: Literal["disconnect"]
-
-    @property
-    def parent_call_id(self) -> str | None:
-        return None
+    # Whether the event says the call is a transfer leg: True for the transfer events, False
+    # for those only an original call receives, None where either may (see `parent_call_id`).
+    IS_LEG: ClassVar[bool | None] = None
 
     @property
     def own_from(self) -> str | None:
+        """This call's own caller: `from`, except on a leg's events (`transferCallerId`)."""
         return self.from_number
 
     @property
     def own_to(self) -> str | None:
         return self.to_number
 
+    @property
+    def machine_detection(self) -> str | None:
+        return None
 
-class TransferDisconnect(_Callback):
-    """`transferDisconnect`: a leg created by `<Transfer>` ended. `from`/`to` are the original
-    call's numbers; the leg's own are `transferCallerId`/`transferTo`."""
 
-    event_type: Literal["transferDisconnect"]
-    parent_call_id: Identifier  # a field here, a property on Disconnect
+# The same names are fields on some event types and properties on the others, so that the
+# lifecycle reads every event the same way (a pydantic field may not shadow a parent's
+# property, hence mixins rather than defaults on `_Callback`).
+
+
+class _NoParent:
+    """An event that names no parent call."""
+
+    @property
+    def parent_call_id(self) -> str | None:
+        return None
+
+
+class _Ongoing:
+    """An event that does not end the call."""
+
+    @property
+    def end_time(self) -> datetime | None:
+        return None
+
+    @property
+    def ending_cause(self) -> str | None:
+        return None
+
+
+class _Terminal(_Callback):
+    """The event that ends a call, with the call's complete facts."""
+
+    start_time: Timestamp
+    end_time: Timestamp
+    cause: Annotated[str, Strict(), Field(min_length=1, max_length=MAX_TEXT_LENGTH)]
+    error_message: Text | None = None
+    error_id: Text | None = None
+
+    @property
+    def ending_cause(self) -> str | None:
+        return self.cause
+
+
+class _LegEvent(_Callback):
+    """On a leg created by `<Transfer>`, `from`/`to` are the original call's numbers; the leg's
+    own are `transferCallerId`/`transferTo`. Always outbound."""
+
+    IS_LEG: ClassVar[bool | None] = True
+
     transfer_caller_id: Text | None = None
     transfer_to: Text | None = None
 
@@ -119,6 +171,86 @@ class TransferDisconnect(_Callback):
         return self.transfer_to
 
 
+class Disconnect(_NoParent, _Terminal):
+    """`disconnect`: an original call ended, for any reason."""
+
+    IS_LEG: ClassVar[bool | None] = False
+
+    event_type: Literal["disconnect"]
+    sip_response_code: Annotated[int, Strict()] | None = None
+
+
+class TransferDisconnect(_Terminal, _LegEvent):
+    """`transferDisconnect`: a leg created by `<Transfer>` ended."""
+
+    event_type: Literal["transferDisconnect"]
+    parent_call_id: Identifier
+
+
+class Initiate(_NoParent, _Ongoing, _Callback):
+    """`initiate`: an inbound call arrived and is ringing; nothing has answered it yet."""
+
+    IS_LEG: ClassVar[bool | None] = False
+
+    event_type: Literal["initiate"]
+    start_time: Timestamp
+    diversion: dict[str, Any] | None = None
+    stir_shaken: StirShaken | None = None
+    caller_display_name: Text | None = None
+    uui: Text | None = None
+    sip_headers: dict[str, Any] | None = None
+
+
+class Answer(_NoParent, _Ongoing, _Callback):
+    """`answer`: an outbound call was answered (inbound calls get none)."""
+
+    IS_LEG: ClassVar[bool | None] = False
+
+    event_type: Literal["answer"]
+    start_time: Timestamp
+    answer_time: Timestamp
+    machine_detection_result: MachineDetectionResult | None = None
+
+    @property
+    def machine_detection(self) -> str | None:
+        result = self.machine_detection_result
+        return result.value if result else None
+
+
+class TransferAnswer(_Ongoing, _LegEvent):
+    """`transferAnswer`: a leg created by `<Transfer>` answered. The docs list `parentCallId`;
+    Bandwidth's SDK model drops it, so it is optional: such a leg is linked to its parent when
+    its `transferDisconnect` comes."""
+
+    event_type: Literal["transferAnswer"]
+    start_time: Timestamp
+    answer_time: Timestamp
+    parent_call_id: Identifier | None = None
+
+
+class TransferComplete(_NoParent, _Ongoing, _Callback):
+    """`transferComplete`: one `<Transfer>` attempt of this (original) call ended. Its `cause`
+    is the transfer's outcome, never the call's: the call goes on."""
+
+    event_type: Literal["transferComplete"]
+    cause: Annotated[str, Strict(), Field(min_length=1, max_length=MAX_TEXT_LENGTH)]
+    transfer_caller_id: Text | None = None
+    transfer_to: Text | None = None
+    error_message: Text | None = None
+    error_id: Text | None = None
+
+
+class MachineDetectionComplete(_NoParent, _Ongoing, _Callback):
+    """`machineDetectionComplete`: the answering-machine detection of this call finished."""
+
+    event_type: Literal["machineDetectionComplete"]
+    machine_detection_result: MachineDetectionResult
+
+    @property
+    def machine_detection(self) -> str | None:
+        return self.machine_detection_result.value
+
+
 class Untracked(BaseModel):
     """Any other event type: readable, needs only a string `eventType`, and is not tracked."""
 
@@ -128,13 +260,30 @@ class Untracked(BaseModel):
     call_id: Any = Field(default=None, alias="callId")
 
 
-TerminalEvent = Disconnect | TransferDisconnect
-
+Event = (
+    Initiate
+    | Answer
+    | TransferAnswer
+    | TransferComplete
+    | MachineDetectionComplete
+    | Disconnect
+    | TransferDisconnect
+)
+TRACKED_EVENT_TYPES: Final = (
+    "initiate",
+    "answer",
+    "transferAnswer",
+    "transferComplete",
+    "machineDetectionComplete",
+    "disconnect",
+    "transferDisconnect",
+)
+TERMINAL_EVENT_TYPES: Final = frozenset({"disconnect", "transferDisconnect"})
 
 # Tracked types are told apart by a plain tag, which pydantic resolves without leaving Rust;
 # any other event type falls back to `Untracked`.
-_TERMINAL: Final[TypeAdapter[Disconnect | TransferDisconnect]] = TypeAdapter(
-    Annotated[Disconnect | TransferDisconnect, Field(discriminator="event_type")]
+_TRACKED: Final[TypeAdapter[Event]] = TypeAdapter(
+    Annotated[Event, Field(discriminator="event_type")]
 )
 _UNTRACKED_TAG: Final = frozenset({"union_tag_invalid", "union_tag_not_found"})
 
@@ -163,7 +312,7 @@ class Delivery:
     """One body as received (`raw`, the bytes stored in the event log) and what it was read as."""
 
     raw: bytes
-    content: TerminalEvent | Untracked | Unreadable
+    content: Event | Untracked | Unreadable
 
     @property
     def call_id(self) -> str | None:
@@ -236,9 +385,9 @@ def _first_line(error: BaseException) -> str:
 _NUL_ESCAPE: Final = re.compile(rb"\\u0000")
 
 
-def _parse(raw: bytes) -> TerminalEvent | Untracked | Unreadable:
+def _parse(raw: bytes) -> Event | Untracked | Unreadable:
     try:
-        event = _TERMINAL.validate_json(raw)
+        event = _TRACKED.validate_json(raw)
     except ValidationError as error:
         if error.errors(include_url=False)[0]["type"] not in _UNTRACKED_TAG:
             return _explain(raw, error)
@@ -250,8 +399,7 @@ def _parse(raw: bytes) -> TerminalEvent | Untracked | Unreadable:
         # Only the declared fields are stored in columns; an unknown key may hold anything,
         # it lives on in the body alone.
         for name in type(event).model_fields:
-            value = getattr(event, name)
-            if isinstance(value, str) and "\x00" in value:
+            if _holds_nul(getattr(event, name)):
                 return Unreadable(
                     InvalidReason.INVALID_FIELD,
                     f"field '{_alias(event, name)}' contains a NUL character (\\u0000), "
@@ -261,7 +409,19 @@ def _parse(raw: bytes) -> TerminalEvent | Untracked | Unreadable:
     return _check_call_url(event) or _in_utc(event)
 
 
-def _check_call_url(event: TerminalEvent) -> Unreadable | None:
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, BaseModel):
+        return any(_holds_nul(item) for _name, item in value)
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
+
+
+def _check_call_url(event: Event) -> Unreadable | None:
     """The ids a `callUrl` path names are stored (the account, when the body has none), so they
     pass the same test as the body's own ids."""
     url = read_call_url(event.call_url)
@@ -275,12 +435,12 @@ def _check_call_url(event: TerminalEvent) -> Unreadable | None:
     )
 
 
-def _in_utc(event: TerminalEvent) -> TerminalEvent | Unreadable:
+def _in_utc(event: Event) -> Event | Unreadable:
     """Bandwidth documents its times as UTC: a stamp without a zone is read as UTC, one with an
     offset is converted, and instants MySQL cannot store (before the year 1000) are refused."""
     changes: dict[str, datetime] = {}
     for name in _TIMESTAMPS:
-        value: datetime | None = getattr(event, name)
+        value: datetime | None = getattr(event, name, None)
         if value is None:
             continue
         offset = value.utcoffset()  # None when the stamp has no zone
@@ -383,11 +543,11 @@ def shown(value: object) -> str:
 
 
 def untracked_detail(event_type: str) -> str:
-    tracked = " and ".join(TRACKED_EVENT_TYPES)
+    tracked = ", ".join(TRACKED_EVENT_TYPES)
     return f"{shown(event_type)} events are not tracked; only {tracked} are"
 
 
-def content_key(event: TerminalEvent) -> str:
+def content_key(event: Event) -> str:
     """The identity of a delivery: the parsed content, whatever its spelling.
 
     Two bodies share a key when they differ only in key order, whitespace, explicit nulls for

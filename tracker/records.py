@@ -5,10 +5,11 @@ Plain frozen dataclasses, detached from any database session, safe to keep and p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 
 class Outcome(StrEnum):
@@ -38,6 +39,8 @@ class Reason(StrEnum):
     ANSWER_OUTSIDE_CALL = "answer_outside_call"
     CALL_URL_CALL_MISMATCH = "call_url_call_mismatch"
     CALL_URL_ACCOUNT_MISMATCH = "call_url_account_mismatch"
+    START_TIME_CHANGED = "start_time_changed"
+    ANSWER_TIME_CHANGED = "answer_time_changed"
 
 
 class InvalidReason(StrEnum):
@@ -97,6 +100,20 @@ class Transition:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferAttempt:
+    """One `<Transfer>` attempt of a call, as its `transferComplete` told it: `cause` is the
+    transfer's outcome (`busy`, `timeout`, ...), never the call's; `at` is its `eventTime`."""
+
+    at: datetime | None
+    cause: str
+    disposition: str
+    transfer_to: str | None
+    transfer_caller_id: str | None
+    error_message: str | None
+    error_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     """A snapshot of one call (one leg) as the tracker knows it."""
 
@@ -119,6 +136,17 @@ class Call:
     error_message: str | None
     error_id: str | None
     history: tuple[Transition, ...]
+    machine_detection: str | None = None
+    attestation: str | None = None
+    verstat: str | None = None
+    diversion: Mapping[str, Any] | None = None
+    caller_display_name: str | None = None
+    transfers: tuple[TransferAttempt, ...] = ()
+
+    @property
+    def live(self) -> bool:
+        """Ringing or talking now: `initiated` or `answered`."""
+        return self.state != "disconnected"
 
     @property
     def answered(self) -> bool:

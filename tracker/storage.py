@@ -9,11 +9,12 @@ overwritten. The schema itself comes only from the Alembic migrations in `migrat
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import Any, Final, cast
 
@@ -35,6 +36,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
+    delete,
     event,
     insert,
     or_,
@@ -47,8 +49,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from tracker import lifecycle
 from tracker.lifecycle import CallRecord, TransitionTaken
-from tracker.records import MAX_ID_LENGTH, Event, Outcome, Transition
+from tracker.records import MAX_ID_LENGTH, Event, Outcome, TransferAttempt, Transition
 
 TABLE_PREFIX: Final = "tracker_"
 VERSION_TABLE: Final = "tracker_alembic_version"
@@ -89,6 +92,22 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
+
+
+class JSONText(TypeDecorator[Any]):
+    """A JSON document kept as text: the same column type on every backend (MariaDB's JSON is
+    an alias with a check, PostgreSQL's jsonb would reorder keys), read back as sent."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(value)
 
 
 class Base(DeclarativeBase):
@@ -133,8 +152,17 @@ class CallRow(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     error_id: Mapped[str | None] = mapped_column(Text)
     terminal_event: Mapped[str | None] = mapped_column(String(32))
+    answer_event: Mapped[str | None] = mapped_column(String(32))
+    machine_detection: Mapped[str | None] = mapped_column(Text)
+    attestation: Mapped[str | None] = mapped_column(Text)
+    verstat: Mapped[str | None] = mapped_column(Text)
+    diversion: Mapped[dict[str, Any] | None] = mapped_column(JSONText)
+    caller_display_name: Mapped[str | None] = mapped_column(Text)
     numbers_leg_id: Mapped[str | None] = mapped_column(ID)
     numbers_leg_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    seen_rank: Mapped[int] = mapped_column(Integer)
+    # NULL on a row written before revision 0004: see `_record`.
+    sources: Mapped[dict[str, int] | None] = mapped_column(JSONText)
     version: Mapped[int] = mapped_column(Integer)
 
 
@@ -186,7 +214,32 @@ class TransitionRow(Base):
     )
 
 
+class TransferRow(Base):
+    """The transfer attempts of a call, one per applied `transferComplete`."""
+
+    __tablename__ = "tracker_transfers"
+    __table_args__ = (Index(None, "call_id"), _MYSQL_OPTIONS)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    call_id: Mapped[str] = mapped_column(ID, ForeignKey("tracker_calls.call_id"))
+    event_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("tracker_events.id")
+    )
+    at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cause: Mapped[str] = mapped_column(Text)
+    disposition: Mapped[str] = mapped_column(String(16))
+    transfer_to: Mapped[str | None] = mapped_column(Text)
+    transfer_caller_id: Mapped[str | None] = mapped_column(Text)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_id: Mapped[str | None] = mapped_column(Text)
+    # The delivery's content key: attempts at one instant sort the same whatever their arrival.
+    sort_key: Mapped[str] = mapped_column(String(64))
+
+
 calls: Final = cast(Table, CallRow.__table__)
+transfers: Final = cast(Table, TransferRow.__table__)
 events: Final = cast(Table, EventRow.__table__)
 transitions: Final = cast(Table, TransitionRow.__table__)
 
@@ -219,6 +272,18 @@ _UPDATE_CALL: Final = (
     .values({name: bindparam(name) for name in _RECORD_FIELDS if name != "call_id"})
 )
 _INSERT_TRANSITIONS: Final = insert(transitions)
+_DELETE_TRANSITIONS: Final = delete(transitions).where(
+    and_(
+        transitions.c.call_id == bindparam("b_call_id"),
+        transitions.c.seq >= bindparam("first_step"),
+    )
+)
+_INSERT_TRANSFERS: Final = insert(transfers)
+_SELECT_TRANSFERS: Final = (
+    select(transfers)
+    .where(transfers.c.call_id.in_(bindparam("call_ids", expanding=True)))
+    .order_by(transfers.c.call_id, transfers.c.at.is_(None), transfers.c.at, transfers.c.sort_key)
+)
 _SELECT_TREE_STEP: Final = select(
     calls.c.call_id, calls.c.parent_call_id, calls.c.account_id, calls.c.version
 ).where(
@@ -379,7 +444,18 @@ def _use_wal(cursor: Any) -> None:
 
 
 def _record(row: Any) -> CallRecord:
-    return CallRecord(**{name: row[index] for index, name in enumerate(_RECORD_FIELDS)})
+    record = CallRecord(**{name: row[index] for index, name in enumerate(_RECORD_FIELDS)})
+    if record.sources is not None:
+        return record
+    # Written before revision 0004, when only terminal events were applied: every fact the row
+    # holds came from its terminal event (a placeholder's, from its legs: no source).
+    rank = lifecycle.RANKS.get(record.terminal_event or "", 0)
+    sources = {
+        name: rank for name in lifecycle.MERGED_FACTS if rank and getattr(record, name) is not None
+    }
+    if rank:
+        sources["parent_call_id"] = rank
+    return replace(record, sources=sources)
 
 
 def where_calls_by_id(connection: Connection, call_ids: Iterable[str]) -> dict[str, CallRecord]:
@@ -467,6 +543,28 @@ def where_transitions(
     return histories
 
 
+def where_transfers(
+    connection: Connection, call_ids: Iterable[str]
+) -> dict[str, list[TransferAttempt]]:
+    """The transfer attempts of each call, oldest first (by `eventTime`; attempts without one
+    last), in the same order whatever order their deliveries came in."""
+    found: dict[str, list[TransferAttempt]] = {}
+    for chunk in _chunks(list(dict.fromkeys(call_ids))):
+        for row in connection.execute(_SELECT_TRANSFERS, {"call_ids": chunk}):
+            found.setdefault(row.call_id, []).append(
+                TransferAttempt(
+                    at=row.at,
+                    cause=row.cause,
+                    disposition=row.disposition,
+                    transfer_to=row.transfer_to,
+                    transfer_caller_id=row.transfer_caller_id,
+                    error_message=row.error_message,
+                    error_id=row.error_id,
+                )
+            )
+    return found
+
+
 def where_events(
     connection: Connection,
     *,
@@ -503,7 +601,7 @@ def where_events(
 def where_calls(
     connection: Connection,
     *,
-    state: str | None = None,
+    state: str | Sequence[str] | None = None,
     disposition: str | None = None,
     account_id: str | None = None,
     started_after: datetime | None = None,
@@ -511,8 +609,10 @@ def where_calls(
     limit: int | None = None,
 ) -> list[CallRecord]:
     query = select(*_CALL_COLUMNS).order_by(*BY_START_TIME)
-    if state is not None:
+    if isinstance(state, str):
         query = query.where(calls.c.state == state)
+    elif state is not None:
+        query = query.where(calls.c.state.in_(list(state)))
     if disposition is not None:
         query = query.where(calls.c.disposition == disposition)
     if account_id is not None:
@@ -620,12 +720,17 @@ def _parents_first(records: Sequence[CallRecord]) -> list[CallRecord]:
     return ordered
 
 
+def delete_transitions(connection: Connection, replaced: Sequence[tuple[str, int]]) -> None:
+    """Drop each (call id, first step) call's steps from that one on: a late event changed
+    them (an `answer` arriving after the `disconnect` that first told the answer time)."""
+    for call_id, first_step in replaced:
+        connection.execute(_DELETE_TRANSITIONS, {"b_call_id": call_id, "first_step": first_step})
+
+
 def insert_transitions(
-    connection: Connection,
-    histories: Sequence[tuple[str, int, Sequence[TransitionTaken]]],
+    connection: Connection, steps: Sequence[tuple[str, int, TransitionTaken, int]]
 ) -> None:
-    """Each (call id, event id, transitions taken): a call's whole history, from its own
-    terminal event, numbered from 0."""
+    """Each (call id, step number from 0, transition, id of the delivery that made it)."""
     rows = [
         {
             "call_id": call_id,
@@ -636,11 +741,33 @@ def insert_transitions(
             "event": step.event,
             "event_id": event_id,
         }
-        for call_id, event_id, taken in histories
-        for seq, step in enumerate(taken)
+        for call_id, seq, step, event_id in steps
     ]
     if rows:
         connection.execute(_INSERT_TRANSITIONS, rows)
+
+
+def insert_transfers(
+    connection: Connection, attempts: Sequence[tuple[str, int, TransferAttempt, str]]
+) -> None:
+    """Each (call id, id of the delivery, the attempt, the delivery's content key)."""
+    rows = [
+        {
+            "call_id": call_id,
+            "event_id": event_id,
+            "at": attempt.at,
+            "cause": attempt.cause,
+            "disposition": attempt.disposition,
+            "transfer_to": attempt.transfer_to,
+            "transfer_caller_id": attempt.transfer_caller_id,
+            "error_message": attempt.error_message,
+            "error_id": attempt.error_id,
+            "sort_key": key,
+        }
+        for call_id, event_id, attempt, key in attempts
+    ]
+    if rows:
+        connection.execute(_INSERT_TRANSFERS, rows)
 
 
 def fill_account(connection: Connection, call_id: str, account_id: str) -> None:

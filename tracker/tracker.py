@@ -159,14 +159,16 @@ class Tracker:
     def calls(
         self,
         *,
-        state: str | None = None,
+        state: str | Sequence[str] | None = None,
         disposition: str | None = None,
         account_id: str | None = None,
         started_after: datetime | None = None,
         started_before: datetime | None = None,
         limit: int | None = None,
     ) -> list[Call]:
-        """Calls matching every filter given, by start time (placeholders, with none, last)."""
+        """Calls matching every filter given, by start time (placeholders, with none, last).
+        `state` is one state or several: `calls(state=LIVE_STATES)` lists the calls ringing or
+        talking now."""
         self._check_schema()
         with _database_errors(), self.engine.connect() as connection:
             records = storage.where_calls(
@@ -195,6 +197,7 @@ def _snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) 
     call_ids = [record.call_id for record in records]
     legs = storage.where_legs(connection, call_ids)
     histories = storage.where_transitions(connection, call_ids)
+    transfers = storage.where_transfers(connection, call_ids)
     applications = storage.where_applications(connection, records)
     return [
         Call(
@@ -222,6 +225,12 @@ def _snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) 
             error_message=record.error_message,
             error_id=record.error_id,
             history=tuple(histories.get(record.call_id, ())),
+            machine_detection=record.machine_detection,
+            attestation=record.attestation,
+            verstat=record.verstat,
+            diversion=record.diversion,
+            caller_display_name=record.caller_display_name,
+            transfers=tuple(transfers.get(record.call_id, ())),
         )
         for record in records
     ]
