@@ -108,3 +108,103 @@ def _finish(
         else:
             body[key] = value
     return body
+
+
+# --- the live callbacks (SPEC section 6) ----------------------------------------------------
+
+
+def _common(event_type: str, call_id: str, start: datetime, **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "eventType": event_type,
+        "eventTime": stamp(start),
+        "accountId": ACCOUNT,
+        "applicationId": APPLICATION,
+        "from": "+15551112222",
+        "to": "+15553334444",
+        "callId": call_id,
+        "callUrl": call_url(call_id),
+        "startTime": stamp(start),
+    }
+    return _finish(body, None, fields)
+
+
+def initiate(call_id: str, *, start: datetime = BASE_TIME, **fields: Any) -> dict[str, Any]:
+    """An `initiate` body: an inbound call ringing, with the caller facts a live capture has."""
+    body = _common("initiate", call_id, start, direction="inbound")
+    body.update(
+        stirShaken={"verstat": "TN-Validation-Passed", "attestationIndicator": "A"},
+        callerDisplayName="ALICE EXAMPLE",
+        privacy=False,
+    )
+    return _finish(body, None, fields)
+
+
+def answer(
+    call_id: str, *, start: datetime = BASE_TIME, ring: float = 3.0, **fields: Any
+) -> dict[str, Any]:
+    """An `answer` body: an outbound call answered `ring` seconds after it started."""
+    answered = start + timedelta(seconds=ring)
+    body = _common("answer", call_id, start, direction="outbound", eventTime=stamp(answered))
+    return _finish(body, answered, fields)
+
+
+def transfer_answer(
+    parent_call_id: str | None,
+    call_id: str,
+    *,
+    start: datetime = BASE_TIME + timedelta(seconds=10),
+    ring: float = 2.0,
+    **fields: Any,
+) -> dict[str, Any]:
+    """A `transferAnswer` body; `parent_call_id=None` leaves the key out, as the SDK does."""
+    answered = start + timedelta(seconds=ring)
+    body = _common(
+        "transferAnswer",
+        call_id,
+        start,
+        direction="outbound",
+        eventTime=stamp(answered),
+        transferCallerId="+15551115555",
+        transferTo="+15556667777",
+    )
+    if parent_call_id is not None:
+        body["parentCallId"] = parent_call_id
+    return _finish(body, answered, fields)
+
+
+def transfer_complete(
+    call_id: str,
+    *,
+    start: datetime = BASE_TIME,
+    at: datetime = BASE_TIME + timedelta(seconds=40),
+    cause: str = "hangup",
+    **fields: Any,
+) -> dict[str, Any]:
+    """A `transferComplete` body on the original call: one transfer attempt ended."""
+    body = _common(
+        "transferComplete",
+        call_id,
+        start,
+        eventTime=stamp(at),
+        transferCallerId="+15551115555",
+        transferTo="+15556667777",
+        cause=cause,
+    )
+    if cause == "busy":
+        body.update(errorMessage="Callee is busy", errorId="4642074b-7b58-478b-96e4-3a60955c6765")
+    return _finish(body, None, fields)
+
+
+def machine_detection_complete(
+    call_id: str, *, start: datetime = BASE_TIME, result: str = "human", **fields: Any
+) -> dict[str, Any]:
+    """A `machineDetectionComplete` body with its result."""
+    body = _common(
+        "machineDetectionComplete",
+        call_id,
+        start,
+        direction="outbound",
+        eventTime=stamp(start + timedelta(seconds=8)),
+        machineDetectionResult={"value": result, "duration": "PT4.5S"},
+    )
+    return _finish(body, None, fields)

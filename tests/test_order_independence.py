@@ -14,7 +14,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.factories import BASE_TIME, disconnect, new_call_id, stamp, transfer_disconnect
+from tests.conftest import fresh_database
+from tests.factories import (
+    BASE_TIME,
+    answer,
+    disconnect,
+    initiate,
+    machine_detection_complete,
+    new_call_id,
+    stamp,
+    transfer_answer,
+    transfer_complete,
+    transfer_disconnect,
+)
 from tracker import Outcome, Tracker
 
 CAUSES = [
@@ -79,6 +91,118 @@ def transfer_trees(draw: st.DrawFn) -> list[dict[str, Any]]:
     return bodies
 
 
+@st.composite
+def live_calls(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Whole lifecycles with every tracked type, times consistent as Bandwidth sends them:
+    an inbound call transferred to one leg or to a simultaneous ring of several, a busy
+    transfer with its transferComplete, an original call hanging up while bridged (so no
+    transferComplete comes), an outbound call with machine detection. Tags differ from event to
+    event, as `<Tag>` changes them during a call."""
+    tags = st.sampled_from([None, "", "ivr", "queue-7"])
+
+    def tagged(body: dict[str, Any]) -> dict[str, Any]:
+        tag = draw(tags)
+        if tag is not None:
+            body["tag"] = tag
+        return body
+
+    def seconds(low: float, high: float) -> timedelta:
+        return timedelta(milliseconds=draw(st.integers(int(low * 1000), int(high * 1000))))
+
+    scenario = draw(st.sampled_from(["one leg", "simultaneous ring", "busy", "bridged", "amd"]))
+    original = new_call_id()
+    start = BASE_TIME + seconds(0, 3600)
+    answered = start + seconds(0.5, 20)
+    if scenario == "amd":
+        talk = seconds(1, 300)
+        return [
+            tagged(answer(original, start=start, ring=(answered - start).total_seconds())),
+            tagged(
+                machine_detection_complete(
+                    original,
+                    start=start,
+                    answerTime=stamp(answered),
+                    result=draw(st.sampled_from(["human", "answering-machine", "silence"])),
+                )
+            ),
+            tagged(
+                disconnect(
+                    original,
+                    start=start,
+                    ring=(answered - start).total_seconds(),
+                    talk=talk.total_seconds(),
+                    cause=draw(st.sampled_from(CAUSES)),
+                )
+            ),
+        ]
+    bodies = [tagged(initiate(original, start=start))]
+    legs = draw(st.integers(2, 4)) if scenario == "simultaneous ring" else 1
+    winner = draw(st.integers(0, legs - 1)) if scenario != "busy" else None
+    leg_start = answered + seconds(0.1, 2)
+    bridge_end = leg_start
+    for number in range(legs):
+        leg = new_call_id()
+        own_start = leg_start + timedelta(milliseconds=number)
+        if number == winner:
+            ring = seconds(0.5, 15)
+            talk = seconds(1, 600)
+            bridge_end = own_start + ring + talk
+            if draw(st.integers(0, 3)) > 0:  # transferAnswer is sent only when its URL is set
+                bodies.append(
+                    tagged(
+                        transfer_answer(
+                            original if draw(st.booleans()) else None,
+                            leg,
+                            start=own_start,
+                            ring=ring.total_seconds(),
+                        )
+                    )
+                )
+            cause = "hangup"
+        else:
+            ring, talk = None, seconds(0, 0)
+            cause = "busy" if scenario == "busy" else "cancel"
+        bodies.append(
+            tagged(
+                transfer_disconnect(
+                    original,
+                    leg,
+                    start=own_start,
+                    ring=None if ring is None else ring.total_seconds(),
+                    talk=talk.total_seconds(),
+                    cause=cause,
+                )
+            )
+        )
+    if scenario == "bridged":
+        ended = bridge_end - seconds(0.1, 0.5)  # the caller hung up first: no transferComplete
+    else:
+        bodies.append(
+            tagged(
+                transfer_complete(
+                    original,
+                    start=start,
+                    at=bridge_end + timedelta(milliseconds=40),
+                    answerTime=stamp(answered),
+                    cause="busy" if scenario == "busy" else "hangup",
+                )
+            )
+        )
+        ended = bridge_end + seconds(0.1, 30)
+    bodies.append(
+        tagged(
+            disconnect(
+                original,
+                start=start,
+                ring=(answered - start).total_seconds(),
+                talk=(ended - answered).total_seconds(),
+                direction="inbound",
+            )
+        )
+    )
+    return bodies
+
+
 def reserialize(body: dict[str, Any], rng: random.Random) -> str:
     """What a relay may do to a body: reorder keys, change whitespace, add explicit nulls,
     respell an instant."""
@@ -114,21 +238,36 @@ def ids_of(bodies: list[dict[str, Any]]) -> set[str]:
     }
 
 
-@pytest.fixture(scope="module")
-def two_trackers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Tracker, Tracker]]:
-    """One database fed in order, one fed shuffled; each example uses call ids of its own."""
-    folder: Path = tmp_path_factory.mktemp("order")
-    with (
-        Tracker(f"sqlite:///{folder / 'in_order.db'}", durable=False) as in_order,
-        Tracker(f"sqlite:///{folder / 'shuffled.db'}", durable=False) as shuffled,
-    ):
-        in_order.upgrade()
-        shuffled.upgrade()
-        yield in_order, shuffled
+@pytest.fixture
+def two_trackers(
+    database_url: str, backend: str, tmp_path: Path
+) -> Iterator[tuple[Tracker, Tracker]]:
+    """One database fed in order, one fed shuffled, on each backend; each example uses call ids
+    of its own, so examples never meet."""
+    second = tmp_path / "shuffled"
+    second.mkdir()
+    for shuffled_url in fresh_database(backend, second):
+        with Tracker(database_url) as in_order, Tracker(shuffled_url) as shuffled:
+            in_order.upgrade()
+            shuffled.upgrade()
+            yield in_order, shuffled
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(trees=transfer_trees(), seed=st.integers(0, 2**32 - 1))
+@st.composite
+def workloads(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Transfer trees of terminal events and whole live lifecycles, side by side."""
+    bodies = draw(transfer_trees()) if draw(st.booleans()) else []
+    for _ in range(draw(st.integers(0 if bodies else 1, 2))):
+        bodies += draw(live_calls())
+    return bodies
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(trees=workloads(), seed=st.integers(0, 2**32 - 1))
 def test_shuffled_repeated_delivery_gives_the_in_order_records(
     two_trackers: tuple[Tracker, Tracker], trees: list[dict[str, Any]], seed: int
 ) -> None:

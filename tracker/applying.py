@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 
 from tracker import lifecycle, parsing, storage
 from tracker.lifecycle import CallRecord, Decision, TransitionTaken
-from tracker.parsing import Delivery, Event, TransferComplete, Unreadable, Untracked
+from tracker.parsing import Delivery, Event, Unreadable, Untracked
 from tracker.records import (
     MAX_DETAIL_LENGTH,
     IgnoredReason,
@@ -69,13 +69,10 @@ class _Batch:
         ids = {e.call_id for e in events} | {e.parent_call_id for e in events if e.parent_call_id}
         self._load(ids)
         self.keys = {id(event): parsing.content_key(event) for event in events}
-        # A repeat of any other delivery merges nothing new, and `decide` finds it a duplicate
-        # without a query; only these two may change a call that already had them applied.
+        # Only a call that exists can have had this very delivery applied (applying one always
+        # writes its call), so a delivery that opens a call costs no look-up.
         maybe_repeats = [
-            self.keys[id(event)]
-            for event in events
-            if (call := self.known.get(event.call_id)) is not None
-            and (call.state == lifecycle.DISCONNECTED or isinstance(event, TransferComplete))
+            self.keys[id(event)] for event in events if self.known.get(event.call_id) is not None
         ]
         if maybe_repeats:
             self.stored_keys = storage.where_applied_keys(self.connection, maybe_repeats)

@@ -270,12 +270,10 @@ def decide(
     rejection = _check_times("call", after.start_time, after.answer_time, after.end_time)
     if rejection is not None:
         return rejection
+    # Applied even when it teaches nothing new (a late `answer` repeating what the `disconnect`
+    # said): it is a delivery of its own; only the very same delivery is a duplicate, which the
+    # caller recognises by its content key before asking.
     transfer = _transfer_attempt(event)
-    if after == base and transfer is None:
-        return Decision(
-            outcome=Outcome.DUPLICATE,
-            detail=f"call {event.call_id} already has exactly the facts this event carries",
-        )
     return Decision(
         outcome=Outcome.APPLIED,
         detail=_what_happened(event, after),
@@ -333,8 +331,10 @@ def _merge(event: Event, call: CallRecord, account: str | None) -> CallRecord:
         if held < rank or (held == rank and value != current and str(value) > str(current)):
             changes[name] = value
             sources[name] = rank
-    if event.IS_LEG is not None:
-        sources.setdefault("parent_call_id", rank)  # the call is known to be a leg, or not
+    if event.IS_LEG is False or event.parent_call_id is not None:
+        # Known now: a leg of that parent, or no leg at all (a `transferAnswer` without
+        # `parentCallId` is a leg whose parent is still unknown).
+        sources.setdefault("parent_call_id", rank)
     if event.parent_call_id is not None:
         changes["parent_call_id"] = event.parent_call_id
     if event.start_time is not None:
@@ -470,7 +470,7 @@ def _check_against(event: Event, call: CallRecord) -> Decision | None:
     return None
 
 
-def _second_terminal_event(event: Event, call: CallRecord) -> Decision | None:
+def _second_terminal_event(event: Event, call: CallRecord) -> Decision:
     """A call ends once. Another terminal event that says the same is a repeat of it; one that
     says otherwise is refused, naming the first facts that differ. What the first one said is
     each fact it was the source of (a live event's tag, say, is not its word)."""
@@ -486,7 +486,10 @@ def _second_terminal_event(event: Event, call: CallRecord) -> Decision | None:
     }
     differing = [name for name in _TERMINAL_FACTS if said_first[name] != offered.get(name)]
     if not differing:
-        return None
+        return Decision(
+            outcome=Outcome.DUPLICATE,
+            detail=f"call {call.call_id} already ended with exactly these facts",
+        )
     shown_facts = ", ".join(
         f"{name} {_show(said_first[name])} vs {_show(offered.get(name))}" for name in differing[:4]
     )
