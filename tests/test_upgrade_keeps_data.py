@@ -1,0 +1,101 @@
+"""Upgrading keeps what is stored (SPEC section 6): a database filled under revision 0002, when
+only terminal events were applied, reaches head with every call, history entry and logged body
+unchanged, and live events then apply to its calls."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from sqlalchemy import MetaData, create_engine, select, text
+
+from tests.conftest import fresh_database
+from tests.factories import answer
+from tests.test_concurrency import transfer_tree_bodies
+from tests.workers import snapshot
+from tracker import Outcome, Tracker
+from tracker.schema import alembic_config
+from tracker.storage import create_engine as tracker_engine
+
+TABLES = ("tracker_events", "tracker_calls", "tracker_transitions")  # in foreign-key order
+
+
+def rows_of(url: str) -> dict[str, list[dict[str, Any]]]:
+    """Every row of revision 0002's tables, by primary key order, with 0002's columns only."""
+    engine = create_engine(url)
+    metadata = MetaData()
+    metadata.reflect(engine, only=TABLES)
+    with engine.connect() as connection:
+        found = {
+            name: [
+                dict(row._mapping)
+                for row in connection.execute(
+                    select(metadata.tables[name]).order_by(
+                        *metadata.tables[name].primary_key.columns
+                    )
+                )
+            ]
+            for name in TABLES
+        }
+    engine.dispose()
+    return found
+
+
+def test_a_database_filled_under_0002_keeps_every_record_at_head(
+    backend: str, database_url: str, tmp_path: Path
+) -> None:
+    bodies = transfer_tree_bodies(random.Random(6), trees=25)
+    # What revision-0002 code wrote for these bodies: the same columns a head tracker writes
+    # for terminal events, copied into a database migrated only to 0002.
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    for reference_url in fresh_database(backend, reference_dir):
+        with Tracker(reference_url) as reference:
+            reference.upgrade()
+            assert {reference.apply(body).outcome for body in bodies} == {Outcome.APPLIED}
+            expected = snapshot(reference, set())
+        written = rows_of(reference_url)
+    old = tracker_engine(database_url)
+    with old.begin() as connection:
+        command.upgrade(alembic_config(connection), "0002")
+    metadata = MetaData()
+    metadata.reflect(old, only=TABLES)
+    with old.begin() as connection:
+        for name in TABLES:
+            columns = set(metadata.tables[name].columns.keys())
+            rows = [{k: v for k, v in row.items() if k in columns} for row in written[name]]
+            connection.execute(metadata.tables[name].insert(), rows)
+        if backend == "postgresql":  # rows copied with their ids leave the sequences behind
+            for name in ("tracker_events", "tracker_transitions"):
+                sequence = f"pg_get_serial_sequence('{name}', 'id')"
+                connection.execute(text(f"SELECT setval({sequence}, max(id)) FROM {name}"))
+    old.dispose()
+    stored = rows_of(database_url)
+
+    with Tracker(database_url) as upgraded:
+        assert upgraded.upgrade().from_revision == "0002"
+        columns_0002 = {name: set(rows[0]) for name, rows in stored.items()}
+        assert {
+            name: [{k: v for k, v in row.items() if k in columns_0002[name]} for row in rows]
+            for name, rows in rows_of(database_url).items()
+        } == stored
+        assert snapshot(upgraded, set()) == expected
+
+        # And the migrated calls take live events: a late answer names the answered step.
+        answered = next(
+            call for call in upgraded.calls() if call.answered and call.parent_call_id is None
+        )
+        assert answered.start_time is not None and answered.answer_time is not None
+        late = answer(
+            answered.call_id,
+            start=answered.start_time,
+            ring=(answered.answer_time - answered.start_time).total_seconds(),
+            direction=answered.direction,
+            **{"from": answered.from_number, "to": answered.to_number},
+        )
+        assert upgraded.apply(late).outcome is Outcome.APPLIED
+        call = upgraded.get_call(answered.call_id)
+        assert call is not None and call.state == "disconnected"
+        assert [step.event for step in call.history] == ["answer", "disconnect"]
