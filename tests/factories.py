@@ -208,3 +208,68 @@ def machine_detection_complete(
         machineDetectionResult={"value": result, "duration": "PT4.5S"},
     )
     return _finish(body, None, fields)
+
+
+def live_events_of(terminal: dict[str, Any], *, legs: int = 0) -> list[dict[str, Any]]:
+    """The live callbacks Bandwidth sends before a terminal body, agreeing with it: an
+    outbound call's `answer` and machine detection, an inbound call's `initiate`, a leg's
+    `transferAnswer`, and for a call with `legs` one `transferComplete` per transfer."""
+    shared = {
+        key: terminal[key]
+        for key in ("accountId", "applicationId", "from", "to", "callUrl", "startTime")
+        if key in terminal
+    }
+    call_id, answered = terminal["callId"], terminal.get("answerTime")
+    found: list[dict[str, Any]] = []
+    if terminal["eventType"] == "transferDisconnect":
+        if answered is not None:
+            found.append(
+                {
+                    **shared,
+                    "eventType": "transferAnswer",
+                    "eventTime": answered,
+                    "direction": "outbound",
+                    "callId": call_id,
+                    "parentCallId": terminal["parentCallId"],
+                    "answerTime": answered,
+                    "transferCallerId": terminal.get("transferCallerId"),
+                    "transferTo": terminal.get("transferTo"),
+                }
+            )
+        return found
+    direction = terminal.get("direction")
+    if direction == "inbound":
+        found.append({**shared, "eventType": "initiate", "direction": direction, "callId": call_id})
+    elif answered is not None:
+        found.append(
+            {
+                **shared,
+                "eventType": "answer",
+                "eventTime": answered,
+                "direction": direction,
+                "callId": call_id,
+                "answerTime": answered,
+            }
+        )
+        found.append(
+            {
+                **shared,
+                "eventType": "machineDetectionComplete",
+                "eventTime": answered,
+                "callId": call_id,
+                "machineDetectionResult": {"value": "human", "duration": "PT2.1S"},
+            }
+        )
+    for number in range(legs if answered is not None else 0):
+        found.append(
+            {
+                **shared,
+                "eventType": "transferComplete",
+                "eventTime": stamp(BASE_TIME + timedelta(hours=1, seconds=number)),
+                "callId": call_id,
+                "answerTime": answered,
+                "transferTo": f"+1555000{number:04d}",
+                "cause": "hangup" if number == 0 else "busy",
+            }
+        )
+    return [{key: value for key, value in body.items() if value is not None} for body in found]

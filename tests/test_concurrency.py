@@ -28,6 +28,7 @@ from tests.factories import (
     ACCOUNT,
     BASE_TIME,
     disconnect,
+    live_events_of,
     new_call_id,
     transfer_disconnect,
 )
@@ -261,13 +262,15 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
 
 
 def parent_body(rng: random.Random, *, start: Any = BASE_TIME) -> dict[str, Any]:
-    """A `disconnect` of an original call, answered or not, with one of several causes."""
+    """A `disconnect` of an original call, inbound or outbound, answered or not, with one of
+    several causes."""
     return disconnect(
         new_call_id(),
         start=start + timedelta(milliseconds=rng.randrange(1000)),
         ring=rng.choice([None, 2.5, 4.125]),
         talk=rng.randrange(10_000, 600_000) / 1000,
         cause=rng.choice(CAUSES),
+        direction=rng.choice(["inbound", "outbound"]),
         **{"from": phone_number(rng), "to": phone_number(rng)},
     )
 
@@ -306,7 +309,7 @@ def transfer_tree_bodies(rng: random.Random, *, trees: int) -> list[str]:
     for number in range(trees):
         parent = parent_body(rng, start=BASE_TIME + timedelta(minutes=number))
         start = BASE_TIME + timedelta(minutes=number)
-        bodies.append(parent)
+        legs: list[dict[str, Any]] = []
         for leg_number in range(rng.randint(1, 3)):
             leg = leg_body(
                 parent["callId"],
@@ -315,9 +318,13 @@ def transfer_tree_bodies(rng: random.Random, *, trees: int) -> list[str]:
                 start=start,
                 with_call_url=rng.random() < 0.7,
             )
-            bodies.append(leg)
+            legs.append(leg)
             if rng.random() < 0.15:
-                bodies.append(leg_body(leg["callId"], rng, 3, start=start))
+                legs.append(leg_body(leg["callId"], rng, 3, start=start))
+        for body in (parent, *legs):
+            # Every tracked type: the live callbacks each call had before it ended.
+            transfers = len(legs) if body is parent else 0
+            bodies += [*live_events_of(body, legs=min(transfers, 2)), body]
     return [to_json(body) for body in bodies]
 
 
