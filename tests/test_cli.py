@@ -12,7 +12,17 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.factories import BASE_TIME, call_url, disconnect, new_call_id, transfer_disconnect
+from tests.factories import (
+    BASE_TIME,
+    answer,
+    call_url,
+    disconnect,
+    initiate,
+    machine_detection_complete,
+    new_call_id,
+    transfer_complete,
+    transfer_disconnect,
+)
 from tracker import Call, StorageError, Tracker
 from tracker.cli import CHUNK_SIZE, cli
 
@@ -393,3 +403,40 @@ def test_unreadable_db_url_is_a_usage_error() -> None:
     result = run("--db", "not a url", "calls")
     assert result.exit_code == 2
     assert "--db" in result.stderr
+
+
+# --- live calls ---------------------------------------------------------------------------------
+
+
+def test_calls_live_lists_ringing_and_talking_calls_only(db: str) -> None:
+    ringing, talking, ended = new_call_id(), new_call_id(), new_call_id()
+    stream = jsonl([initiate(ringing), answer(talking), disconnect(ended)])
+    ingest_json(db, "-", input=stream)
+    listed = json.loads(run("--db", db, "calls", "--live", "--json").stdout)
+    assert {(call["call_id"], call["state"]) for call in listed} == {
+        (ringing, "initiated"),
+        (talking, "answered"),
+    }
+    refused = run("--db", db, "calls", "--live", "--state", "answered")
+    assert refused.exit_code == 2 and "--live" in refused.output
+
+
+def test_show_prints_transfer_attempts_attestation_and_machine_detection(db: str) -> None:
+    inbound, outbound = new_call_id(), new_call_id()
+    stream = jsonl(
+        [
+            initiate(inbound),
+            transfer_complete(inbound, cause="busy"),
+            answer(outbound),
+            machine_detection_complete(outbound, result="answering-machine"),
+        ]
+    )
+    ingest_json(db, "-", input=stream)
+    shown = run("--db", db, "show", inbound).stdout
+    assert "Transfer attempts" in shown and "busy (cause busy)" in shown
+    assert "+15556667777" in shown and "Callee is busy" in shown
+    assert "A (verstat TN-Validation-Passed)" in shown
+    assert "answering-machine" in run("--db", db, "show", outbound).stdout
+    as_json = json.loads(run("--db", db, "show", "--json", inbound).stdout)
+    assert as_json["attestation"] == "A"
+    assert [(t["cause"], t["disposition"]) for t in as_json["transfers"]] == [("busy", "busy")]
