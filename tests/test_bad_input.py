@@ -8,7 +8,15 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.factories import disconnect, transfer_disconnect
+from tests.factories import (
+    answer,
+    disconnect,
+    initiate,
+    machine_detection_complete,
+    transfer_answer,
+    transfer_complete,
+    transfer_disconnect,
+)
 from tracker import Outcome, Tracker
 from tracker.parsing import TRACKED_EVENT_TYPES, identifier
 
@@ -16,6 +24,7 @@ FIELDS = [
     "eventType", "eventTime", "accountId", "applicationId", "from", "to", "direction", "callId",
     "callUrl", "startTime", "answerTime", "endTime", "cause", "errorMessage", "errorId", "tag",
     "enqueuedTime", "parentCallId", "transferCallerId", "transferTo", "sipResponseCode",
+    "machineDetectionResult", "stirShaken", "diversion", "callerDisplayName",
 ]  # fmt: skip
 
 json_values = st.recursive(
@@ -42,8 +51,24 @@ SETTINGS = settings(
 @st.composite
 def damaged_bodies(draw: st.DrawFn) -> dict[str, Any]:
     """A valid body with some fields removed or replaced by any JSON value."""
-    body = draw(st.sampled_from([disconnect(), transfer_disconnect("c-parent-of-damaged")]))
-    body = dict(body, callId=f"c-damaged-{draw(st.integers(0, 10**9))}")
+    body = draw(
+        st.sampled_from(
+            [
+                disconnect(),
+                transfer_disconnect("c-parent-of-damaged"),
+                initiate("c-damaged"),
+                answer("c-damaged"),
+                transfer_answer("c-parent-of-damaged", "c-damaged"),
+                transfer_complete("c-damaged", cause="busy"),
+                machine_detection_complete("c-damaged"),
+            ]
+        )
+    )
+    # Ids of this example's own, so that no example meets another's calls.
+    example = draw(st.uuids())
+    body = dict(body, callId=f"c-damaged-{example}")
+    if "parentCallId" in body:
+        body["parentCallId"] = f"c-parent-{example}"
     for field in draw(st.lists(st.sampled_from(FIELDS), min_size=1, max_size=4, unique=True)):
         if draw(st.booleans()):
             body.pop(field, None)
@@ -104,4 +129,6 @@ def test_damaged_callbacks_never_raise_on_any_backend(
         assert result.reason in ("missing_field", "invalid_field", "not_json")
         assert call is None
     if result.outcome is Outcome.APPLIED:
-        assert call is not None and call.state == "disconnected"
+        assert call is not None
+        if body.get("eventType") in ("disconnect", "transferDisconnect"):
+            assert call.state == "disconnected"
