@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from sqlalchemy import text
 
 from tests.factories import (
     BASE_TIME,
@@ -440,3 +441,19 @@ def test_show_prints_transfer_attempts_attestation_and_machine_detection(db: str
     as_json = json.loads(run("--db", db, "show", "--json", inbound).stdout)
     assert as_json["attestation"] == "A"
     assert [(t["cause"], t["disposition"]) for t in as_json["transfers"]] == [("busy", "busy")]
+
+
+def test_show_draws_a_tree_holding_a_cycle_without_recursing_for_ever(
+    db: str, sqlite_tracker: Tracker
+) -> None:
+    """The tracker refuses cycles, but a database an older version wrote may hold one."""
+    parent, leg = new_call_id(), new_call_id()
+    sqlite_tracker.apply(transfer_disconnect(parent, leg))
+    with sqlite_tracker.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE tracker_calls SET parent_call_id = :leg WHERE call_id = :parent"),
+            {"leg": leg, "parent": parent},
+        )
+    result = run("--db", db, "show", parent)
+    assert result.exit_code == 0, result.output
+    assert leg in result.stdout
