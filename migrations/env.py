@@ -9,6 +9,7 @@ inside `upgrade_transaction`, which holds the database-wide upgrade lock.
 from __future__ import annotations
 
 import os
+from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import Connection
@@ -40,6 +41,8 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
+    if context.config.config_file_name is not None:
+        fileConfig(context.config.config_file_name)  # alembic.ini's loggers: say what ran
     url = os.environ.get("TRACKER_DATABASE_URL", DEFAULT_DATABASE_URL)
     # No delivery timeout: a migration may wait for another's lock and rewrite a large table.
     engine = create_engine(url, timeout=None)
