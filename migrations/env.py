@@ -1,18 +1,22 @@
 """Alembic environment of the tracker's schema.
 
-Run two ways: by `Tracker.upgrade()`, which hands over an open connection (and holds the
-database-wide upgrade lock), or by the `alembic` command at the repository root, which reads the
-database URL from TRACKER_DATABASE_URL.
+Run two ways: by `Tracker.upgrade()`, which hands over an open connection, or by the `alembic`
+command at the repository root, which reads the database URL from TRACKER_DATABASE_URL (never
+from the Alembic configuration, whose interpolation would mangle a `%` in it). Both migrate
+inside `upgrade_transaction`, which holds the database-wide upgrade lock.
 """
 
 from __future__ import annotations
 
 import os
+from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import Connection
 
+from tracker.schema import upgrade_transaction
 from tracker.storage import VERSION_TABLE, Base, create_engine
+from tracker.tracker import DEFAULT_DATABASE_URL
 
 
 def _run(connection: Connection) -> None:
@@ -37,12 +41,16 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    url = os.environ.get("TRACKER_DATABASE_URL", "sqlite:///tracker.db")
-    engine = create_engine(url)
-    with engine.connect().execution_options(tracker_write=True) as connection:
-        _run(connection)
-        connection.commit()
-    engine.dispose()
+    if context.config.config_file_name is not None:
+        fileConfig(context.config.config_file_name)  # alembic.ini's loggers: say what ran
+    url = os.environ.get("TRACKER_DATABASE_URL", DEFAULT_DATABASE_URL)
+    # No delivery timeout: a migration may wait for another's lock and rewrite a large table.
+    engine = create_engine(url, timeout=None)
+    try:
+        with upgrade_transaction(engine) as connection:
+            _run(connection)
+    finally:
+        engine.dispose()
 
 
 if context.is_offline_mode():

@@ -114,8 +114,8 @@ def test_connection_killed_just_before_commit_writes_nothing_and_raises_storage_
 def test_delivery_losing_to_deadlocks_and_serialization_failures_is_retried_and_applied_once(
     backend: str, tracker: Tracker
 ) -> None:
-    """The database picks a transaction as the loser (PostgreSQL 40P01/40001, MariaDB 1213/1205,
-    SQLite 'database is locked'): the tracker rolls back and tries again, invisibly."""
+    """The database picks a transaction as the loser (PostgreSQL 40P01/40001, MariaDB 1213,
+    SQLite SQLITE_BUSY_SNAPSHOT): the tracker rolls back and tries again, invisibly."""
     body = disconnect()
     losses = LOSSES[backend] * 2
 
@@ -287,7 +287,9 @@ def test_upgrade_interrupted_by_a_lost_connection_raises_storage_error_and_can_b
     (MariaDB cannot roll DDL back, so whatever the first one built must not block the second)."""
     with Tracker(database_url) as tracker:
         with (
-            faults(tracker.engine, "CREATE TABLE .*tracker_transitions", killer(backend, admin)),
+            # Every engine: on a server the upgrade runs on an engine of its own, one without
+            # the delivery timeout.
+            faults(Engine, "CREATE TABLE .*tracker_transitions", killer(backend, admin)),
             pytest.raises(StorageError),
         ):
             tracker.upgrade()
@@ -346,7 +348,15 @@ def losing(error: Exception) -> Fault:
     return lose
 
 
-# How each database tells a transaction it lost: deadlock, serialization failure, lock timeout.
+def sqlite_error(message: str, code: int) -> sqlite3.OperationalError:
+    """A driver error as SQLite reports it, with its extended result code."""
+    error = sqlite3.OperationalError(message)
+    error.sqlite_errorcode = code
+    return error
+
+
+# How each database tells a transaction it lost: a deadlock, a serialization failure, SQLite's
+# BUSY_SNAPSHOT (another connection wrote since this one's snapshot; no busy wait precedes it).
 LOSSES: dict[str, list[Fault]] = {
     "postgresql": [
         losing(psycopg.errors.DeadlockDetected("deadlock detected")),
@@ -354,14 +364,20 @@ LOSSES: dict[str, list[Fault]] = {
     ],
     "mariadb": [
         losing(pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock")),
-        losing(pymysql.err.OperationalError(1205, "Lock wait timeout exceeded")),
     ],
-    "sqlite": [losing(sqlite3.OperationalError("database is locked"))],
+    "sqlite": [losing(sqlite_error("database is locked", 517))],
+}
+
+# How each database says a lock wait ran out of time: it waited the whole bound already.
+LOCK_TIMEOUTS: dict[str, Fault] = {
+    "postgresql": losing(psycopg.errors.LockNotAvailable("canceling statement: lock timeout")),
+    "mariadb": losing(pymysql.err.OperationalError(1205, "Lock wait timeout exceeded")),
+    "sqlite": losing(sqlite_error("database is locked", 5)),
 }
 
 
 @contextmanager
-def faults(engine: Engine, where: str, *in_turn: Fault) -> Iterator[list[str]]:
+def faults(engine: Engine | type[Engine], where: str, *in_turn: Fault) -> Iterator[list[str]]:
     """While active, each statement on `engine` that `where` matches at its start (a regular
     expression, case-insensitive), or each commit for `COMMIT`, first meets the next fault of
     `in_turn`, until they run out. The list yielded records every match, struck or not."""
@@ -473,10 +489,14 @@ def default_port(url: str) -> int:
 
 class Relay:
     """A TCP relay in front of a database server that can be cut (every connection through it
-    dropped, new ones refused) and restored on the same port: a network outage on demand."""
+    dropped, new ones refused) and restored on the same port: a network outage on demand. Or
+    paused: connections stay open and what is sent is received, but nothing comes back, as
+    from a server whose process is frozen."""
 
     def __init__(self, host: str, port: int) -> None:
         self._target = (host, port)
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -490,7 +510,14 @@ class Relay:
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
+    def pause(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     def cut(self) -> None:
+        self._flowing.set()  # a paused pump finds its sockets closed and ends
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
@@ -518,12 +545,15 @@ class Relay:
             with self._lock:
                 self._open.update((client, upstream))
             for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+                threading.Thread(
+                    target=_pump, args=(source, sink, self._flowing), daemon=True
+                ).start()
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
+def _pump(source: socket.socket, sink: socket.socket, flowing: threading.Event) -> None:
     with suppress(OSError):
         while data := source.recv(65536):
+            flowing.wait()
             sink.sendall(data)
     for end in (source, sink):
         with suppress(OSError):

@@ -9,6 +9,8 @@ a host application that runs Alembic for its own tables.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Final
@@ -38,7 +40,9 @@ def migrations_dir() -> Path:
 
 def alembic_config(connection: Connection | None = None) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(migrations_dir()))
+    # The configuration is a ConfigParser: a `%` (an install path like `/opt/50%/`) would be
+    # read as interpolation unless doubled. Database URLs never pass through it.
+    config.set_main_option("script_location", str(migrations_dir()).replace("%", "%%"))
     config.attributes["connection"] = connection
     return config
 
@@ -60,25 +64,35 @@ def upgrade_schema(engine: Engine, schema: str | None = None) -> tuple[str | Non
     a database-level lock lets one process migrate while the others wait, then find nothing to do.
     Returns the revisions before and after.
     """
+    with upgrade_transaction(engine, schema) as connection:
+        before = current_revision(connection)
+        command.upgrade(alembic_config(connection), "head")
+    return before, head_revision()
+
+
+@contextmanager
+def upgrade_transaction(engine: Engine, schema: str | None = None) -> Iterator[Connection]:
+    """A transaction holding the database-wide upgrade lock, committed on leaving. Every path
+    that migrates goes through it: `Tracker.upgrade()` and the `alembic` command alike
+    (migrations/env.py), so two of them never migrate one database at once.
+    """
     # SQLite: the writing transaction (BEGIN IMMEDIATE) is itself the database-wide lock.
     with (
-        engine.connect().execution_options(tracker_write=True) as connection,
+        engine.connect().execution_options(tracker_write=True, tracker_upgrade=True) as connection,
         connection.begin(),
     ):
         _lock(connection)
-        if schema is not None:
-            quoted = connection.dialect.identifier_preparer.quote_identifier(schema)
-            connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
         try:
-            before = current_revision(connection)
-            command.upgrade(alembic_config(connection), "head")
+            if schema is not None:
+                quoted = connection.dialect.identifier_preparer.quote_identifier(schema)
+                connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
+            yield connection
         finally:
             # A lost connection released the lock with its session; asking the server again
             # would only hide the real error behind "Can't reconnect until invalid transaction
             # is rolled back".
             if not connection.invalidated:
                 _unlock(connection)
-    return before, head_revision()
 
 
 def _lock(connection: Connection) -> None:

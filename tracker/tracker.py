@@ -25,10 +25,15 @@ DEFAULT_DATABASE_URL: Final = "sqlite:///tracker.db"
 
 T = TypeVar("T")
 
-# PostgreSQL serialization failure and deadlock; MySQL deadlock and lock-wait timeout. Each means
-# "the database chose this transaction as the loser": nothing was written, try again.
+# PostgreSQL serialization failure and deadlock; MySQL deadlock. Each means "the database chose
+# this transaction as the loser": nothing was written, try again. A lock wait that timed out
+# (MySQL 1205, PostgreSQL 55P03, SQLite's plain SQLITE_BUSY) is not among them: it waited the
+# whole `timeout` already, and retrying would multiply the bound by `max_attempts`.
 _TRANSIENT_SQLSTATES: Final = frozenset({"40001", "40P01"})
-_TRANSIENT_MYSQL_CODES: Final = frozenset({1205, 1213})
+_TRANSIENT_MYSQL_CODES: Final = frozenset({1213})
+# SQLITE_BUSY_RECOVERY and SQLITE_BUSY_SNAPSHOT: SQLite returns them at once, without waiting for
+# the busy timeout, when another connection is mid-recovery or wrote since this one's snapshot.
+_TRANSIENT_SQLITE_CODES: Final = frozenset({261, 517})
 
 
 class Tracker:
@@ -43,6 +48,7 @@ class Tracker:
         schema: str | None = None,
         max_attempts: int = 30,
         max_body_bytes: int = parsing.MAX_BODY_BYTES,
+        timeout: float | None = storage.DEFAULT_TIMEOUT,
     ) -> None:
         """`database` is a URL or an Engine; None reads TRACKER_DATABASE_URL, else uses
         `sqlite:///tracker.db`. `durable=False` relaxes SQLite to `synchronous=NORMAL`: faster,
@@ -50,20 +56,36 @@ class Tracker:
         `schema` (PostgreSQL) keeps the tracker's tables in that schema, apart from the host's.
         `max_attempts` bounds the retries of a delivery that keeps losing races.
         `max_body_bytes`: a larger body is not parsed but logged as `invalid` (`too_large`),
-        its first 64 KiB kept with its length and hash."""
+        its first 64 KiB kept with its length and hash.
+        `timeout` (seconds; None for no bound) bounds every wait of a delivery for a lock, a
+        statement or a silent server: it then fails with `StorageError`, without retrying.
+
+        An Engine of the host application is shared, not owned: `close()` leaves it open. A
+        SQLite engine gets the same setup as one the tracker creates, for all its connections;
+        a server engine keeps its own settings, the tracker's connections run READ COMMITTED
+        (see the README for what `timeout` covers there). `schema` needs a URL."""
         if database is None:
             database = os.environ.get("TRACKER_DATABASE_URL", DEFAULT_DATABASE_URL)
         if isinstance(database, Engine):
-            self.engine = database
+            self.engine = storage.adopt_engine(
+                database, durable=durable, schema=schema, timeout=timeout
+            )
         else:
-            self.engine = storage.create_engine(database, durable=durable, schema=schema)
+            self.engine = storage.create_engine(
+                database, durable=durable, schema=schema, timeout=timeout
+            )
+        self._owns_engine = not isinstance(database, Engine)
+        self._durable = durable
+        self._timeout = timeout
         self._schema = schema
         self._max_attempts = max_attempts
         self._max_body_bytes = max_body_bytes
         self._schema_checked = False
 
     def close(self) -> None:
-        self.engine.dispose()
+        """Close the engine's pooled connections, unless the engine is the host's."""
+        if self._owns_engine:
+            self.engine.dispose()
 
     def __enter__(self) -> Tracker:
         return self
@@ -76,10 +98,26 @@ class Tracker:
     def upgrade(self) -> SchemaUpgrade:
         """Migrate the database to the schema this tracker needs. Safe to call again, and from
         many processes at once."""
-        with _database_errors():
-            before, after = upgrade_schema(self.engine, self._schema)
+        with _database_errors(), self._upgrading_engine() as engine:
+            before, after = upgrade_schema(engine, self._schema)
         self._schema_checked = False
         return SchemaUpgrade(before, after)
+
+    @contextmanager
+    def _upgrading_engine(self) -> Iterator[Engine]:
+        """An upgrade waits for another's lock and may rewrite a large table: a delivery's
+        `timeout` is no bound for it. A server engine the tracker made carries the bound in its
+        sessions, so the upgrade gets an unbounded engine of its own."""
+        if not self._owns_engine or self._timeout is None or self.engine.dialect.name == "sqlite":
+            yield self.engine
+            return
+        engine = storage.create_engine(
+            self.engine.url, durable=self._durable, schema=self._schema, timeout=None
+        )
+        try:
+            yield engine
+        finally:
+            engine.dispose()
 
     def _check_schema(self) -> None:
         if not self._schema_checked:
@@ -256,5 +294,4 @@ def _is_transient(error: DBAPIError) -> bool:
     arguments = getattr(original, "args", ())
     if arguments and arguments[0] in _TRANSIENT_MYSQL_CODES:
         return True
-    message = str(original).lower()
-    return "database is locked" in message or "database is busy" in message
+    return getattr(original, "sqlite_errorcode", None) in _TRANSIENT_SQLITE_CODES
