@@ -37,8 +37,22 @@ def disconnect(
 ) -> dict[str, Any]:
     """A `disconnect` body. `ring=None` means never answered; extra keyword arguments override
     or add fields (use their Bandwidth spelling); a value of `...` removes the key."""
-    call_id = call_id or new_call_id()
     answered, end = _times(start, ring, talk, unanswered=20.0)
+    return disconnect_between(start, end, call_id, answered=answered, cause=cause, **fields)
+
+
+def disconnect_between(
+    start: datetime,
+    end: datetime,
+    call_id: str | None = None,
+    *,
+    answered: datetime | None = None,
+    cause: str = "hangup",
+    **fields: Any,
+) -> dict[str, Any]:
+    """`disconnect` for a call that ran from `start` to `end`, answered at `answered` (None:
+    never): for generators that think in instants rather than ring and talk times."""
+    call_id = call_id or new_call_id()
     body: dict[str, Any] = {
         "eventType": "disconnect",
         "eventTime": stamp(end + timedelta(milliseconds=10)),
@@ -67,8 +81,25 @@ def transfer_disconnect(
     **fields: Any,
 ) -> dict[str, Any]:
     """A `transferDisconnect` body for a leg of `parent_call_id` (no accountId, as documented)."""
-    call_id = call_id or new_call_id()
     answered, end = _times(start, ring, talk, unanswered=15.0)
+    return transfer_disconnect_between(
+        parent_call_id, start, end, call_id, answered=answered, cause=cause, **fields
+    )
+
+
+def transfer_disconnect_between(
+    parent_call_id: str,
+    start: datetime,
+    end: datetime,
+    call_id: str | None = None,
+    *,
+    answered: datetime | None = None,
+    cause: str = "hangup",
+    **fields: Any,
+) -> dict[str, Any]:
+    """`transferDisconnect` for a leg that ran from `start` to `end`, answered at `answered`
+    (None: never); see `disconnect_between`."""
+    call_id = call_id or new_call_id()
     body: dict[str, Any] = {
         "eventType": "transferDisconnect",
         "eventTime": stamp(end + timedelta(milliseconds=10)),

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from tracker import bench
+from benchmarks import bench
+from tracker.parsing import Disconnect, TransferDisconnect
 
 
 def test_benchmark_prints_figures_for_every_run_on_sqlite(
@@ -26,3 +28,21 @@ def test_benchmark_prints_figures_for_every_run_on_sqlite(
     assert report["parse"]["tracker_us"] > 0
     assert report["peak_rss_mb"] > 0
     assert list(tmp_path.iterdir()) == []  # every database it created is gone
+
+
+def aliases(model: type[BaseModel]) -> dict[str, str | None]:
+    return {name: field.alias for name, field in model.model_fields.items()}
+
+
+@pytest.mark.parametrize(
+    ("plain", "tracker_model"),
+    [
+        (bench.PlainDisconnect, Disconnect),
+        (bench.PlainTransferDisconnect, TransferDisconnect),
+    ],
+)
+def test_plain_parse_baseline_reads_the_same_fields_as_the_tracker(
+    plain: type[BaseModel], tracker_model: type[BaseModel]
+) -> None:
+    """The parse ratio compares like with like only while both models read the same keys."""
+    assert aliases(plain) == aliases(tracker_model)

@@ -147,6 +147,7 @@ class _Terminal(_Callback):
     cause: Annotated[str, Strict(), Field(min_length=1, max_length=MAX_TEXT_LENGTH)]
     error_message: Text | None = None
     error_id: Text | None = None
+    sip_response_code: Annotated[int, Strict()] | None = None
 
     @property
     def ending_cause(self) -> str | None:
@@ -177,7 +178,6 @@ class Disconnect(_NoParent, _Terminal):
     IS_LEG: ClassVar[bool | None] = False
 
     event_type: Literal["disconnect"]
-    sip_response_code: Annotated[int, Strict()] | None = None
 
 
 class TransferDisconnect(_Terminal, _LegEvent):

@@ -1,10 +1,10 @@
 """How fast the tracker applies deliveries, against the least work any tracker must do.
 
-    python -m tracker.bench                                  # SQLite in a temporary directory
-    python -m tracker.bench --db postgresql+psycopg://postgres@127.0.0.1/postgres --workers 1,4
+    python -m benchmarks.bench                              # SQLite in a temporary directory
+    python -m benchmarks.bench --db postgresql+psycopg://postgres@127.0.0.1/postgres --workers 1,4
 
-One run generates a realistic stream of distinct callbacks (inbound and outbound calls, transfers
-to one leg and to several, every documented cause) and, on the same bodies, measures:
+Run from the repository root: a development tool, kept out of the wheel, that takes its bodies
+from the tests' realistic stream (`tests.workloads`). On those bodies it measures:
 
 - the *floor*: what any tracker honouring the contract must at least do, written directly on the
   driver (stdlib `sqlite3`, `psycopg`): parse the JSON, hash its canonical form, read the call row,
@@ -33,7 +33,6 @@ import os
 import platform
 import pstats
 import queue
-import random
 import re
 import resource
 import sqlite3
@@ -47,7 +46,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -57,6 +56,7 @@ from pydantic.alias_generators import to_camel
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 
+from tests.workloads import realistic_bodies
 from tracker import parsing
 from tracker.tracker import Tracker
 
@@ -73,249 +73,6 @@ TARGETS: Final[dict[tuple[str, int, Mode], float]] = {
 }
 PARSE_TARGET: Final = 1.5  # tracker.parsing.read at most this many times a plain model
 WARMUP_DELIVERIES: Final = 50
-
-
-# --- the stream of callbacks -----------------------------------------------------------------
-
-_EPOCH: Final = datetime(2026, 6, 10, 19, 0, 0, tzinfo=UTC)
-_ACCOUNTS: Final = ("55555555", "9900112", "5002817")
-_APPLICATIONS: Final = {
-    account: tuple(
-        str(uuid.UUID(int=random.Random(account + str(n)).getrandbits(128))) for n in (1, 2)
-    )
-    for account in _ACCOUNTS
-}
-# Weights from the causes' documented meanings: most calls end normally, every cause appears.
-_INBOUND_CAUSES: Final = {
-    "hangup": 70, "cancel": 8, "rejected": 4, "timeout": 3, "callback-error": 3,
-    "invalid-bxml": 2, "application-error": 2, "error": 2, "unknown": 1,
-    "node-capacity-exceeded": 1, "account-limit": 1, "sip-503-service-unavailable": 1,
-}  # fmt: skip
-_OUTBOUND_CAUSES: Final = {
-    "hangup": 60, "busy": 12, "timeout": 10, "cancel": 5, "rejected": 5, "account-limit": 2,
-    "error": 2, "callback-error": 1, "invalid-bxml": 1, "application-error": 1,
-    "node-capacity-exceeded": 1, "unknown": 1,
-}  # fmt: skip
-_NEVER_ANSWERED: Final = frozenset(
-    {"busy", "timeout", "cancel", "rejected", "account-limit", "node-capacity-exceeded"}
-)
-_ERROR_MESSAGES: Final = {
-    "busy": "Callee is busy",
-    "account-limit": "Account concurrent call limit exceeded",
-    "callback-error": "Callback to https://example.com/voice/answer failed: connect timed out",
-    "invalid-bxml": "Invalid BXML: unexpected element <Speak>",
-    "application-error": "Unsupported audio format: audio/ogg",
-    "error": "Internal error",
-    "unknown": "Unknown error",
-    "node-capacity-exceeded": "Node capacity exceeded",
-    "sip-503-service-unavailable": "SIP 503 Service Unavailable",
-}
-
-
-class _Stream:
-    """Calls starting one after another (about two a second), each producing the terminal events
-    Bandwidth would send, delivered in the order they would arrive."""
-
-    def __init__(self, seed: int) -> None:
-        self.random = random.Random(seed)
-        self.clock = 0.0
-
-    def bodies(self, count: int) -> list[bytes]:
-        deliveries: list[tuple[float, dict[str, Any]]] = []
-        while len(deliveries) < count:
-            self.clock += self.random.expovariate(2.0)
-            scenario = self.random.choices(
-                (self._single_call, self._transfer_to_one, self._transfer_to_several),
-                weights=(70, 20, 10),
-            )[0]
-            deliveries.extend(scenario())
-        deliveries.sort(key=lambda delivery: delivery[0])
-        return [
-            json.dumps(body, separators=(",", ":")).encode() for _at, body in deliveries[:count]
-        ]
-
-    # Each scenario returns (arrival second, body) pairs.
-
-    def _single_call(self) -> list[tuple[float, dict[str, Any]]]:
-        direction = self.random.choice(("inbound", "outbound"))
-        causes = _INBOUND_CAUSES if direction == "inbound" else _OUTBOUND_CAUSES
-        cause = self.random.choices(tuple(causes), weights=tuple(causes.values()))[0]
-        start = self.clock
-        answer = None if self._unanswered(cause) else start + self.random.uniform(0.5, 8.0)
-        end = (answer or start) + (
-            self.random.uniform(5.0, 600.0) if answer else self.random.uniform(1.0, 30.0)
-        )
-        body = self._disconnect(self._call_id(), direction, cause, start, answer, end)
-        return [self._arrival(end, body)]
-
-    def _transfer_to_one(self) -> list[tuple[float, dict[str, Any]]]:
-        return self._transfer(legs=1)
-
-    def _transfer_to_several(self) -> list[tuple[float, dict[str, Any]]]:
-        return self._transfer(legs=self.random.randint(2, 4))
-
-    def _transfer(self, legs: int) -> list[tuple[float, dict[str, Any]]]:
-        """An answered call that runs <Transfer> to `legs` numbers ringing at once: the first to
-        answer is bridged and the others cancelled; if none answers, each times out."""
-        direction = self.random.choices(("inbound", "outbound"), weights=(70, 30))[0]
-        parent_id = self._call_id()
-        start = self.clock
-        answer = start + self.random.uniform(0.5, 5.0)
-        transfer_start = answer + self.random.uniform(5.0, 40.0)
-        parent = self._disconnect(parent_id, direction, "hangup", start, answer, 0.0)
-        answered = self.random.random() < 0.8
-        ring = self.random.uniform(2.0, 12.0)
-        leg_ids = [self._call_id(parent_id) for _ in range(legs)]
-        arrivals: list[tuple[float, dict[str, Any]]] = []
-        if answered:
-            talk_end = transfer_start + ring + self.random.uniform(10.0, 900.0)
-            for index, leg_id in enumerate(leg_ids):
-                if index == 0:  # the winner
-                    leg = self._leg(
-                        parent, leg_id, "hangup", transfer_start, transfer_start + ring, talk_end
-                    )
-                    arrivals.append(self._arrival(talk_end, leg))
-                else:  # losers report first
-                    leg = self._leg(
-                        parent, leg_id, "cancel", transfer_start, None, transfer_start + ring
-                    )
-                    arrivals.append(self._arrival(transfer_start + ring, leg))
-            # Either the caller hangs up with the leg, or carries on after the transfer.
-            parent_end = talk_end + self.random.choice((0.0, self.random.uniform(1.0, 60.0)))
-        else:
-            for leg_id in leg_ids:
-                cause = self.random.choices(("timeout", "busy", "rejected"), weights=(8, 1, 1))[0]
-                leg_end = transfer_start + (
-                    30.0 if cause == "timeout" else self.random.uniform(0.2, 3)
-                )
-                leg = self._leg(parent, leg_id, cause, transfer_start, None, leg_end)
-                arrivals.append(self._arrival(leg_end, leg))
-            parent_end = transfer_start + 30.0 + self.random.uniform(1.0, 20.0)
-        parent["endTime"] = _stamp(parent_end)
-        parent["eventTime"] = _stamp(parent_end + 0.01)
-        arrivals.append(self._arrival(parent_end, parent))
-        return arrivals
-
-    def _disconnect(
-        self,
-        call_id: str,
-        direction: str,
-        cause: str,
-        start: float,
-        answer: float | None,
-        end: float,
-    ) -> dict[str, Any]:
-        account = self.random.choice(_ACCOUNTS)
-        company = self._number()
-        remote = "Anonymous" if self.random.random() < 0.03 else self._number()
-        body: dict[str, Any] = {
-            "eventType": "disconnect",
-            "eventTime": _stamp(end + self.random.uniform(0.005, 0.05)),
-            "accountId": account,
-            "applicationId": self.random.choice(_APPLICATIONS[account]),
-            "from": remote if direction == "inbound" else company,
-            "to": company if direction == "inbound" else remote,
-            "direction": direction,
-            "callId": call_id,
-            "callUrl": _call_url(account, call_id),
-        }
-        if direction == "outbound" and self.random.random() < 0.5:
-            body["enqueuedTime"] = _stamp(start - self.random.uniform(0.05, 2.0))
-        body["startTime"] = _stamp(start)
-        if answer is not None:
-            body["answerTime"] = _stamp(answer)
-        body["endTime"] = _stamp(end)
-        body["cause"] = cause
-        self._errors(body, cause, sip=direction == "outbound")
-        if direction == "outbound" and self.random.random() < 0.4:
-            body["tag"] = self.random.choice(("campaign-17", "", '{"crm":"A-3321","queue":7}'))
-        return body
-
-    def _leg(
-        self,
-        parent: dict[str, Any],
-        call_id: str,
-        cause: str,
-        start: float,
-        answer: float | None,
-        end: float,
-    ) -> dict[str, Any]:
-        """A transferDisconnect: the original call's from/to, the leg's own numbers in
-        transferCallerId/transferTo, and (as documented) no accountId, most of the time."""
-        account = parent["accountId"]
-        body: dict[str, Any] = {
-            "eventType": "transferDisconnect",
-            "eventTime": _stamp(end + self.random.uniform(0.005, 0.05)),
-        }
-        if self.random.random() < 0.3:  # the OpenAPI spec lists them
-            body["accountId"] = account
-            body["applicationId"] = parent["applicationId"]
-        body |= {
-            "from": parent["from"],
-            "to": parent["to"],
-            "direction": "outbound",
-            "callId": call_id,
-            "parentCallId": parent["callId"],
-            "callUrl": _call_url(account, call_id),
-            "startTime": _stamp(start),
-        }
-        if answer is not None:
-            body["answerTime"] = _stamp(answer)
-        body |= {
-            "endTime": _stamp(end),
-            "transferCallerId": parent["to"]
-            if parent["direction"] == "inbound"
-            else parent["from"],
-            "transferTo": (
-                f"sip:agent{self.random.randint(1, 99)}@pbx.example.com"
-                if self.random.random() < 0.2
-                else self._number()
-            ),
-            "cause": cause,
-        }
-        self._errors(body, cause, sip=False)
-        return body
-
-    def _errors(self, body: dict[str, Any], cause: str, *, sip: bool) -> None:
-        message = _ERROR_MESSAGES.get(cause)
-        if message is not None:
-            body["errorMessage"] = message
-            body["errorId"] = str(uuid.UUID(int=self.random.getrandbits(128)))
-        if sip and cause in ("busy", "rejected"):
-            body["sipResponseCode"] = 486 if cause == "busy" else 603
-
-    def _unanswered(self, cause: str) -> bool:
-        if cause in _NEVER_ANSWERED:
-            return True
-        if cause == "hangup":
-            return self.random.random() < 0.05
-        return self.random.random() < 0.5
-
-    def _arrival(self, end: float, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-        return end + self.random.uniform(0.01, 0.3), body
-
-    def _call_id(self, parent_id: str | None = None) -> str:
-        """`c-<8 hex>-<uuid>`; a leg shares its parent's first group, as in Bandwidth's examples."""
-        group = parent_id[2:10] if parent_id else f"{self.random.getrandbits(32):08x}"
-        return f"c-{group}-{uuid.UUID(int=self.random.getrandbits(128))}"
-
-    def _number(self) -> str:
-        return f"+1{self.random.randint(201, 989)}{self.random.randint(2000000, 9999999)}"
-
-
-def _stamp(second: float) -> str:
-    """Bandwidth's spelling: UTC, milliseconds, `Z`."""
-    at = _EPOCH + timedelta(seconds=second)
-    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
-
-
-def _call_url(account: str, call_id: str) -> str:
-    return f"https://voice.bandwidth.com/api/v2/accounts/{account}/calls/{call_id}"
-
-
-def generate_bodies(count: int, seed: int = 1) -> list[bytes]:
-    """`count` distinct callback bodies, as a Bandwidth application would receive them."""
-    return _Stream(seed).bodies(count)
 
 
 # --- the floor: the least work, on the driver ------------------------------------------------
@@ -746,7 +503,14 @@ def run_once(
 # --- the parsing micro-benchmark --------------------------------------------------------------
 
 
-class _PlainCallback(BaseModel):
+# The yardstick of the parse target (PARSE_TARGET: `tracker.parsing.read` at most that many times
+# a plain pydantic model of the same fields). It is written out rather than derived from
+# tracker.parsing because it must stay plain: no strictness, no length limits, no normalisation,
+# no fallback for unknown event types, so the ratio shows what those cost. tests/test_bench.py
+# keeps its fields and aliases equal to the tracker's models, so the two cannot drift apart.
+
+
+class PlainCallback(BaseModel):
     """The same fields as tracker.parsing's models, with plain types and no validators."""
 
     model_config = ConfigDict(alias_generator=to_camel)
@@ -771,11 +535,11 @@ class _PlainCallback(BaseModel):
     sip_response_code: int | None = None
 
 
-class _PlainDisconnect(_PlainCallback):
+class PlainDisconnect(PlainCallback):
     event_type: Literal["disconnect"]
 
 
-class _PlainTransferDisconnect(_PlainCallback):
+class PlainTransferDisconnect(PlainCallback):
     event_type: Literal["transferDisconnect"]
     parent_call_id: str
     transfer_caller_id: str | None = None
@@ -798,9 +562,9 @@ def measure_parsing(bodies: Sequence[bytes], repeat: int = 7) -> ParseFigures:
     sample = list(bodies[:1000])
     plain: list[tuple[Callable[[bytes], object], bytes]] = [
         (
-            _PlainTransferDisconnect.model_validate_json
+            PlainTransferDisconnect.model_validate_json
             if b'"transferDisconnect"' in body
-            else _PlainDisconnect.model_validate_json,
+            else PlainDisconnect.model_validate_json,
             body,
         )
         for body in sample
@@ -1008,8 +772,8 @@ def run(
     parse: bool = True,
     progress: Callable[[str], None] = lambda _line: None,
 ) -> Report:
-    bodies = generate_bodies(deliveries, seed)
-    warmup = generate_bodies(WARMUP_DELIVERIES, seed + 1_000_003)
+    bodies = realistic_bodies(deliveries, seed)
+    warmup = realistic_bodies(WARMUP_DELIVERIES, seed + 1_000_003)
     backends = [_Databases(target, directory) for target in targets]
     figures: dict[tuple[str, int, Mode], Figure] = {}
     plan = [
@@ -1049,8 +813,8 @@ def run(
 
 def profile(mode: Mode, deliveries: int, batch: int, seed: int, directory: Path) -> str:
     """cProfile of the tracker's `mode` on SQLite, with the SQL statements it sends per delivery."""
-    bodies = generate_bodies(deliveries, seed)
-    warmup = generate_bodies(WARMUP_DELIVERIES, seed + 1_000_003)
+    bodies = realistic_bodies(deliveries, seed)
+    warmup = realistic_bodies(WARMUP_DELIVERIES, seed + 1_000_003)
     databases = _Databases("sqlite", directory)
     statements: Counter[str] = Counter()
 
@@ -1098,7 +862,7 @@ def _workers(value: str) -> list[int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tracker.bench",
+        prog="python -m benchmarks.bench",
         description="Measure the tracker's apply and apply_many against the least work any "
         "tracker must do, on the same bodies and the same kind of database.",
     )

@@ -1,0 +1,20 @@
+"""The realistic stream the benchmark measures is traffic the tracker accepts in full."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from tests.workloads import realistic_bodies
+from tracker import Outcome, Tracker
+
+
+def test_every_body_of_the_realistic_stream_is_applied(sqlite_tracker: Tracker) -> None:
+    bodies = realistic_bodies(400, seed=7)
+    assert len(set(bodies)) == len(bodies)
+    event_types = Counter(json.loads(body)["eventType"] for body in bodies)
+    assert set(event_types) == {"disconnect", "transferDisconnect"}
+
+    outcomes = Counter(result.outcome for result in sqlite_tracker.apply_many(bodies))
+
+    assert outcomes == {Outcome.APPLIED: len(bodies)}
