@@ -42,7 +42,7 @@ import tempfile
 import time
 import timeit
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
@@ -558,8 +558,11 @@ class ParseFigures:
 
 def measure_parsing(bodies: Sequence[bytes], repeat: int = 7) -> ParseFigures:
     """µs per body of `tracker.parsing.read` and of a plain model's `model_validate_json` (the
-    model picked per body in advance): the best of `repeat` interleaved timings of 50 ms or more."""
-    sample = list(bodies[:1000])
+    model picked per body in advance): the best of `repeat` interleaved timings of 50 ms or more.
+    Terminal bodies only: the plain baseline models those two types, the ratio's yardstick since
+    the first benchmark."""
+    terminal = (b'"eventType":"disconnect"', b'"eventType":"transferDisconnect"')
+    sample = [body for body in bodies if any(kind in body for kind in terminal)][:1000]
     plain: list[tuple[Callable[[bytes], object], bytes]] = [
         (
             PlainTransferDisconnect.model_validate_json
@@ -591,6 +594,26 @@ def measure_parsing(bodies: Sequence[bytes], repeat: int = 7) -> ParseFigures:
     return ParseFigures(min(tracker_times) * per_body, min(plain_times) * per_body)
 
 
+def measure_per_event_type(
+    databases: _Databases, bodies: Sequence[bytes], warmup: Sequence[bytes]
+) -> dict[str, float]:
+    """Mean µs of one `apply` per event type, over the stream in arrival order (one commit per
+    delivery): a live callback should cost no more than a terminal one."""
+    spent: defaultdict[str, list[float]] = defaultdict(list)
+    with databases.fresh() as url, Tracker(url) as tracker:
+        tracker.upgrade()
+        _apply_with(tracker, "apply", warmup, 1)
+        for body in bodies:
+            event_type = str(json.loads(body)["eventType"])
+            started = time.perf_counter()
+            tracker.apply(body)
+            spent[event_type].append(time.perf_counter() - started)
+    return {
+        event_type: statistics.fmean(times) * 1e6
+        for event_type, times in sorted(spent.items(), key=lambda item: -len(item[1]))
+    }
+
+
 # --- the whole benchmark ----------------------------------------------------------------------
 
 
@@ -617,6 +640,7 @@ class Report:
     batch: int
     figures: list[Figure]
     parse: ParseFigures | None
+    per_event_type: dict[str, dict[str, float]]  # database -> event type -> µs per apply
     peak_rss_mb: float
     worker_peak_rss_mb: float | None
 
@@ -673,6 +697,7 @@ class Report:
             "batch": self.batch,
             "runs": rows,
             "parse": parse,
+            "apply_us_per_event_type": self.per_event_type,
             "peak_rss_mb": self.peak_rss_mb,
             "worker_peak_rss_mb": self.worker_peak_rss_mb,
         }
@@ -705,6 +730,11 @@ class Report:
                 f"pydantic model_validate_json {self.parse.plain_us:.1f} µs: "
                 f"{self.parse.ratio:.2f}x (target <= {PARSE_TARGET}x) "
                 f"{_verdict(self.parse.ratio <= PARSE_TARGET)}"
+            )
+        for database, per_type in self.per_event_type.items():
+            lines.append(
+                f"apply per event type, {database}, µs: "
+                + ", ".join(f"{event_type} {us:,.0f}" for event_type, us in per_type.items())
             )
         memory = f"peak RSS: {self.peak_rss_mb:.0f} MB (benchmark process)"
         if self.worker_peak_rss_mb is not None:
@@ -803,6 +833,10 @@ def run(
         batch=batch,
         figures=list(figures.values()),
         parse=measure_parsing(bodies) if parse else None,
+        per_event_type={
+            databases.label: measure_per_event_type(databases, bodies, warmup)
+            for databases in backends
+        },
         peak_rss_mb=_peak_rss_mb(resource.RUSAGE_SELF),
         worker_peak_rss_mb=children if children > 0 else None,
     )

@@ -7,13 +7,14 @@ from collections import Counter
 
 from tests.workloads import realistic_bodies
 from tracker import Outcome, Tracker
+from tracker.parsing import TRACKED_EVENT_TYPES
 
 
 def test_every_body_of_the_realistic_stream_is_applied(sqlite_tracker: Tracker) -> None:
-    bodies = realistic_bodies(400, seed=7)
+    bodies = realistic_bodies(600, seed=7)
     assert len(set(bodies)) == len(bodies)
     event_types = Counter(json.loads(body)["eventType"] for body in bodies)
-    assert set(event_types) == {"disconnect", "transferDisconnect"}
+    assert set(event_types) == set(TRACKED_EVENT_TYPES)
 
     outcomes = Counter(result.outcome for result in sqlite_tracker.apply_many(bodies))
 

@@ -21,7 +21,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from tests.factories import call_url, disconnect_between, stamp, transfer_disconnect_between
+from tests.factories import (
+    answer,
+    call_url,
+    disconnect_between,
+    initiate,
+    machine_detection_complete,
+    stamp,
+    transfer_answer,
+    transfer_complete,
+    transfer_disconnect_between,
+)
 
 Delivery = tuple[float, dict[str, Any]]  # (arrival second, body)
 
@@ -80,9 +90,16 @@ class _Caller:
     report_delay: float  # seconds from the end to the callback's eventTime
 
 
+# The keys a call's live callbacks repeat from its terminal one (not its cause or errors).
+_IDENTITY: Final = ("accountId", "applicationId", "from", "to", "direction", "callUrl", "tag")
+
+
 class Stream:
-    """Calls starting one after another (about two a second), each producing the terminal events
-    Bandwidth would send, delivered in the order they would arrive."""
+    """Calls starting one after another (about two a second), each producing every callback
+    Bandwidth would send (`initiate` for an inbound call, `answer` and now and then machine
+    detection for an answered outbound one, `transferAnswer` for an answered leg,
+    `transferComplete` when a transfer ends while the caller is still there, and the terminal
+    events), delivered in the order they would arrive."""
 
     def __init__(self, seed: int) -> None:
         self.random = random.Random(seed)
@@ -116,7 +133,7 @@ class Stream:
         call_id = self._call_id()
         caller = self._caller(call_id, direction, cause, start)
         body = self._disconnect(call_id, caller, cause, start, answer, end)
-        return [self._arrival(end, body)]
+        return [*self._live_caller(caller, start, answer), self._arrival(end, body)]
 
     def _transfer_to_one(self) -> list[Delivery]:
         return self._transfer(legs=1)
@@ -136,7 +153,7 @@ class Stream:
         answered = self.random.random() < 0.8
         ring = self.random.uniform(2.0, 12.0)
         leg_ids = [self._call_id(parent_id) for _ in range(legs)]
-        arrivals: list[Delivery] = []
+        arrivals = self._live_caller(parent, start, answer)
         if answered:
             talk_end = transfer_start + ring + self.random.uniform(10.0, 900.0)
             for index, leg_id in enumerate(leg_ids):
@@ -145,13 +162,17 @@ class Stream:
                         parent, leg_id, "hangup", transfer_start, transfer_start + ring, talk_end
                     )
                     arrivals.append(self._arrival(talk_end, leg))
+                    arrivals.append(self._leg_answered(parent, leg))
                 else:  # losers report first
                     leg = self._leg(
                         parent, leg_id, "cancel", transfer_start, None, transfer_start + ring
                     )
                     arrivals.append(self._arrival(transfer_start + ring, leg))
-            # Either the caller hangs up with the leg, or carries on after the transfer.
+            # Either the caller hangs up with the leg (then no transferComplete comes), or
+            # carries on after the transfer.
             parent_end = talk_end + self.random.choice((0.0, self.random.uniform(1.0, 60.0)))
+            if parent_end > talk_end:
+                arrivals.append(self._transfer_complete(parent, start, answer, talk_end, "hangup"))
         else:
             for leg_id in leg_ids:
                 cause = self.random.choices(("timeout", "busy", "rejected"), weights=(8, 1, 1))[0]
@@ -160,6 +181,9 @@ class Stream:
                 )
                 leg = self._leg(parent, leg_id, cause, transfer_start, None, leg_end)
                 arrivals.append(self._arrival(leg_end, leg))
+            last_leg = max(at_ for at_, _leg in arrivals[-legs:])
+            causes = [str(leg["cause"]) for _at, leg in arrivals[-legs:]]
+            arrivals.append(self._transfer_complete(parent, start, answer, last_leg, causes[0]))
             parent_end = transfer_start + 30.0 + self.random.uniform(1.0, 20.0)
         body = self._disconnect(parent_id, parent, "hangup", start, answer, parent_end)
         arrivals.append(self._arrival(parent_end, body))
@@ -245,6 +269,62 @@ class Stream:
             cause=cause,
             **fields,
         )
+
+    # --- the live callbacks -------------------------------------------------------------------
+
+    def _live_caller(self, caller: _Caller, start: float, answered: float | None) -> list[Delivery]:
+        """An inbound call's `initiate`; an answered outbound call's `answer`, and for some its
+        asynchronous machine detection."""
+        fields = {key: caller.fields[key] for key in _IDENTITY if key in caller.fields}
+        if fields["direction"] == "inbound":
+            return [(start + 0.05, initiate(caller.call_id, start=at(start), **fields))]
+        if answered is None:
+            return []
+        said = {**fields, "answerTime": stamp(at(answered)), "eventTime": stamp(at(answered))}
+        found = [(answered + 0.05, answer(caller.call_id, start=at(start), **said))]
+        if self.random.random() < 0.3:
+            result = self.random.choices(
+                ("human", "answering-machine", "silence", "timeout"), weights=(70, 20, 5, 5)
+            )[0]
+            done = answered + self.random.uniform(2.0, 6.0)
+            body = machine_detection_complete(
+                caller.call_id,
+                start=at(start),
+                result=result,
+                **said,
+            )
+            body["eventTime"] = stamp(at(done))
+            found.append((done + 0.05, body))
+        return found
+
+    def _leg_answered(self, parent: _Caller, leg: dict[str, Any]) -> Delivery:
+        """The winning leg's `transferAnswer`, most of the time with its `parentCallId`."""
+        keys = ("from", "to", "callUrl", "transferCallerId", "transferTo", "startTime")
+        body = transfer_answer(
+            leg["parentCallId"] if self.random.random() < 0.9 else None,
+            leg["callId"],
+            **{key: leg[key] for key in keys},
+            answerTime=leg["answerTime"],
+            eventTime=leg["answerTime"],
+            accountId=parent.fields["accountId"],
+            applicationId=parent.fields["applicationId"],
+        )
+        answered = (datetime.fromisoformat(leg["answerTime"]) - EPOCH).total_seconds()
+        return answered + 0.05, body
+
+    def _transfer_complete(
+        self, parent: _Caller, start: float, answered: float, ended: float, cause: str
+    ) -> Delivery:
+        fields = {key: parent.fields[key] for key in _IDENTITY if key in parent.fields}
+        body = transfer_complete(
+            parent.call_id,
+            start=at(start),
+            at=at(ended + 0.04),
+            cause=cause,
+            answerTime=stamp(at(answered)),
+            **fields,
+        )
+        return ended + 0.1, body
 
     def _errors(self, fields: dict[str, Any], cause: str, *, sip: bool) -> None:
         message = ERROR_MESSAGES.get(cause)

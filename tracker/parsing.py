@@ -424,7 +424,10 @@ def _holds_nul(value: object) -> bool:
 def _check_call_url(event: Event) -> Unreadable | None:
     """The ids a `callUrl` path names are stored (the account, when the body has none), so they
     pass the same test as the body's own ids."""
-    url = read_call_url(event.call_url)
+    text = event.call_url
+    if text is None or (len(text) <= MAX_ID_LENGTH and "%" not in text):
+        return None  # the common case: too short for a long id, no escape to hide a NUL
+    url = read_call_url(text)
     if url is None or (identifier(url.account_id) and identifier(url.call_id)):
         return None
     return Unreadable(
