@@ -12,7 +12,7 @@ import os
 import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from itertools import islice
@@ -664,18 +664,7 @@ def _call_json(call: Call) -> dict[str, Any]:
         "verstat": call.verstat,
         "diversion": None if call.diversion is None else dict(call.diversion),
         "caller_display_name": call.caller_display_name,
-        "transfers": [
-            {
-                "at": _iso(attempt.at),
-                "cause": attempt.cause,
-                "disposition": attempt.disposition,
-                "transfer_to": attempt.transfer_to,
-                "transfer_caller_id": attempt.transfer_caller_id,
-                "error_message": attempt.error_message,
-                "error_id": attempt.error_id,
-            }
-            for attempt in call.transfers
-        ],
+        "transfers": [{**asdict(attempt), "at": _iso(attempt.at)} for attempt in call.transfers],
     }
 
 

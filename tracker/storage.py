@@ -16,7 +16,7 @@ import sqlite3
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Final, cast
 
@@ -918,18 +918,7 @@ def insert_transfers(
 ) -> None:
     """Each (call id, id of the delivery, the attempt, the delivery's content key)."""
     rows = [
-        {
-            "call_id": call_id,
-            "event_id": event_id,
-            "at": attempt.at,
-            "cause": attempt.cause,
-            "disposition": attempt.disposition,
-            "transfer_to": attempt.transfer_to,
-            "transfer_caller_id": attempt.transfer_caller_id,
-            "error_message": attempt.error_message,
-            "error_id": attempt.error_id,
-            "sort_key": key,
-        }
+        {**asdict(attempt), "call_id": call_id, "event_id": event_id, "sort_key": key}
         for call_id, event_id, attempt, key in attempts
     ]
     if rows:
