@@ -165,7 +165,7 @@ class _Batch:
                 # expectation, however often the batch changes the call afterwards.
                 self.stored.setdefault(after.call_id, before)
                 self.known[after.call_id] = after
-                self._restep(after)
+        self._restep(call_id, decision.history)
         if decision.fill_account is not None:
             # Rare (a tree whose calls carry no account learning one late): the tree is walked
             # in the database, so write what is pending first, and read back what changed.
@@ -173,16 +173,15 @@ class _Batch:
             storage.fill_account(self.connection, call_id, decision.fill_account)
             self.known.clear()
 
-    def _restep(self, call: CallRecord) -> None:
-        """Bring the call's history in step with its facts: the steps it shares with the history
-        held so far stay as they are, the rest are this delivery's."""
-        if call.call_id not in self.steps:
-            before = self.stored[call.call_id]
+    def _restep(self, call_id: str, wanted: tuple[TransitionTaken, ...]) -> None:
+        """Bring the call's history to `wanted`, the one its facts now give: the steps it shares
+        with the history held so far stay as they are, the rest are this delivery's."""
+        if call_id not in self.steps:
+            before = self.stored[call_id]
             held = lifecycle.history_of(before)[1] if before is not None else ()
-            self.steps[call.call_id] = [(step, None) for step in held]
-            self.stored_steps[call.call_id] = len(held)
-        steps = self.steps[call.call_id]
-        _state, wanted = lifecycle.history_of(call)
+            self.steps[call_id] = [(step, None) for step in held]
+            self.stored_steps[call_id] = len(held)
+        steps = self.steps[call_id]
         kept = 0
         while kept < min(len(steps), len(wanted)) and steps[kept][0] == wanted[kept]:
             kept += 1

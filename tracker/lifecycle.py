@@ -180,7 +180,8 @@ class TransitionTaken:
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What applying one event means. `call`/`parent` hold (before, after) pairs to write; a
-    `before` of None means the row is new. The call's history is `history_of(after)`."""
+    `before` of None means the row is new. `history` is the call's whole history as `after`
+    leaves it (`history_of(after)`, walked once here); a leg never changes its parent's."""
 
     outcome: Outcome
     detail: str
@@ -188,6 +189,7 @@ class Decision:
     call: tuple[CallRecord | None, CallRecord] | None = None
     parent: tuple[CallRecord | None, CallRecord] | None = None
     transfer: TransferAttempt | None = None
+    history: tuple[TransitionTaken, ...] = ()
     # Set when the tree the call belongs to learns its account: every call of the tree without
     # one takes it (a transfer never crosses accounts, see `_account_of`).
     fill_account: str | None = None
@@ -266,7 +268,7 @@ def decide(
     rejection = _check_against(event, base)
     if rejection is not None:
         return rejection
-    after = _merge(event, base, tree_account.account)
+    after, history = _merge(event, base, tree_account.account)
     rejection = _check_times("call", after.start_time, after.answer_time, after.end_time)
     if rejection is not None:
         return rejection
@@ -280,6 +282,7 @@ def decide(
         call=(call, after),
         parent=_parent_after(event, after, parent) if event.parent_call_id else None,
         transfer=transfer,
+        history=history,
         fill_account=tree_account.account if tree_account.tree_learns_it else None,
     )
 
@@ -318,10 +321,12 @@ def _offered(event: Event) -> dict[str, Any]:
     return {name: value for name, value in facts.items() if value is not None}
 
 
-def _merge(event: Event, call: CallRecord, account: str | None) -> CallRecord:
-    """The call as this event leaves it. Each fact keeps the value of the highest-ranked event
-    that carried it (ties, two events of one type, go to the larger value), so any order of
-    arrival gives the same record."""
+def _merge(
+    event: Event, call: CallRecord, account: str | None
+) -> tuple[CallRecord, tuple[TransitionTaken, ...]]:
+    """The call as this event leaves it, and its history. Each fact keeps the value of the
+    highest-ranked event that carried it (ties, two events of one type, go to the larger
+    value), so any order of arrival gives the same record."""
     rank = RANKS[event.event_type]
     sources = dict(call.sources)
     changes: dict[str, Any] = {}
@@ -349,8 +354,8 @@ def _merge(event: Event, call: CallRecord, account: str | None) -> CallRecord:
         changes.update(numbers_leg_id=None, numbers_leg_start=None)
     changes["seen_rank"] = max(call.seen_rank, rank)
     merged = replace(call, **changes, sources=sources)
-    state, _history = history_of(merged)
-    return replace(merged, state=state) if state != merged.state else merged
+    state, history = history_of(merged)
+    return (replace(merged, state=state) if state != merged.state else merged), history
 
 
 def _answer_news(event_type: str | None) -> int:
