@@ -262,14 +262,14 @@ _INSERT_EVENTS_RETURNING: Final = insert(events).returning(
     events.c.id, sort_by_parameter_order=True
 )
 _INSERT_CALL: Final = insert(calls)
+# The compare-and-set condition of every UPDATE of a call: the row as it was read.
+_AT_READ_VERSION: Final = and_(
+    calls.c.call_id == bindparam("b_call_id"),
+    calls.c.version == bindparam("expected_version"),
+)
 _UPDATE_CALL: Final = (
     update(calls)
-    .where(
-        and_(
-            calls.c.call_id == bindparam("b_call_id"),
-            calls.c.version == bindparam("expected_version"),
-        )
-    )
+    .where(_AT_READ_VERSION)
     .values({name: bindparam(name) for name in _RECORD_FIELDS if name != "call_id"})
 )
 _INSERT_TRANSITIONS: Final = insert(transitions)
@@ -295,12 +295,7 @@ _SELECT_TREE_STEP: Final = select(
 )
 _FILL_ACCOUNT: Final = (
     update(calls)
-    .where(
-        and_(
-            calls.c.call_id == bindparam("b_call_id"),
-            calls.c.version == bindparam("expected_version"),
-        )
-    )
+    .where(_AT_READ_VERSION)
     .values(account_id=bindparam("account_id"), version=calls.c.version + 1)
 )
 
