@@ -20,7 +20,7 @@ from tracker.schema import alembic_config, head_revision
 from tracker.storage import VERSION_TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = {"tracker_calls", "tracker_events", "tracker_transfers", "tracker_transitions"}
+TABLES = {"tracker_calls", "tracker_events", "tracker_transfers"}
 
 
 def tracker_tables(url: str) -> set[str]:

@@ -1,10 +1,13 @@
 """Upgrading keeps what is stored (SPEC section 6): a database filled under revision 0002, when
 only terminal events were applied, reaches head with every call, history entry and logged body
-unchanged, and live events then apply to its calls."""
+unchanged (the history entries moved into their calls' rows at revision 0005), and live events
+then apply to its calls."""
 
 from __future__ import annotations
 
+import json
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +22,16 @@ from tracker import Outcome, Tracker
 from tracker.schema import alembic_config
 from tracker.storage import create_engine as tracker_engine
 
-TABLES = ("tracker_events", "tracker_calls", "tracker_transitions")  # in foreign-key order
+# Revision 0002's tables, in foreign-key order; the history moved into the calls' rows at 0005.
+TABLES = ("tracker_events", "tracker_calls", "tracker_transitions")
+KEPT_TABLES = ("tracker_events", "tracker_calls")
 
 
-def rows_of(url: str) -> dict[str, list[dict[str, Any]]]:
-    """Every row of revision 0002's tables, by primary key order, with 0002's columns only."""
+def rows_of(url: str, tables: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
+    """Every row of `tables`, by primary key order."""
     engine = create_engine(url)
     metadata = MetaData()
-    metadata.reflect(engine, only=TABLES)
+    metadata.reflect(engine, only=tables)
     with engine.connect() as connection:
         found = {
             name: [
@@ -37,10 +42,29 @@ def rows_of(url: str) -> dict[str, list[dict[str, Any]]]:
                     )
                 )
             ]
-            for name in TABLES
+            for name in tables
         }
     engine.dispose()
     return found
+
+
+def transition_rows(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows revision 0002 kept in `tracker_transitions` for the histories of `calls`."""
+    return [
+        {
+            "call_id": call["call_id"],
+            "seq": seq,
+            "source": source,
+            "target": target,
+            "at": datetime.fromisoformat(at).astimezone(UTC).replace(tzinfo=None),
+            "event": event,
+            "event_id": event_id,
+        }
+        for call in calls
+        for seq, (source, target, at, event, event_id) in enumerate(
+            json.loads(call["history"] or "[]")
+        )
+    ]
 
 
 def test_a_database_filled_under_0002_keeps_every_record_at_head(
@@ -60,7 +84,8 @@ def test_a_database_filled_under_0002_keeps_every_record_at_head(
             reference.upgrade()
             assert {reference.apply(body).outcome for body in bodies} == {Outcome.APPLIED}
             expected = snapshot(reference, set())
-        written = rows_of(reference_url)
+        written = rows_of(reference_url, KEPT_TABLES)
+        written["tracker_transitions"] = transition_rows(written["tracker_calls"])
     old = tracker_engine(database_url)
     with old.begin() as connection:
         command.upgrade(alembic_config(connection), "0002")
@@ -76,15 +101,19 @@ def test_a_database_filled_under_0002_keeps_every_record_at_head(
                 sequence = f"pg_get_serial_sequence('{name}', 'id')"
                 connection.execute(text(f"SELECT setval({sequence}, max(id)) FROM {name}"))
     old.dispose()
-    stored = rows_of(database_url)
+    stored = rows_of(database_url, TABLES)
 
     with Tracker(database_url) as upgraded:
         assert upgraded.upgrade().from_revision == "0002"
         columns_0002 = {name: set(rows[0]) for name, rows in stored.items()}
         assert {
             name: [{k: v for k, v in row.items() if k in columns_0002[name]} for row in rows]
-            for name, rows in rows_of(database_url).items()
-        } == stored
+            for name, rows in rows_of(database_url, KEPT_TABLES).items()
+        } == {name: stored[name] for name in KEPT_TABLES}
+        # Each history step, moved into its call's row, kept its instant and its delivery.
+        assert transition_rows(rows_of(database_url, KEPT_TABLES)["tracker_calls"]) == [
+            {k: v for k, v in row.items() if k != "id"} for row in stored["tracker_transitions"]
+        ]
         assert snapshot(upgraded, set()) == expected
 
         # And the migrated calls take live events: a late answer names the answered step.

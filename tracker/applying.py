@@ -24,6 +24,7 @@ from tracker.records import (
     Outcome,
     Result,
     TransferAttempt,
+    Transition,
     clipped,
 )
 
@@ -50,10 +51,8 @@ class _Batch:
         self.stored: dict[str, CallRecord | None] = {}
         self.events: list[dict[str, Any]] = []
         # Each changed call's history as the batch leaves it: every step with the index (in
-        # `events`) of the delivery that made it, or None for a step already stored, which
-        # stays; and how many steps the database holds for it.
-        self.steps: dict[str, list[tuple[TransitionTaken, int | None]]] = {}
-        self.stored_steps: dict[str, int] = {}
+        # `events`) of the delivery that made it, or the step as stored, which stays.
+        self.steps: dict[str, list[tuple[TransitionTaken, int | Transition]]] = {}
         self.transfers: list[tuple[int, str, TransferAttempt, str]] = []
         # Content key of each tracked event of the batch, by identity: computed once.
         self.keys: dict[int, str] = {}
@@ -72,7 +71,9 @@ class _Batch:
         # Only a call that exists can have had this very delivery applied (applying one always
         # writes its call), so a delivery that opens a call costs no look-up.
         maybe_repeats = [
-            self.keys[id(event)] for event in events if self.known.get(event.call_id) is not None
+            (event.call_id, self.keys[id(event)])
+            for event in events
+            if self.known.get(event.call_id) is not None
         ]
         if maybe_repeats:
             self.stored_keys = storage.where_applied_keys(self.connection, maybe_repeats)
@@ -178,9 +179,11 @@ class _Batch:
         with the history held so far stay as they are, the rest are this delivery's."""
         if call_id not in self.steps:
             before = self.stored[call_id]
-            held = lifecycle.history_of(before)[1] if before is not None else ()
-            self.steps[call_id] = [(step, None) for step in held]
-            self.stored_steps[call_id] = len(held)
+            held = before.history if before is not None else ()
+            self.steps[call_id] = [
+                (TransitionTaken(step.source, step.target, step.at, step.event), step)
+                for step in held
+            ]
         steps = self.steps[call_id]
         kept = 0
         while kept < min(len(steps), len(wanted)) and steps[kept][0] == wanted[kept]:
@@ -216,28 +219,19 @@ class _Batch:
     # --- writing ----------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write everything pending, in the order foreign keys need: events, calls, history."""
+        """Write everything pending, in the order foreign keys need: events, then calls (whose
+        history names the events that made each step), then transfer attempts."""
         event_ids = storage.insert_events(self.connection, self.events)
         changes: list[tuple[CallRecord | None, CallRecord]] = []
         for call_id, before in self.stored.items():
             after = self.known[call_id]
             assert after is not None  # only calls a decision produced are in `stored`
+            steps = self.steps.get(call_id)
+            if steps is not None:
+                after = replace(after, history=tuple(_stored(step, event_ids) for step in steps))
+                self.known[call_id] = after
             changes.append((before, after))
         storage.write_calls(self.connection, changes)
-        replaced: list[tuple[str, int]] = []
-        steps: list[tuple[str, int, TransitionTaken, int]] = []
-        for call_id, history in self.steps.items():
-            new = [
-                (call_id, seq, step, event_ids[index])
-                for seq, (step, index) in enumerate(history)
-                if index is not None
-            ]
-            first_new = new[0][1] if new else len(history)
-            if first_new < self.stored_steps[call_id]:
-                replaced.append((call_id, first_new))
-            steps.extend(new)
-        storage.delete_transitions(self.connection, replaced)
-        storage.insert_transitions(self.connection, steps)
         storage.insert_transfers(
             self.connection,
             [
@@ -247,6 +241,12 @@ class _Batch:
         )
         self.events.clear()
         self.steps.clear()
-        self.stored_steps.clear()
         self.transfers.clear()
         self.stored.clear()
+
+
+def _stored(step: tuple[TransitionTaken, int | Transition], event_ids: list[int]) -> Transition:
+    taken, made_by = step
+    if isinstance(made_by, Transition):
+        return made_by
+    return Transition(taken.source, taken.target, taken.at, taken.event, event_ids[made_by])

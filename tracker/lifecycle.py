@@ -27,7 +27,7 @@ from tracker.parsing import (
     read_call_url,
     shown,
 )
-from tracker.records import Outcome, Reason, TransferAttempt
+from tracker.records import Outcome, Reason, TransferAttempt, Transition
 
 INITIATED: Final = "initiated"
 ANSWERED: Final = "answered"
@@ -123,6 +123,9 @@ class CallRecord:
     # the rank of the event it came from, so a later event knows whether it may replace it.
     seen_rank: int = 0
     sources: dict[str, int] = dataclass_field(default_factory=dict)
+    # The history as stored, each step with the delivery that made it. `history_of` says what
+    # the steps are; the storage layer keeps this in step with it and only it writes it.
+    history: tuple[Transition, ...] = ()
     # Compare-and-set token of the storage layer; the lifecycle only carries it along.
     version: int = 0
 

@@ -77,22 +77,48 @@ def upgrade_transaction(engine: Engine, schema: str | None = None) -> Iterator[C
     (migrations/env.py), so two of them never migrate one database at once.
     """
     # SQLite: the writing transaction (BEGIN IMMEDIATE) is itself the database-wide lock.
-    with (
-        engine.connect().execution_options(tracker_write=True, tracker_upgrade=True) as connection,
-        connection.begin(),
-    ):
-        _lock(connection)
+    with engine.connect().execution_options(tracker_write=True, tracker_upgrade=True) as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite changes a table by rebuilding it (Alembic's batch mode), which a table
+            # others refer to survives only with foreign keys off; the pragma cannot change
+            # inside a transaction. The keys are checked before the commit instead.
+            _foreign_keys(connection, on=False)
         try:
-            if schema is not None:
-                quoted = connection.dialect.identifier_preparer.quote_identifier(schema)
-                connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
-            yield connection
+            with connection.begin():
+                _lock(connection)
+                try:
+                    if schema is not None:
+                        quoted = connection.dialect.identifier_preparer.quote_identifier(schema)
+                        connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
+                    yield connection
+                    if sqlite:
+                        _check_foreign_keys(connection)
+                finally:
+                    # A lost connection released the lock with its session; asking the server
+                    # again would only hide the real error behind "Can't reconnect until
+                    # invalid transaction is rolled back".
+                    if not connection.invalidated:
+                        _unlock(connection)
         finally:
-            # A lost connection released the lock with its session; asking the server again
-            # would only hide the real error behind "Can't reconnect until invalid transaction
-            # is rolled back".
-            if not connection.invalidated:
-                _unlock(connection)
+            if sqlite and not connection.invalidated:
+                _foreign_keys(connection, on=True)
+
+
+def _foreign_keys(connection: Connection, *, on: bool) -> None:
+    # On the driver's cursor: a statement through SQLAlchemy would begin a transaction first.
+    cursor = connection.connection.cursor()
+    cursor.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    cursor.close()
+
+
+def _check_foreign_keys(connection: Connection) -> None:
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        raise SchemaError(
+            f"the migration left rows whose foreign keys point nowhere, for example {broken[0]}; "
+            "nothing was changed: please report this"
+        )
 
 
 def _lock(connection: Connection) -> None:

@@ -15,7 +15,7 @@ import random
 import sqlite3
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Final, cast
@@ -38,22 +38,24 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
-    delete,
     event,
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy import create_engine as sqlalchemy_create_engine
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine.base import OptionEngine
+from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ClauseElement
 
-from tracker import lifecycle
-from tracker.lifecycle import CallRecord, TransitionTaken
+from tracker import driver, lifecycle
+from tracker.lifecycle import CallRecord
 from tracker.records import MAX_ID_LENGTH, Event, Outcome, TransferAttempt, Transition
 
 TABLE_PREFIX: Final = "tracker_"
@@ -111,6 +113,31 @@ class JSONText(TypeDecorator[Any]):
         return None if value is None else json.loads(value)
 
 
+class HistoryJSON(TypeDecorator[tuple[Transition, ...]]):
+    """A call's history as JSON text: one `[source, target, at, event, event_id]` per step,
+    `at` in ISO 8601 with its microseconds, so it reads back equal to what was written."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Sequence[Transition] | None, dialect: Dialect) -> str:
+        return json.dumps(
+            [
+                [step.source, step.target, step.at.isoformat(), step.event, step.event_id]
+                for step in value or ()
+            ],
+            separators=(",", ":"),
+        )
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> tuple[Transition, ...]:
+        if not value:
+            return ()
+        return tuple(
+            Transition(source, target, datetime.fromisoformat(at), event, event_id)
+            for source, target, at, event, event_id in json.loads(value)
+        )
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(
         naming_convention={
@@ -122,16 +149,33 @@ class Base(DeclarativeBase):
     )
 
 
+def _partial(condition: str) -> dict[str, Any]:
+    """Index options keeping only the rows `condition` holds for, where the backend can (SQLite,
+    PostgreSQL; MySQL/MariaDB index every row). A filter on a column whose values are mostly one
+    (`state`, `disposition`, `outcome`) is worth an index only for the other values, the ones
+    people look for; leaving the common value out saves a page write on most deliveries.
+    SQLite uses such an index only for a query that repeats `condition` word for word, so the
+    queries add it (`where_calls`, `where_events`)."""
+    return {"sqlite_where": text(condition), "postgresql_where": text(condition)}
+
+
+# The conditions of the partial indexes, one home each: the migration and the queries use them.
+NOT_ENDED: Final = "state <> 'disconnected'"
+IS_LEG: Final = "parent_call_id IS NOT NULL"
+NOT_COMPLETED: Final = "disposition <> 'completed'"
+NOT_APPLIED: Final = "outcome <> 'applied'"
+
+
 class CallRow(Base):
     """One call (one leg). Inherited facts (account, application) are stored resolved."""
 
     __tablename__ = "tracker_calls"
     __table_args__ = (
-        Index(None, "parent_call_id"),
+        Index(None, "parent_call_id", **_partial(IS_LEG)),
         Index(None, "account_id", "start_time"),
-        Index(None, "state"),
+        Index(None, "state", **_partial(NOT_ENDED)),
         Index(None, "start_time"),
-        Index(None, "disposition"),
+        Index(None, "disposition", **_partial(NOT_COMPLETED)),
         _MYSQL_OPTIONS,
     )
 
@@ -164,6 +208,10 @@ class CallRow(Base):
     seen_rank: Mapped[int] = mapped_column(Integer)
     # NULL on a row written before revision 0004: see `_record`.
     sources: Mapped[dict[str, int] | None] = mapped_column(JSONText)
+    # The call's history, kept in its own row (revision 0005): read and written with the call,
+    # it costs no statement and no index of its own. NULL (a call migrated without steps)
+    # reads as no steps.
+    history: Mapped[tuple[Transition, ...]] = mapped_column(HistoryJSON, nullable=True)
     version: Mapped[int] = mapped_column(Integer)
 
 
@@ -172,9 +220,10 @@ class EventRow(Base):
 
     __tablename__ = "tracker_events"
     __table_args__ = (
-        Index(None, "call_id"),
-        Index(None, "outcome"),
-        UniqueConstraint("dedup_key"),
+        # The content key hashes the call id, so unique with the call id is unique alone; led
+        # by the call id, the same index serves `events(call_id=...)` (revision 0005).
+        UniqueConstraint("call_id", "dedup_key"),
+        Index(None, "outcome", **_partial(NOT_APPLIED)),
         _MYSQL_OPTIONS,
     )
 
@@ -193,26 +242,6 @@ class EventRow(Base):
     # The content key of an applied delivery. Unique, so the same delivery cannot be applied
     # twice even by two workers at once; NULL (and so not constrained) for every other outcome.
     dedup_key: Mapped[str | None] = mapped_column(String(64))
-
-
-class TransitionRow(Base):
-    """A call's history: one row per state-machine transition, in order."""
-
-    __tablename__ = "tracker_transitions"
-    __table_args__ = (UniqueConstraint("call_id", "seq"), _MYSQL_OPTIONS)
-
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
-    call_id: Mapped[str] = mapped_column(ID, ForeignKey("tracker_calls.call_id"))
-    seq: Mapped[int] = mapped_column(Integer)
-    source: Mapped[str] = mapped_column(String(16))
-    target: Mapped[str] = mapped_column(String(16))
-    at: Mapped[datetime] = mapped_column(UTCDateTime)
-    event: Mapped[str] = mapped_column(String(32))
-    event_id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("tracker_events.id")
-    )
 
 
 class TransferRow(Base):
@@ -242,42 +271,33 @@ class TransferRow(Base):
 calls: Final = cast(Table, CallRow.__table__)
 transfers: Final = cast(Table, TransferRow.__table__)
 events: Final = cast(Table, EventRow.__table__)
-transitions: Final = cast(Table, TransitionRow.__table__)
 
 _RECORD_FIELDS: Final = tuple(f.name for f in fields(CallRecord))
 _CALL_COLUMNS: Final = tuple(calls.c[name] for name in _RECORD_FIELDS)
 # Big IN lists are split so no backend hits its bound-parameter limit.
 _CHUNK: Final = 500
 
-# The statements of the write path, built once: SQLAlchemy then reuses their compiled form
-# without rebuilding and re-hashing them for every delivery.
+# The statements of the write path that `apply` runs for every delivery go through
+# `tracker.driver` (compiled once per dialect, run on the driver; see `_hot`). These are the
+# rest, and the forms taking many rows at once, where SQLAlchemy's cost per statement is shared
+# by the rows: built once, so SQLAlchemy reuses their compiled form.
 _SELECT_CALLS: Final = select(*_CALL_COLUMNS).where(
     calls.c.call_id.in_(bindparam("call_ids", expanding=True))
 )
 _SELECT_APPLIED_KEYS: Final = select(events.c.dedup_key).where(
-    events.c.dedup_key.in_(bindparam("keys", expanding=True))
+    events.c.call_id.in_(bindparam("call_ids", expanding=True)),
+    events.c.dedup_key.in_(bindparam("keys", expanding=True)),
 )
-_INSERT_EVENT: Final = insert(events)
-_INSERT_EVENTS_RETURNING: Final = insert(events).returning(
-    events.c.id, sort_by_parameter_order=True
-)
-_INSERT_CALL: Final = insert(calls)
+# The ids of a multi-row INSERT come back in no promised order; sorted, they are in the order of
+# the rows, because every backend numbers the rows of one statement in order: a new SQLite row
+# takes one more than the largest rowid, a PostgreSQL row the sequence's next value, a MariaDB
+# row the next AUTO_INCREMENT. (`sort_by_parameter_order` would make SQLite send one INSERT per
+# row.)
+_INSERT_EVENTS_RETURNING: Final = insert(events).returning(events.c.id)
 # The compare-and-set condition of every UPDATE of a call: the row as it was read.
 _AT_READ_VERSION: Final = and_(
     calls.c.call_id == bindparam("b_call_id"),
     calls.c.version == bindparam("expected_version"),
-)
-_UPDATE_CALL: Final = (
-    update(calls)
-    .where(_AT_READ_VERSION)
-    .values({name: bindparam(name) for name in _RECORD_FIELDS if name != "call_id"})
-)
-_INSERT_TRANSITIONS: Final = insert(transitions)
-_DELETE_TRANSITIONS: Final = delete(transitions).where(
-    and_(
-        transitions.c.call_id == bindparam("b_call_id"),
-        transitions.c.seq >= bindparam("first_step"),
-    )
 )
 _INSERT_TRANSFERS: Final = insert(transfers)
 _SELECT_TRANSFERS: Final = (
@@ -293,21 +313,91 @@ _SELECT_TREE_STEP: Final = select(
         calls.c.parent_call_id.in_(bindparam("call_ids", expanding=True)),
     )
 )
-_FILL_ACCOUNT: Final = (
-    update(calls)
-    .where(_AT_READ_VERSION)
-    .values(account_id=bindparam("account_id"), version=calls.c.version + 1)
-)
+
+# --- the hot statements: compiled once per dialect, run on the driver (`tracker.driver`) ---
+
+# Up to this many ids, a read by id is a hot statement of its own size; more (an `apply_many`)
+# go through SQLAlchemy, whose cost per statement the many rows share.
+_HOT_IDS: Final = 8
+
+_compiled: Final = weakref.WeakKeyDictionary[Dialect, dict[Hashable, driver.Compiled]]()
+
+
+def _hot(
+    connection: Connection,
+    build: Callable[..., tuple[ClauseElement, Sequence[str]]],
+    *arguments: Hashable,
+) -> driver.Compiled:
+    """The statement `build(*arguments)` makes (with the names of the values it takes),
+    compiled for `connection`'s dialect the first time it is asked for."""
+    dialect = connection.dialect
+    known = _compiled.get(dialect)
+    if known is None:
+        known = _compiled.setdefault(dialect, {})
+    name = (build, arguments)
+    compiled = known.get(name)
+    if compiled is None:
+        statement, keys = build(*arguments)
+        compiled = known[name] = driver.compile_for(dialect, statement, keys)
+    return compiled
+
+
+def _select_calls_by_id(count: int) -> tuple[ClauseElement, Sequence[str]]:
+    names = [f"id_{index}" for index in range(count)]
+    statement = select(*_CALL_COLUMNS).where(
+        calls.c.call_id.in_([bindparam(name) for name in names])
+    )
+    return statement, names
+
+
+def _select_applied_keys(count: int) -> tuple[ClauseElement, Sequence[str]]:
+    call_ids = [f"call_id_{index}" for index in range(count)]
+    keys = [f"key_{index}" for index in range(count)]
+    statement = select(events.c.dedup_key).where(
+        events.c.call_id.in_([bindparam(name) for name in call_ids]),
+        events.c.dedup_key.in_([bindparam(name) for name in keys]),
+    )
+    return statement, [*call_ids, *keys]
+
+
+_EVENT_VALUES: Final = (
+    "received_at", "body", "outcome", "reason", "detail", "call_id", "event_type", "dedup_key",
+)  # fmt: skip
+
+
+def _insert_event(has_last_row_id: bool) -> tuple[ClauseElement, Sequence[str]]:
+    # The driver's last row id where it has one (SQLite, MySQL); RETURNING elsewhere.
+    statement = insert(events)
+    if not has_last_row_id:
+        return statement.returning(events.c.id), _EVENT_VALUES
+    return statement, _EVENT_VALUES
+
+
+def _insert_call() -> tuple[ClauseElement, Sequence[str]]:
+    return insert(calls), _RECORD_FIELDS
+
+
+def _update_call(changed: Sequence[str]) -> tuple[ClauseElement, Sequence[str]]:
+    setting = [*changed, "version"]
+    statement = (
+        update(calls).where(_AT_READ_VERSION).values({name: bindparam(name) for name in setting})
+    )
+    return statement, [*setting, "b_call_id", "expected_version"]
+
+
+def _fill_account() -> tuple[ClauseElement, Sequence[str]]:
+    statement = (
+        update(calls)
+        .where(_AT_READ_VERSION)
+        .values(account_id=bindparam("account_id"), version=calls.c.version + 1)
+    )
+    return statement, ["account_id", "b_call_id", "expected_version"]
+
 
 # The statements of the read path, each taking one chunk of ids: a snapshot of any number of
 # calls costs a few statements, not a few per call.
 _SELECT_LEGS: Final = select(calls.c.parent_call_id, calls.c.call_id, calls.c.start_time).where(
     calls.c.parent_call_id.in_(bindparam("call_ids", expanding=True))
-)
-_SELECT_TRANSITIONS: Final = (
-    select(transitions)
-    .where(transitions.c.call_id.in_(bindparam("call_ids", expanding=True)))
-    .order_by(transitions.c.call_id, transitions.c.seq)
 )
 _SELECT_ANCESTORS: Final = select(
     calls.c.call_id, calls.c.application_id, calls.c.parent_call_id
@@ -621,11 +711,22 @@ def _record(row: Any) -> CallRecord:
 
 def where_calls_by_id(connection: Connection, call_ids: Iterable[str]) -> dict[str, CallRecord]:
     wanted = list(dict.fromkeys(call_ids))
+    if len(wanted) <= _HOT_IDS:  # a delivery's call, its parent, their ancestry
+        compiled = _hot(connection, _select_calls_by_id, len(wanted))
+        parameters = {f"id_{index}": call_id for index, call_id in enumerate(wanted)}
+        found_rows: Iterable[Any] = driver.rows(
+            compiled, driver.run(connection, compiled, parameters)
+        )
+    else:
+        found_rows = (
+            row
+            for chunk in _chunks(wanted)
+            for row in connection.execute(_SELECT_CALLS, {"call_ids": chunk})
+        )
     found: dict[str, CallRecord] = {}
-    for chunk in _chunks(wanted):
-        for row in connection.execute(_SELECT_CALLS, {"call_ids": chunk}):
-            record = _record(row)
-            found[record.call_id] = record
+    for row in found_rows:
+        record = _record(row)
+        found[record.call_id] = record
     return found
 
 
@@ -672,10 +773,26 @@ def where_applications(
     return shown
 
 
-def where_applied_keys(connection: Connection, dedup_keys: Sequence[str]) -> set[str]:
+def where_applied_keys(connection: Connection, wanted: Sequence[tuple[str, str]]) -> set[str]:
+    """Of the (call id, content key) pairs `wanted`, the keys already applied. Asked by call id
+    and key together, the log's one unique index answers it."""
     found: set[str] = set()
-    for chunk in _chunks(list(dedup_keys)):
-        found.update(connection.execute(_SELECT_APPLIED_KEYS, {"keys": chunk}).scalars())
+    if len(wanted) <= _HOT_IDS:
+        compiled = _hot(connection, _select_applied_keys, len(wanted))
+        parameters: dict[str, str] = {}
+        for index, (call_id, key) in enumerate(wanted):
+            parameters[f"call_id_{index}"] = call_id
+            parameters[f"key_{index}"] = key
+        cursor = driver.run(connection, compiled, parameters)
+        found.update(row[0] for row in driver.rows(compiled, cursor))
+        return found
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start : start + _CHUNK]
+        parameters_many = {
+            "call_ids": sorted({call_id for call_id, _ in chunk}),
+            "keys": [key for _, key in chunk],
+        }
+        found.update(connection.execute(_SELECT_APPLIED_KEYS, parameters_many).scalars())
     return found
 
 
@@ -689,19 +806,6 @@ def where_legs(
         for row in connection.execute(_SELECT_LEGS, {"call_ids": chunk}):
             legs.setdefault(row.parent_call_id, []).append((row.call_id, row.start_time))
     return legs
-
-
-def where_transitions(
-    connection: Connection, call_ids: Iterable[str]
-) -> dict[str, list[Transition]]:
-    """The history of each call, oldest first. A call without history has no entry."""
-    histories: dict[str, list[Transition]] = {}
-    for chunk in _chunks(list(dict.fromkeys(call_ids))):
-        for row in connection.execute(_SELECT_TRANSITIONS, {"call_ids": chunk}):
-            histories.setdefault(row.call_id, []).append(
-                Transition(row.source, row.target, row.at, row.event, row.event_id)
-            )
-    return histories
 
 
 def where_transfers(
@@ -738,6 +842,8 @@ def where_events(
         query = query.where(events.c.call_id == call_id)
     if outcome is not None:
         query = query.where(events.c.outcome == outcome)
+        if outcome != Outcome.APPLIED:
+            query = query.where(text(NOT_APPLIED))
     if limit is None:
         rows = list(connection.execute(query.order_by(events.c.id)))
     else:
@@ -770,12 +876,15 @@ def where_calls(
     limit: int | None = None,
 ) -> list[CallRecord]:
     query = select(*_CALL_COLUMNS).order_by(*BY_START_TIME)
-    if isinstance(state, str):
-        query = query.where(calls.c.state == state)
-    elif state is not None:
-        query = query.where(calls.c.state.in_(list(state)))
+    states = [state] if isinstance(state, str) else None if state is None else list(state)
+    if states is not None:
+        query = query.where(calls.c.state.in_(states))
+        if lifecycle.DISCONNECTED not in states:  # the partial index's own words: see `_partial`
+            query = query.where(text(NOT_ENDED))
     if disposition is not None:
         query = query.where(calls.c.disposition == disposition)
+        if disposition != "completed":
+            query = query.where(text(NOT_COMPLETED))
     if account_id is not None:
         query = query.where(calls.c.account_id == account_id)
     if started_after is not None:
@@ -792,15 +901,20 @@ def where_calls(
 
 def insert_events(connection: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
     """Append to the event log; the ids come back in the order of `rows`."""
+    if len(rows) == 1:  # `apply`
+        compiled = _hot(
+            connection, _insert_event, cast(DefaultDialect, connection.dialect).postfetch_lastrowid
+        )
+        cursor = driver.run(connection, compiled, rows[0])
+        if compiled.returns_rows:
+            return [int(driver.rows(compiled, cursor)[0][0])]
+        event_id = int(cursor.lastrowid)
+        cursor.close()
+        return [event_id]
     ids: list[int] = []
     for group in _by_statement_size(rows):
-        if len(group) == 1:  # the common `apply`: the driver's last row id, no RETURNING needed
-            key = connection.execute(_INSERT_EVENT, group[0]).inserted_primary_key
-            assert key is not None
-            ids.append(int(key[0]))
-        else:
-            result = connection.execute(_INSERT_EVENTS_RETURNING, group)
-            ids.extend(int(event_id) for event_id in result.scalars())
+        result = connection.execute(_INSERT_EVENTS_RETURNING, group)
+        ids.extend(sorted(int(event_id) for event_id in result.scalars()))
     return ids
 
 
@@ -826,35 +940,55 @@ def write_calls(
 ) -> None:
     """Insert new calls and compare-and-set existing ones on the version they were read at.
 
-    Raises `LostRaceError` when another writer changed one of them meanwhile.
+    An UPDATE sets only the columns that changed: SQLite rewrites the entries of every index on
+    a column the statement sets, even to the same value, and each page it touches is one more
+    page to write at commit. Raises `LostRaceError` when another writer changed a call meanwhile.
     """
     # Rows are written in call-id order, so that concurrent batches lock them in one order and
     # do not deadlock each other.
     ordered = sorted(changes, key=lambda change: change[1].call_id)
-    new = [after for before, after in ordered if before is None]
-    if new:
-        connection.execute(
-            _INSERT_CALL, [{**_values(after), "version": 1} for after in _parents_first(new)]
-        )
-    rows = [
-        {
-            **_values(after),
-            "b_call_id": after.call_id,
-            "version": before.version + 1,
-            "expected_version": before.version,
-        }
-        for before, after in ordered
-        if before is not None
+    new = [
+        {**_values(after), "version": 1}
+        for after in _parents_first([after for before, after in ordered if before is None])
     ]
-    if rows and _compare_and_set(connection, _UPDATE_CALL, rows) != len(rows):
-        raise LostRaceError("a call changed while this delivery was applied")
+    if new:
+        compiled = _hot(connection, _insert_call)
+        driver.run(connection, compiled, new[0] if len(new) == 1 else new).close()
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for before, after in ordered:
+        if before is None:
+            continue
+        changed = tuple(
+            name
+            for name in _RECORD_FIELDS
+            if name not in ("call_id", "version") and getattr(after, name) != getattr(before, name)
+        )
+        row = {name: getattr(after, name) for name in changed}
+        row.update(
+            b_call_id=after.call_id, version=before.version + 1, expected_version=before.version
+        )
+        by_columns.setdefault(changed, []).append(row)
+    for changed, rows in by_columns.items():
+        compiled = _hot(connection, _update_call, changed)
+        if _compare_and_set(connection, compiled, rows) != len(rows):
+            raise LostRaceError("a call changed while this delivery was applied")
 
 
-def _compare_and_set(connection: Connection, statement: Any, rows: list[dict[str, Any]]) -> int:
+def _compare_and_set(
+    connection: Connection, statement: driver.Compiled, rows: list[dict[str, Any]]
+) -> int:
     """Run a compare-and-set UPDATE for every row; how many rows matched their version."""
     if connection.dialect.supports_sane_multi_rowcount or len(rows) == 1:
-        return int(connection.execute(statement, rows).rowcount)
-    return sum(connection.execute(statement, row).rowcount for row in rows)
+        cursor = driver.run(connection, statement, rows[0] if len(rows) == 1 else rows)
+        matched = int(cursor.rowcount)
+        cursor.close()
+        return matched
+    matched = 0
+    for row in rows:
+        cursor = driver.run(connection, statement, row)
+        matched += int(cursor.rowcount)
+        cursor.close()
+    return matched
 
 
 def _values(record: CallRecord) -> dict[str, Any]:
@@ -881,33 +1015,6 @@ def _parents_first(records: Sequence[CallRecord]) -> list[CallRecord]:
     return ordered
 
 
-def delete_transitions(connection: Connection, replaced: Sequence[tuple[str, int]]) -> None:
-    """Drop each (call id, first step) call's steps from that one on: a late event changed
-    them (an `answer` arriving after the `disconnect` that first told the answer time)."""
-    for call_id, first_step in replaced:
-        connection.execute(_DELETE_TRANSITIONS, {"b_call_id": call_id, "first_step": first_step})
-
-
-def insert_transitions(
-    connection: Connection, steps: Sequence[tuple[str, int, TransitionTaken, int]]
-) -> None:
-    """Each (call id, step number from 0, transition, id of the delivery that made it)."""
-    rows = [
-        {
-            "call_id": call_id,
-            "seq": seq,
-            "source": step.source,
-            "target": step.target,
-            "at": step.at,
-            "event": step.event,
-            "event_id": event_id,
-        }
-        for call_id, seq, step, event_id in steps
-    ]
-    if rows:
-        connection.execute(_INSERT_TRANSITIONS, rows)
-
-
 def insert_transfers(
     connection: Connection, attempts: Sequence[tuple[str, int, TransferAttempt, str]]
 ) -> None:
@@ -932,7 +1039,8 @@ def fill_account(connection: Connection, call_id: str, account_id: str) -> None:
         for tree_call_id, (account, version) in sorted(tree.items())
         if account is None
     ]
-    if rows and _compare_and_set(connection, _FILL_ACCOUNT, rows) != len(rows):
+    fill = _hot(connection, _fill_account)
+    if rows and _compare_and_set(connection, fill, rows) != len(rows):
         raise LostRaceError("a call of the transfer tree changed while its account was filled")
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from tracker import lifecycle, parsing, storage
+from tracker import driver, lifecycle, parsing, storage
 from tracker.applying import apply_deliveries
 from tracker.errors import StorageError
 from tracker.records import Call, Event, Result, SchemaUpgrade
@@ -24,6 +24,10 @@ from tracker.schema import check_current, upgrade_schema
 DEFAULT_DATABASE_URL: Final = "sqlite:///tracker.db"
 
 T = TypeVar("T")
+
+# Connections kept for writing between deliveries, at most: as many as the writing threads of a
+# busy process, fewer than the pool holds, so that reads always find one.
+_KEPT_WRITERS: Final = 4
 
 # PostgreSQL serialization failure and deadlock; MySQL deadlock. Each means "the database chose
 # this transaction as the loser": nothing was written, try again. A lock wait that timed out
@@ -81,9 +85,14 @@ class Tracker:
         self._max_attempts = max_attempts
         self._max_body_bytes = max_body_bytes
         self._schema_checked = False
+        # Connections kept between deliveries (see `_writer`), and the process they belong to.
+        self._idle_writers: list[Connection] = []
+        self._writers_pid = os.getpid()
 
     def close(self) -> None:
         """Close the engine's pooled connections, unless the engine is the host's."""
+        while self._idle_writers:
+            self._idle_writers.pop().close()
         if self._owns_engine:
             self.engine.dispose()
 
@@ -146,27 +155,18 @@ class Tracker:
     def _in_transaction(self, work: Callable[[Connection], T]) -> T:
         """Run `work` in one writing transaction; when it loses a race (a unique key taken, a
         compare-and-set missed, a deadlock), roll back and run it again after a jittered pause.
-        Any other failure, a broken constraint that is not a race included, is a `StorageError`
-        at once: retrying a bug only hides it."""
+        A connection found dead before any statement of the transaction reached the server (a
+        kept connection the server dropped while idle) is replaced at once, once. Any other
+        failure, a broken constraint that is not a race included, is a `StorageError` at once:
+        retrying a bug only hides it."""
         lost: Exception | None = None
-        for attempt in range(self._max_attempts):
+        replaced_dead_connection = False
+        attempt = 0
+        while attempt < self._max_attempts:
             if lost is not None:
                 time.sleep(min(0.5, 0.002 * 2**attempt) * random.uniform(0.5, 1.5))
             try:
-                with (
-                    self.engine.connect().execution_options(tracker_write=True) as connection,
-                    connection.begin(),
-                ):
-                    return work(connection)
-            except storage.LostRaceError as error:
-                lost = error
-            except IntegrityError as error:
-                if not storage.is_unique_violation(error):
-                    raise StorageError(
-                        "a database constraint refused this delivery, which is a bug in the "
-                        f"tracker (please report it); nothing of it was written: {error.orig}"
-                    ) from error
-                lost = error
+                connection = self._writer()
             except PoolTimeoutError as error:
                 # Every pooled connection stayed busy for `pool_timeout`: the database is too
                 # slow to serve this delivery now, which the caller handles like a failure.
@@ -175,16 +175,71 @@ class Tracker:
                     f"written: {error}"
                 ) from error
             except DBAPIError as error:
+                raise StorageError(
+                    f"the database failed and nothing of this delivery was written: {error.orig}"
+                ) from error
+            sent = connection.info
+            sent[driver.SENT] = 0
+            try:
+                with connection.begin():
+                    result = work(connection)
+            except storage.LostRaceError as error:
+                self._release(connection)
+                lost = error
+            except IntegrityError as error:
+                connection.close()
+                if not storage.is_unique_violation(error):
+                    raise StorageError(
+                        "a database constraint refused this delivery, which is a bug in the "
+                        f"tracker (please report it); nothing of it was written: {error.orig}"
+                    ) from error
+                lost = error
+            except DBAPIError as error:
+                connection.close()
+                if (
+                    error.connection_invalidated
+                    and sent.get(driver.SENT) == 0
+                    and not replaced_dead_connection
+                ):
+                    replaced_dead_connection = True
+                    continue  # not an attempt lost to a race: no pause, no count
                 if not _is_transient(error):
                     raise StorageError(
                         "the database failed and nothing of this delivery was written: "
                         f"{error.orig}"
                     ) from error
                 lost = error
+            except BaseException:
+                connection.close()
+                raise
+            else:
+                self._release(connection)
+                return result
+            attempt += 1
         raise StorageError(
             f"gave up after {self._max_attempts} attempts lost to concurrent writers; "
             f"nothing of this delivery was written (last: {lost})"
         ) from lost
+
+    def _writer(self) -> Connection:
+        """A connection to write on: one kept from an earlier delivery when there is one.
+        Checking a connection out of the pool and back in costs more than many a statement, and
+        the pool's pre-ping a round trip per delivery; a kept connection that died meanwhile is
+        noticed by its first statement instead, and replaced (`_in_transaction`)."""
+        if self._writers_pid != os.getpid():  # forked: the parent's connections are not ours
+            self._idle_writers = []
+            self._writers_pid = os.getpid()
+        try:
+            return self._idle_writers.pop()
+        except IndexError:
+            return self.engine.connect().execution_options(tracker_write=True)
+
+    def _release(self, connection: Connection) -> None:
+        # A host's engine gets its connections back at once: its pool is sized for its own use.
+        if self._owns_engine and len(self._idle_writers) < _KEPT_WRITERS:
+            self._idle_writers.append(connection)
+        else:
+            connection.close()
 
     # --- reading --------------------------------------------------------------------------
 
@@ -230,11 +285,10 @@ class Tracker:
 
 
 def _snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) -> list[Call]:
-    """The `Call` of each record, in the same order. Legs, histories and inherited applications
+    """The `Call` of each record, in the same order. Legs, transfers and inherited applications
     are read for all the records at once, so any number of calls costs a few statements."""
     call_ids = [record.call_id for record in records]
     legs = storage.where_legs(connection, call_ids)
-    histories = storage.where_transitions(connection, call_ids)
     transfers = storage.where_transfers(connection, call_ids)
     applications = storage.where_applications(connection, records)
     return [
@@ -262,7 +316,7 @@ def _snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) 
             tag=record.tag,
             error_message=record.error_message,
             error_id=record.error_id,
-            history=tuple(histories.get(record.call_id, ())),
+            history=record.history,
             machine_detection=record.machine_detection,
             attestation=record.attestation,
             verstat=record.verstat,

@@ -1,0 +1,131 @@
+"""The write path's statements, compiled once per dialect by SQLAlchemy and run on the driver.
+
+Part of the storage stage, used by `tracker.storage` alone. `Connection.execute` of a prebuilt
+statement costs several times what the driver does for the same SQL (cache lookup, parameter
+construction, a result object per call), and a delivery runs half a dozen statements. Here each
+statement is compiled once per dialect, its parameters converted by the very bind and result
+processors SQLAlchemy would use, and it runs on the `Connection`'s own DBAPI connection inside
+its transaction. What SQLAlchemy does around a statement stays: `before_cursor_execute` and
+`after_cursor_execute` listeners see and may strike every statement, and a driver error goes
+through the `Connection`'s own handling, so it comes out as SQLAlchemy's exception class, and a
+lost connection is recognised and invalidated as with `Connection.execute`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+from sqlalchemy import Connection, Dialect
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
+
+# The `Connection.info` entry counting the statements that reached the server in the current
+# transaction: a transaction whose connection was lost before any did can be run again on a new
+# connection with nothing to undo (see `Tracker._in_transaction`).
+SENT: Final = "tracker_statements_sent"
+
+_Processor = Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """One statement as the driver takes it: the SQL, the bind names in the order the driver
+    wants them (positional paramstyles) or None (named ones), and each bind's and each result
+    column's converter (None when the value goes through as is)."""
+
+    sql: str
+    positions: tuple[str, ...] | None
+    binds: tuple[tuple[str, _Processor], ...]
+    results: tuple[_Processor, ...]
+    returns_rows: bool
+    # The values the statement carries itself (the 1 of `version + 1`), by bind name.
+    constants: Mapping[str, Any]
+
+    def parameters(self, given: Mapping[str, Any]) -> Any:
+        values = {**self.constants, **given} if self.constants else given
+        if self.positions is not None:
+            processors = dict(self.binds)
+            return tuple(
+                processor(values[name]) if (processor := processors[name]) else values[name]
+                for name in self.positions
+            )
+        return {
+            name: processor(values[name]) if processor else values[name]
+            for name, processor in self.binds
+        }
+
+
+def compile_for(dialect: Dialect, statement: ClauseElement, keys: Sequence[str]) -> Compiled:
+    """`statement` compiled for `dialect`, taking the bind parameters (or, for an INSERT or an
+    UPDATE, the columns) named by `keys`."""
+    compiled = cast(SQLCompiler, statement.compile(dialect=dialect, column_keys=list(keys)))
+    binds = tuple(
+        (name, bind.type.dialect_impl(dialect).bind_processor(dialect))
+        for name, bind in compiled.binds.items()
+    )
+    columns = getattr(statement, "selected_columns", None)
+    returning = getattr(statement, "_returning", ())
+    shown = list(columns) if columns is not None else list(returning)
+    results = tuple(
+        column.type.dialect_impl(dialect).result_processor(dialect, None) for column in shown
+    )
+    positions = tuple(compiled.positiontup) if compiled.positiontup is not None else None
+    constants = {
+        name: bind.effective_value for name, bind in compiled.binds.items() if name not in keys
+    }
+    return Compiled(str(compiled), positions, binds, results, bool(shown), constants)
+
+
+def run(
+    connection: Connection,
+    compiled: Compiled,
+    values: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+) -> Any:
+    """Run `compiled` with one set of `values` (a mapping) or many (a list of them, as one
+    `executemany`) on `connection`'s transaction. Returns the DBAPI cursor, for its rows,
+    `rowcount` or `lastrowid`; rows read through it are not converted (see `rows`)."""
+    many = not isinstance(values, Mapping)
+    parameters: Any = (
+        compiled.parameters(values)
+        if isinstance(values, Mapping)
+        else [compiled.parameters(row) for row in values]
+    )
+    statement = compiled.sql
+    # `Connection.connection` begins no transaction of its own: the caller's is open already.
+    cursor = connection.connection.cursor()
+    try:
+        dispatch = connection.dispatch
+        for listener in dispatch.before_cursor_execute:
+            statement, parameters = listener(connection, cursor, statement, parameters, None, many)
+        if many:
+            cursor.executemany(statement, parameters)
+        else:
+            cursor.execute(statement, parameters)
+        if dispatch.after_cursor_execute:
+            dispatch.after_cursor_execute(connection, cursor, statement, parameters, None, many)
+    except BaseException as error:
+        # SQLAlchemy's own handling: its exception classes, `handle_error` listeners, and a
+        # connection it recognises as lost invalidated, exactly as `Connection.execute` does.
+        connection._handle_dbapi_exception(error, statement, parameters, cursor, None)
+        raise  # not reached: the call above always raises
+    info = connection.info
+    info[SENT] = info.get(SENT, 0) + 1
+    return cursor
+
+
+def rows(compiled: Compiled, cursor: Any) -> list[tuple[Any, ...]]:
+    """The rows `cursor` holds, each value through its column's result processor."""
+    processors = compiled.results
+    found = cursor.fetchall()
+    cursor.close()
+    if not any(processors):
+        return [tuple(row) for row in found]
+    return [
+        tuple(
+            processor(value) if processor else value
+            for processor, value in zip(processors, row, strict=True)
+        )
+        for row in found
+    ]
