@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,10 @@ def test_benchmark_prints_figures_for_every_run_on_sqlite(
     assert runs["apply"]["outcomes"] == {"applied": 60}
     assert runs["apply_many"]["outcomes"] == {"applied": 60}
     assert report["parse"]["tracker_us"] > 0
+    frames = report["wal_frames_per_delivery"]
+    assert frames["deliveries"] == 60
+    assert 0 < frames["tracker"] < math.inf
+    assert 0 < frames["floor"] < math.inf
     assert report["peak_rss_mb"] > 0
     assert list(tmp_path.iterdir()) == []  # every database it created is gone
 
