@@ -31,13 +31,13 @@ _Processor = Callable[[Any], Any] | None
 
 @dataclass(frozen=True, slots=True)
 class Compiled:
-    """One statement as the driver takes it: the SQL, the bind names in the order the driver
-    wants them (positional paramstyles) or None (named ones), and each bind's and each result
-    column's converter (None when the value goes through as is)."""
+    """One statement as the driver takes it: the SQL; each bind's name and converter (None when
+    the value goes through as is), in the order a positional paramstyle wants them; whether
+    the driver wants them by position or by name; each result column's converter."""
 
     sql: str
-    positions: tuple[str, ...] | None
     binds: tuple[tuple[str, _Processor], ...]
+    positional: bool
     results: tuple[_Processor, ...]
     returns_rows: bool
     # The values the statement carries itself (the 1 of `version + 1`), by bind name.
@@ -45,14 +45,13 @@ class Compiled:
 
     def parameters(self, given: Mapping[str, Any]) -> Any:
         values = {**self.constants, **given} if self.constants else given
-        if self.positions is not None:
-            processors = dict(self.binds)
+        if self.positional:
             return tuple(
-                processor(values[name]) if (processor := processors[name]) else values[name]
-                for name in self.positions
+                values[name] if processor is None else processor(values[name])
+                for name, processor in self.binds
             )
         return {
-            name: processor(values[name]) if processor else values[name]
+            name: values[name] if processor is None else processor(values[name])
             for name, processor in self.binds
         }
 
@@ -61,9 +60,12 @@ def compile_for(dialect: Dialect, statement: ClauseElement, keys: Sequence[str])
     """`statement` compiled for `dialect`, taking the bind parameters (or, for an INSERT or an
     UPDATE, the columns) named by `keys`."""
     compiled = cast(SQLCompiler, statement.compile(dialect=dialect, column_keys=list(keys)))
+    order = compiled.positiontup
+    positional = order is not None
+    names = list(order) if order is not None else list(compiled.binds)
     binds = tuple(
-        (name, bind.type.dialect_impl(dialect).bind_processor(dialect))
-        for name, bind in compiled.binds.items()
+        (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+        for name in names
     )
     columns = getattr(statement, "selected_columns", None)
     returning = getattr(statement, "_returning", ())
@@ -71,11 +73,10 @@ def compile_for(dialect: Dialect, statement: ClauseElement, keys: Sequence[str])
     results = tuple(
         column.type.dialect_impl(dialect).result_processor(dialect, None) for column in shown
     )
-    positions = tuple(compiled.positiontup) if compiled.positiontup is not None else None
     constants = {
         name: bind.effective_value for name, bind in compiled.binds.items() if name not in keys
     }
-    return Compiled(str(compiled), positions, binds, results, bool(shown), constants)
+    return Compiled(str(compiled), binds, positional, results, bool(shown), constants)
 
 
 def run(
