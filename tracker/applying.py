@@ -85,7 +85,8 @@ class _Batch:
             self.known.update({call_id: found.get(call_id) for call_id in missing})
 
     def record(self, call_id: str) -> CallRecord | None:
-        self._load({call_id})
+        if call_id not in self.known:
+            self._load({call_id})
         return self.known[call_id]
 
     def ancestry(self, call: CallRecord) -> list[str]:
@@ -228,7 +229,8 @@ class _Batch:
             assert after is not None  # only calls a decision produced are in `stored`
             steps = self.steps.get(call_id)
             if steps is not None:
-                after = replace(after, history=tuple(_stored(step, event_ids) for step in steps))
+                history = tuple(_stored(step, event_ids) for step in steps)
+                after = lifecycle.changed(after, {"history": history})
                 self.known[call_id] = after
             changes.append((before, after))
         storage.write_calls(self.connection, changes)

@@ -370,14 +370,15 @@ def _merge(
         )
     )
     changes["state"] = state
-    return _with(call, changes), history
+    return changed(call, changes), history
 
 
 _FIELDS: Final = tuple(field.name for field in fields(CallRecord))
 
 
-def _with(call: CallRecord, changes: dict[str, Any]) -> CallRecord:
-    """`dataclasses.replace`, at half its cost: it runs once per delivery."""
+def changed(call: CallRecord, changes: dict[str, Any]) -> CallRecord:
+    """`dataclasses.replace(call, **changes)` at half its cost: records change on every
+    delivery."""
     return CallRecord(
         *[changes[name] if name in changes else getattr(call, name) for name in _FIELDS]
     )
@@ -430,7 +431,7 @@ def _parent_after(
         return None, placeholder
     after = parent
     if parent.account_id is None:  # the tree learns its account (see `_account_of`)
-        after = replace(after, account_id=leg.account_id)
+        after = changed(after, {"account_id": leg.account_id})
     # The original call's numbers, as its legs' events repeat them, stand until an event of
     # its own says them; of several legs, the earliest one's.
     own_numbers = {"from_number", "to_number"} & parent.sources.keys()

@@ -664,7 +664,11 @@ def _prepare_sqlite(engine: Engine, *, durable: bool, timeout: float | None) -> 
         if connection._is_autocommit_isolation():
             return
         writing = connection.get_execution_options().get("tracker_write", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+        driver.run(connection, _BEGIN_IMMEDIATE if writing else _BEGIN, {}).close()
+
+
+_BEGIN: Final = driver.Compiled("BEGIN", (), True, (), False, {})
+_BEGIN_IMMEDIATE: Final = driver.Compiled("BEGIN IMMEDIATE", (), True, (), False, {})
 
 
 def _sqlite_busy_timeout_ms(timeout: float | None) -> int:
