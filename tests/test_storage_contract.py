@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy.dialects import sqlite
 
 from tests.factories import BASE_TIME, disconnect, transfer_disconnect
 from tracker import Outcome, Tracker
+from tracker.storage import UTCDateTime
 
 
 def test_applied_call_reads_back_with_every_fact(tracker: Tracker) -> None:
@@ -94,3 +99,17 @@ def test_calls_filter_by_state_disposition_account_and_time(tracker: Tracker) ->
         started_after=BASE_TIME + timedelta(hours=1), started_before=BASE_TIME + timedelta(hours=3)
     )
     assert [c.call_id for c in window] == [other_account["callId"]]
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_sqlite_instants_are_stored_as_sqlalchemys_datetime_text(instant: datetime) -> None:
+    """The tracker's faster SQLite conversion writes and reads exactly SQLAlchemy's DATETIME
+    text, so rows written before it, and by it, read back the same."""
+    dialect = sqlite.dialect()
+    ours = UTCDateTime().dialect_impl(dialect)
+    theirs = sqlite.DATETIME()
+    naive = instant.replace(tzinfo=None)
+    text = theirs.bind_processor(dialect)(naive)
+    assert ours.bind_processor(dialect)(instant) == text
+    assert ours.result_processor(dialect, None)(text) == instant
+    assert theirs.result_processor(dialect, None)(text) == naive

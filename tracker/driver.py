@@ -26,34 +26,33 @@ from sqlalchemy.sql.elements import ClauseElement
 # connection with nothing to undo (see `Tracker._in_transaction`).
 SENT: Final = "tracker_statements_sent"
 
-_Processor = Callable[[Any], Any] | None
-
 
 @dataclass(frozen=True, slots=True)
 class Compiled:
-    """One statement as the driver takes it: the SQL; each bind's name and converter (None when
-    the value goes through as is), in the order a positional paramstyle wants them; whether
-    the driver wants them by position or by name; each result column's converter."""
+    """One statement as the driver takes it: the SQL; the bind names in the order a positional
+    paramstyle wants them; whether the driver wants them by position or by name; the binds and
+    the result columns that need converting (by position, with their converter)."""
 
     sql: str
-    binds: tuple[tuple[str, _Processor], ...]
+    names: tuple[str, ...]
     positional: bool
-    results: tuple[_Processor, ...]
+    converted_binds: tuple[tuple[int, Callable[[Any], Any]], ...]
+    converted_results: tuple[tuple[int, Callable[[Any], Any]], ...]
     returns_rows: bool
     # The values the statement carries itself (the 1 of `version + 1`), by bind name.
     constants: Mapping[str, Any]
 
     def parameters(self, given: Mapping[str, Any]) -> Any:
         values = {**self.constants, **given} if self.constants else given
-        if self.positional:
-            return tuple(
-                values[name] if processor is None else processor(values[name])
-                for name, processor in self.binds
-            )
-        return {
-            name: values[name] if processor is None else processor(values[name])
-            for name, processor in self.binds
-        }
+        ordered = [values[name] for name in self.names]
+        for index, convert in self.converted_binds:
+            ordered[index] = convert(ordered[index])
+        return ordered if self.positional else dict(zip(self.names, ordered, strict=True))
+
+
+def plain(sql: str) -> Compiled:
+    """A statement that takes no values and returns no rows, such as `BEGIN`."""
+    return Compiled(sql, (), True, (), (), False, {})
 
 
 def compile_for(dialect: Dialect, statement: ClauseElement, keys: Sequence[str]) -> Compiled:
@@ -61,22 +60,32 @@ def compile_for(dialect: Dialect, statement: ClauseElement, keys: Sequence[str])
     UPDATE, the columns) named by `keys`."""
     compiled = cast(SQLCompiler, statement.compile(dialect=dialect, column_keys=list(keys)))
     order = compiled.positiontup
-    positional = order is not None
-    names = list(order) if order is not None else list(compiled.binds)
-    binds = tuple(
-        (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
-        for name in names
+    names = tuple(order) if order is not None else tuple(compiled.binds)
+    converted_binds = tuple(
+        (index, processor)
+        for index, name in enumerate(names)
+        if (processor := compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
     )
     columns = getattr(statement, "selected_columns", None)
     returning = getattr(statement, "_returning", ())
     shown = list(columns) if columns is not None else list(returning)
-    results = tuple(
-        column.type.dialect_impl(dialect).result_processor(dialect, None) for column in shown
+    converted_results = tuple(
+        (index, processor)
+        for index, column in enumerate(shown)
+        if (processor := column.type.dialect_impl(dialect).result_processor(dialect, None))
     )
     constants = {
         name: bind.effective_value for name, bind in compiled.binds.items() if name not in keys
     }
-    return Compiled(str(compiled), binds, positional, results, bool(shown), constants)
+    return Compiled(
+        str(compiled),
+        names,
+        order is not None,
+        converted_binds,
+        converted_results,
+        bool(shown),
+        constants,
+    )
 
 
 def run(
@@ -116,17 +125,17 @@ def run(
     return cursor
 
 
-def rows(compiled: Compiled, cursor: Any) -> list[tuple[Any, ...]]:
+def rows(compiled: Compiled, cursor: Any) -> list[Any]:
     """The rows `cursor` holds, each value through its column's result processor."""
-    processors = compiled.results
-    found = cursor.fetchall()
+    found: list[Any] = cursor.fetchall()
     cursor.close()
-    if not any(processors):
-        return [tuple(row) for row in found]
-    return [
-        tuple(
-            processor(value) if processor else value
-            for processor, value in zip(processors, row, strict=True)
-        )
-        for row in found
-    ]
+    converted = compiled.converted_results
+    if not converted:
+        return found
+    result = []
+    for row in found:
+        values = list(row)
+        for index, convert in converted:
+            values[index] = convert(values[index])
+        result.append(values)
+    return result
