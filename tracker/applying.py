@@ -66,17 +66,11 @@ class _Batch:
         an applied delivery in another."""
         events = [d.content for d in deliveries if isinstance(d.content, Event)]
         ids = {e.call_id for e in events} | {e.parent_call_id for e in events if e.parent_call_id}
-        self._load(ids)
         self.keys = {id(event): parsing.content_key(event) for event in events}
-        # Only a call that exists can have had this very delivery applied (applying one always
-        # writes its call), so a delivery that opens a call costs no look-up.
-        maybe_repeats = [
-            (event.call_id, self.keys[id(event)])
-            for event in events
-            if self.known.get(event.call_id) is not None
-        ]
-        if maybe_repeats:
-            self.stored_keys = storage.where_applied_keys(self.connection, maybe_repeats)
+        found, self.stored_keys = storage.where_calls_and_applied_keys(
+            self.connection, ids, [(event.call_id, self.keys[id(event)]) for event in events]
+        )
+        self.known.update({call_id: found.get(call_id) for call_id in ids})
 
     def _load(self, call_ids: set[str]) -> None:
         missing = call_ids - self.known.keys()

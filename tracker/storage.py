@@ -380,6 +380,19 @@ def _select_calls_by_id(count: int) -> tuple[ClauseElement, Sequence[str]]:
     return statement, names
 
 
+def _select_calls_with_applied_key(count: int) -> tuple[ClauseElement, Sequence[str]]:
+    names = [f"id_{index}" for index in range(count)]
+    applied = (
+        select(events.c.dedup_key)
+        .where(events.c.call_id == calls.c.call_id, events.c.dedup_key == bindparam("key"))
+        .scalar_subquery()
+    )
+    statement = select(*_CALL_COLUMNS, applied).where(
+        calls.c.call_id.in_([bindparam(name) for name in names])
+    )
+    return statement, [*names, "key"]
+
+
 def _select_applied_keys(count: int) -> tuple[ClauseElement, Sequence[str]]:
     call_ids = [f"call_id_{index}" for index in range(count)]
     keys = [f"key_{index}" for index in range(count)]
@@ -745,6 +758,8 @@ def _record(row: Any) -> CallRecord:
 
 def where_calls_by_id(connection: Connection, call_ids: Iterable[str]) -> dict[str, CallRecord]:
     wanted = list(dict.fromkeys(call_ids))
+    if not wanted:
+        return {}
     if len(wanted) <= _HOT_IDS:  # a delivery's call, its parent, their ancestry
         compiled = _hot(connection, _select_calls_by_id, len(wanted))
         parameters = {f"id_{index}": call_id for index, call_id in enumerate(wanted)}
@@ -805,6 +820,35 @@ def where_applications(
                 still_climbing[call_id] = (parent_id, passed)
         climbing = still_climbing
     return shown
+
+
+def where_calls_and_applied_keys(
+    connection: Connection, call_ids: Iterable[str], wanted: Sequence[tuple[str, str]]
+) -> tuple[dict[str, CallRecord], set[str]]:
+    """The calls of `call_ids` (by id, those that exist), and of the (call id, content key)
+    pairs `wanted`, the keys already applied. Only a call that exists can have had a delivery
+    applied (applying one always writes its call), so a delivery that opens a call costs no
+    look-up; and for one delivery (`apply`) the look-up rides on the read of its call, one
+    statement (one round trip) for both."""
+    ids = list(dict.fromkeys(call_ids))
+    if not ids:
+        return {}, set()
+    if len(wanted) == 1 and len(ids) <= _HOT_IDS:
+        ((_, key),) = wanted
+        compiled = _hot(connection, _select_calls_with_applied_key, len(ids))
+        parameters = {f"id_{index}": call_id for index, call_id in enumerate(ids)}
+        parameters["key"] = key
+        found: dict[str, CallRecord] = {}
+        applied: set[str] = set()
+        for row in driver.rows(compiled, driver.run(connection, compiled, parameters)):
+            record = _record(row[:-1])
+            found[record.call_id] = record
+            if row[-1] is not None:
+                applied.add(row[-1])
+        return found, applied
+    found = where_calls_by_id(connection, ids)
+    existing = [(call_id, key) for call_id, key in wanted if call_id in found]
+    return found, where_applied_keys(connection, existing) if existing else set()
 
 
 def where_applied_keys(connection: Connection, wanted: Sequence[tuple[str, str]]) -> set[str]:
