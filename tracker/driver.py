@@ -91,17 +91,17 @@ def compile_for(dialect: Dialect, statement: ClauseElement, keys: Sequence[str])
 def run(
     connection: Connection,
     compiled: Compiled,
-    values: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    values: dict[str, Any] | Sequence[dict[str, Any]],
 ) -> Any:
-    """Run `compiled` with one set of `values` (a mapping) or many (a list of them, as one
+    """Run `compiled` with one set of `values` (a dict) or many (a list of them, as one
     `executemany`) on `connection`'s transaction. Returns the DBAPI cursor, for its rows,
     `rowcount` or `lastrowid`; rows read through it are not converted (see `rows`)."""
-    many = not isinstance(values, Mapping)
-    parameters: Any = (
-        compiled.parameters(values)
-        if isinstance(values, Mapping)
-        else [compiled.parameters(row) for row in values]
-    )
+    if isinstance(values, dict):
+        many = False
+        parameters: Any = compiled.parameters(values)
+    else:
+        many = True
+        parameters = [compiled.parameters(row) for row in values]
     statement = compiled.sql
     # `Connection.connection` begins no transaction of its own: the caller's is open already.
     cursor = connection.connection.cursor()

@@ -416,8 +416,8 @@ def _insert_event(has_last_row_id: bool) -> tuple[ClauseElement, Sequence[str]]:
     return statement, _EVENT_VALUES
 
 
-def _insert_call() -> tuple[ClauseElement, Sequence[str]]:
-    return insert(calls), _RECORD_FIELDS
+def _insert_call(present: Sequence[str]) -> tuple[ClauseElement, Sequence[str]]:
+    return insert(calls), present
 
 
 def _update_call(changed: Sequence[str]) -> tuple[ClauseElement, Sequence[str]]:
@@ -1025,13 +1025,24 @@ def write_calls(
     # Rows are written in call-id order, so that concurrent batches lock them in one order and
     # do not deadlock each other.
     ordered = sorted(changes, key=lambda change: change[1].call_id)
-    new = [
-        {**_values(after), "version": 1}
-        for after in _parents_first([after for before, after in ordered if before is None])
-    ]
-    if new:
-        compiled = _hot(connection, _insert_call)
-        driver.run(connection, compiled, new[0] if len(new) == 1 else new).close()
+    # An INSERT names only the columns with a value (a placeholder has few): consecutive rows
+    # naming the same ones go in one statement, so parents still go in before their legs.
+    runs: list[tuple[tuple[str, ...], list[dict[str, Any]]]] = []
+    for after in _parents_first([after for before, after in ordered if before is None]):
+        row = {
+            name: value
+            for name, value in zip(_RECORD_FIELDS, lifecycle.facts_of(after), strict=True)
+            if value is not None
+        }
+        row["version"] = 1
+        present = tuple(row)
+        if runs and runs[-1][0] == present:
+            runs[-1][1].append(row)
+        else:
+            runs.append((present, [row]))
+    for present, rows in runs:
+        compiled = _hot(connection, _insert_call, present)
+        driver.run(connection, compiled, rows[0] if len(rows) == 1 else rows).close()
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for before, after in ordered:
         if before is None:
