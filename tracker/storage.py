@@ -15,7 +15,7 @@ import sqlite3
 import time
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Final, cast
 
@@ -329,7 +329,6 @@ _AT_READ_VERSION: Final = and_(
     calls.c.call_id == bindparam("b_call_id"),
     calls.c.version == bindparam("expected_version"),
 )
-_INSERT_TRANSFERS: Final = insert(transfers)
 _SELECT_TRANSFERS: Final = (
     select(transfers)
     .where(transfers.c.call_id.in_(bindparam("call_ids", expanding=True)))
@@ -418,6 +417,18 @@ def _insert_event(has_last_row_id: bool) -> tuple[ClauseElement, Sequence[str]]:
 
 def _insert_call(present: Sequence[str]) -> tuple[ClauseElement, Sequence[str]]:
     return insert(calls), present
+
+
+_TRANSFER_VALUES: Final = (
+    *(field.name for field in fields(TransferAttempt)),
+    "call_id",
+    "event_id",
+    "sort_key",
+)
+
+
+def _insert_transfer() -> tuple[ClauseElement, Sequence[str]]:
+    return insert(transfers), _TRANSFER_VALUES
 
 
 def _update_call(changed: Sequence[str]) -> tuple[ClauseElement, Sequence[str]]:
@@ -1114,7 +1125,8 @@ def insert_transfers(
         for call_id, event_id, attempt, key in attempts
     ]
     if rows:
-        connection.execute(_INSERT_TRANSFERS, rows)
+        compiled = _hot(connection, _insert_transfer)
+        driver.run(connection, compiled, rows[0] if len(rows) == 1 else rows).close()
 
 
 def fill_account(connection: Connection, call_id: str, account_id: str) -> None:
