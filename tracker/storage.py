@@ -43,6 +43,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy import create_engine as sqlalchemy_create_engine
@@ -314,9 +315,9 @@ _CHUNK: Final = 500
 _SELECT_CALLS: Final = select(*_CALL_COLUMNS).where(
     calls.c.call_id.in_(bindparam("call_ids", expanding=True))
 )
+# By (call id, key) pairs: two separate IN lists would make SQLite probe every combination.
 _SELECT_APPLIED_KEYS: Final = select(events.c.dedup_key).where(
-    events.c.call_id.in_(bindparam("call_ids", expanding=True)),
-    events.c.dedup_key.in_(bindparam("keys", expanding=True)),
+    tuple_(events.c.call_id, events.c.dedup_key).in_(bindparam("pairs", expanding=True))
 )
 # The ids of a multi-row INSERT come back in no promised order; sorted, they are in the order of
 # the rows, because every backend numbers the rows of one statement in order: a new SQLite row
@@ -396,8 +397,9 @@ def _select_applied_keys(count: int) -> tuple[ClauseElement, Sequence[str]]:
     call_ids = [f"call_id_{index}" for index in range(count)]
     keys = [f"key_{index}" for index in range(count)]
     statement = select(events.c.dedup_key).where(
-        events.c.call_id.in_([bindparam(name) for name in call_ids]),
-        events.c.dedup_key.in_([bindparam(name) for name in keys]),
+        tuple_(events.c.call_id, events.c.dedup_key).in_(
+            [tuple_(bindparam(c), bindparam(k)) for c, k in zip(call_ids, keys, strict=True)]
+        )
     )
     return statement, [*call_ids, *keys]
 
@@ -876,12 +878,8 @@ def where_applied_keys(connection: Connection, wanted: Sequence[tuple[str, str]]
         found.update(row[0] for row in driver.rows(compiled, cursor))
         return found
     for start in range(0, len(wanted), _CHUNK):
-        chunk = wanted[start : start + _CHUNK]
-        parameters_many = {
-            "call_ids": sorted({call_id for call_id, _ in chunk}),
-            "keys": [key for _, key in chunk],
-        }
-        found.update(connection.execute(_SELECT_APPLIED_KEYS, parameters_many).scalars())
+        chunk = list(wanted[start : start + _CHUNK])
+        found.update(connection.execute(_SELECT_APPLIED_KEYS, {"pairs": chunk}).scalars())
     return found
 
 
