@@ -229,7 +229,8 @@ def test_idle_pooled_connections_dropped_by_the_server_are_replaced(
     server_url: str,
 ) -> None:
     """A server restart or an idle timeout kills the pool's connections; the next delivery must
-    not fail for it (pre-ping replaces a dead connection)."""
+    not fail for it (its first statement finds the kept connection dead, and the delivery runs
+    again on a fresh one)."""
     with Tracker(server_url) as tracker:
         tracker.upgrade()
         assert tracker.apply(disconnect()).outcome is Outcome.APPLIED
@@ -238,6 +239,24 @@ def test_idle_pooled_connections_dropped_by_the_server_are_replaced(
 
         assert killed >= 1, "the tracker's pooled connection should have been killed"
         assert tracker.apply(disconnect()).outcome is Outcome.APPLIED
+
+
+def test_deliveries_send_no_ping(server_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round trip per delivery to ask whether the connection is alive would cost as much as a
+    statement: the kept connection's first statement tells."""
+    with Tracker(server_url) as tracker:
+        tracker.upgrade()
+        assert tracker.apply(disconnect()).outcome is Outcome.APPLIED
+        pings: list[object] = []
+        ping = type(tracker.engine.dialect).do_ping
+        monkeypatch.setattr(
+            type(tracker.engine.dialect),
+            "do_ping",
+            lambda dialect, connection: pings.append(connection) or ping(dialect, connection),
+        )
+        for _ in range(5):
+            assert tracker.apply(disconnect()).outcome is Outcome.APPLIED
+        assert pings == []
 
 
 def test_sqlite_locked_for_a_while_by_another_writer_makes_apply_wait_not_fail(
