@@ -137,6 +137,36 @@ def test_same_instant_in_another_zone_keeps_the_content_key() -> None:
     assert content_key(parsed(body)) == content_key(parsed(dict(body, startTime=start.isoformat())))
 
 
+# Literal bytes rather than factories: these exact bodies' keys are stored as dedup keys of
+# applied deliveries, so a change of `content_key` that moves them would let a redelivery of
+# an already applied body through.
+_PINNED_KEYS = [
+    (
+        b'{"eventType":"disconnect","eventTime":"2026-06-10T19:16:00.010Z","accountId":"55555555",'
+        b'"applicationId":"7fc9698a-b04a-468b-9e8f-91238c0d0086","from":"+15551112222",'
+        b'"to":"+15553334444","direction":"outbound",'
+        b'"callId":"c-95ac8d6e-00000001-b38f-4198-93c1-51633ec68f8d",'
+        b'"callUrl":"https://voice.bandwidth.com/api/v2/accounts/55555555/calls/'
+        b'c-95ac8d6e-00000001-b38f-4198-93c1-51633ec68f8d","startTime":"2026-06-10T19:15:00.000Z",'
+        b'"answerTime":"2026-06-10T19:15:03.000Z","endTime":"2026-06-10T19:16:00.000Z",'
+        b'"cause":"hangup","tag":null}',
+        "1a0b57541935dc5e6b18fffe0ae5baebdd37469dc8633578529725d1d2e21f13",
+    ),
+    (
+        b'{"eventType":"transferDisconnect","callId":"c-leg","parentCallId":"c-parent",'
+        b'"startTime":"2026-06-10T21:15:00.250+02:00","endTime":"2026-06-10T19:16:00",'
+        b'"cause":"busy","sipResponseCode":486,"transferCallerId":"+15551115555",'
+        b'"zeta":[1,"\xc3\xa9"],"alpha":{"b":2,"a":1},"gone":null}',
+        "e435917bffde318187f641c2f165987deddc88be638dc84356c23d2c5260c5d9",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "key"), _PINNED_KEYS)
+def test_content_key_of_a_known_body_never_changes(body: bytes, key: str) -> None:
+    assert content_key(parsed(body)) == key
+
+
 def test_untracked_event_type_needs_only_a_string_event_type() -> None:
     content = read({"eventType": "dtmf"}).content
     assert isinstance(content, Untracked)
