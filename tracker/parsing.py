@@ -625,17 +625,23 @@ def content_key(event: Event) -> str:
     absent keys, or the spelling of an instant (offset, fraction digits): the ways a relay
     re-serializes a body. Timestamps are compared to the microsecond.
     """
-    # Declared fields serialise in declaration order, so only unknown keys need sorting.
-    extras = {key: value for key, value in (event.model_extra or {}).items() if value is not None}
-    known = event.model_dump_json(
-        by_alias=True, exclude_none=True, exclude=set(event.model_extra or ())
+    # Declared fields serialise in declaration order, so only unknown keys need sorting. The
+    # bytes are those of `model_dump_json(...).encode()` and `json.dumps(...)`, which stored keys
+    # were made of; the serializer and the encoder are called directly because their wrappers
+    # cost as much as the work.
+    unknown = event.__pydantic_extra__
+    canonical = event.__pydantic_serializer__.to_json(
+        event, by_alias=True, exclude_none=True, exclude=set(unknown) if unknown else None
     )
-    canonical = known.encode()
-    if extras:
-        canonical += json.dumps(
-            extras, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        ).encode("utf-8", "surrogatepass")
+    if unknown:
+        extras = {key: value for key, value in unknown.items() if value is not None}
+        if extras:
+            canonical += _EXTRAS_JSON.encode(extras).encode("utf-8", "surrogatepass")
     return hashlib.sha256(canonical).hexdigest()
+
+
+# `json.dumps(extras, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`, built once.
+_EXTRAS_JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 _CALL_PATH: Final = re.compile(r"/accounts/(?P<account>[^/]+)/calls/(?P<call>[^/?#]+)/?$")
