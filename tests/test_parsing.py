@@ -79,6 +79,35 @@ def test_timestamps_of_any_precision_and_zone_become_utc(spelling: str, instant:
     assert event.start_time.utcoffset() == timedelta(0)
 
 
+def test_stamps_in_another_zone_read_as_the_same_model_and_content() -> None:
+    body = disconnect()
+    start = datetime.fromisoformat(body["startTime"])
+    respelled = parsed(dict(body, startTime=start.replace(tzinfo=None).isoformat()))
+    assert type(respelled) is Disconnect
+    assert respelled == parsed(body)
+
+
+@pytest.mark.parametrize(
+    ("spelling", "instant"),
+    [
+        ("1000-01-01T00:00:00Z", datetime(1000, 1, 1, tzinfo=UTC)),
+        ("0999-12-31T23:30:00-01:00", datetime(1000, 1, 1, 0, 30, tzinfo=UTC)),
+        ("1000-01-01T00:30:00+01:00", None),
+        ("9999-12-31T23:30:00-01:00", None),
+        ("0999-12-31T23:59:59", None),
+    ],
+)
+def test_only_instants_of_the_years_1000_to_9999_in_utc_are_read(
+    spelling: str, instant: datetime | None
+) -> None:
+    content = read(disconnect(startTime=spelling)).content
+    if instant is None:
+        assert isinstance(content, Unreadable)
+        assert (content.reason, "'startTime'" in content.detail) == ("invalid_field", True)
+    else:
+        assert isinstance(content, Disconnect) and content.start_time == instant
+
+
 def test_event_time_may_be_missing() -> None:
     assert parsed(disconnect(eventTime=...)).event_time is None
 
