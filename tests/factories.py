@@ -245,7 +245,7 @@ def live_events_of(terminal: dict[str, Any], *, legs: int = 0) -> list[dict[str,
     """The live callbacks Bandwidth sends before a terminal body, agreeing with it: an
     outbound call's `answer` and machine detection, an inbound call's `initiate`, a leg's
     `transferAnswer`, and for a call with `legs` one `transferComplete` per transfer."""
-    shared = {
+    shared: dict[str, Any] = {
         key: terminal[key]
         for key in ("accountId", "applicationId", "from", "to", "callUrl", "startTime")
         if key in terminal

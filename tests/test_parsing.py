@@ -79,6 +79,35 @@ def test_timestamps_of_any_precision_and_zone_become_utc(spelling: str, instant:
     assert event.start_time.utcoffset() == timedelta(0)
 
 
+def test_stamps_in_another_zone_read_as_the_same_model_and_content() -> None:
+    body = disconnect()
+    start = datetime.fromisoformat(body["startTime"])
+    respelled = parsed(dict(body, startTime=start.replace(tzinfo=None).isoformat()))
+    assert type(respelled) is Disconnect
+    assert respelled == parsed(body)
+
+
+@pytest.mark.parametrize(
+    ("spelling", "instant"),
+    [
+        ("1000-01-01T00:00:00Z", datetime(1000, 1, 1, tzinfo=UTC)),
+        ("0999-12-31T23:30:00-01:00", datetime(1000, 1, 1, 0, 30, tzinfo=UTC)),
+        ("1000-01-01T00:30:00+01:00", None),
+        ("9999-12-31T23:30:00-01:00", None),
+        ("0999-12-31T23:59:59", None),
+    ],
+)
+def test_only_instants_of_the_years_1000_to_9999_in_utc_are_read(
+    spelling: str, instant: datetime | None
+) -> None:
+    content = read(disconnect(startTime=spelling)).content
+    if instant is None:
+        assert isinstance(content, Unreadable)
+        assert (content.reason, "'startTime'" in content.detail) == ("invalid_field", True)
+    else:
+        assert isinstance(content, Disconnect) and content.start_time == instant
+
+
 def test_event_time_may_be_missing() -> None:
     assert parsed(disconnect(eventTime=...)).event_time is None
 
@@ -135,6 +164,36 @@ def test_same_instant_in_another_zone_keeps_the_content_key() -> None:
     body = disconnect()
     start = datetime.fromisoformat(body["startTime"]).astimezone(timezone(timedelta(hours=-5)))
     assert content_key(parsed(body)) == content_key(parsed(dict(body, startTime=start.isoformat())))
+
+
+# Literal bytes rather than factories: these exact bodies' keys are stored as dedup keys of
+# applied deliveries, so a change of `content_key` that moves them would let a redelivery of
+# an already applied body through.
+_PINNED_KEYS = [
+    (
+        b'{"eventType":"disconnect","eventTime":"2026-06-10T19:16:00.010Z","accountId":"55555555",'
+        b'"applicationId":"7fc9698a-b04a-468b-9e8f-91238c0d0086","from":"+15551112222",'
+        b'"to":"+15553334444","direction":"outbound",'
+        b'"callId":"c-95ac8d6e-00000001-b38f-4198-93c1-51633ec68f8d",'
+        b'"callUrl":"https://voice.bandwidth.com/api/v2/accounts/55555555/calls/'
+        b'c-95ac8d6e-00000001-b38f-4198-93c1-51633ec68f8d","startTime":"2026-06-10T19:15:00.000Z",'
+        b'"answerTime":"2026-06-10T19:15:03.000Z","endTime":"2026-06-10T19:16:00.000Z",'
+        b'"cause":"hangup","tag":null}',
+        "1a0b57541935dc5e6b18fffe0ae5baebdd37469dc8633578529725d1d2e21f13",
+    ),
+    (
+        b'{"eventType":"transferDisconnect","callId":"c-leg","parentCallId":"c-parent",'
+        b'"startTime":"2026-06-10T21:15:00.250+02:00","endTime":"2026-06-10T19:16:00",'
+        b'"cause":"busy","sipResponseCode":486,"transferCallerId":"+15551115555",'
+        b'"zeta":[1,"\xc3\xa9"],"alpha":{"b":2,"a":1},"gone":null}',
+        "e435917bffde318187f641c2f165987deddc88be638dc84356c23d2c5260c5d9",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "key"), _PINNED_KEYS)
+def test_content_key_of_a_known_body_never_changes(body: bytes, key: str) -> None:
+    assert content_key(parsed(body)) == key
 
 
 def test_untracked_event_type_needs_only_a_string_event_type() -> None:

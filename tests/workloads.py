@@ -275,7 +275,9 @@ class Stream:
     def _live_caller(self, caller: _Caller, start: float, answered: float | None) -> list[Delivery]:
         """An inbound call's `initiate`; an answered outbound call's `answer`, and for some its
         asynchronous machine detection."""
-        fields = {key: caller.fields[key] for key in _IDENTITY if key in caller.fields}
+        fields: dict[str, Any] = {
+            key: caller.fields[key] for key in _IDENTITY if key in caller.fields
+        }
         if fields["direction"] == "inbound":
             return [(start + 0.05, initiate(caller.call_id, start=at(start), **fields))]
         if answered is None:
