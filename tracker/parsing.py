@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Final, Literal, Union, cast
 from urllib.parse import unquote, urlsplit
 
@@ -657,8 +658,26 @@ class CallUrl:
 
 
 def read_call_url(url: str | None) -> CallUrl | None:
+    """What `url`'s path names, or None when it names no call. The several callbacks of one
+    call carry one URL within minutes, so the URLs of usual length are remembered."""
     if not url:
         return None
+    if len(url) <= _REMEMBERED_URL_LENGTH:
+        return _read_remembered_call_url(url)
+    return _read_call_url(url)
+
+
+# At most `maxsize` URLs of at most this length are remembered: a bounded memory, whatever the
+# bodies say.
+_REMEMBERED_URL_LENGTH: Final = 256
+
+
+@lru_cache(maxsize=4096)
+def _read_remembered_call_url(url: str) -> CallUrl | None:
+    return _read_call_url(url)
+
+
+def _read_call_url(url: str) -> CallUrl | None:
     match = _CALL_PATH.search(urlsplit(url).path)
     if match is None:
         return None
