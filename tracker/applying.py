@@ -172,18 +172,20 @@ class _Batch:
     def _restep(self, call_id: str, wanted: tuple[TransitionTaken, ...]) -> None:
         """Bring the call's history to `wanted`, the one its facts now give: the steps it shares
         with the history held so far stay as they are, the rest are this delivery's."""
-        if call_id not in self.steps:
+        index = len(self.events) - 1
+        steps = self.steps.get(call_id)
+        if steps is None:
             before = self.stored[call_id]
-            held = before.history if before is not None else ()
-            self.steps[call_id] = [
+            if before is None or not before.history:  # a new call: every step is this one's
+                self.steps[call_id] = [(step, index) for step in wanted]
+                return
+            steps = self.steps[call_id] = [
                 (TransitionTaken(step.source, step.target, step.at, step.event), step)
-                for step in held
+                for step in before.history
             ]
-        steps = self.steps[call_id]
         kept = 0
         while kept < min(len(steps), len(wanted)) and steps[kept][0] == wanted[kept]:
             kept += 1
-        index = len(self.events) - 1
         steps[kept:] = [(step, index) for step in wanted[kept:]]
 
     def _log(
