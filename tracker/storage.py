@@ -312,9 +312,7 @@ _CHUNK: Final = 500
 # `tracker.driver` (compiled once per dialect, run on the driver; see `_hot`). These are the
 # rest, and the forms taking many rows at once, where SQLAlchemy's cost per statement is shared
 # by the rows: built once, so SQLAlchemy reuses their compiled form.
-_SELECT_CALLS: Final = select(*_CALL_COLUMNS).where(
-    calls.c.call_id.in_(bindparam("call_ids", expanding=True))
-)
+
 # By (call id, key) pairs: two separate IN lists would make SQLite probe every combination.
 _SELECT_APPLIED_KEYS: Final = select(events.c.dedup_key).where(
     tuple_(events.c.call_id, events.c.dedup_key).in_(bindparam("pairs", expanding=True))
@@ -346,9 +344,12 @@ _SELECT_TREE_STEP: Final = select(
 
 # --- the hot statements: compiled once per dialect, run on the driver (`tracker.driver`) ---
 
-# Up to this many ids, a read by id is a hot statement of its own size; more (an `apply_many`)
-# go through SQLAlchemy, whose cost per statement the many rows share.
+# Up to this many ids, the read of the calls with the applied-key look-up, and the look-up of
+# applied keys, are hot statements of their own size; more (an `apply_many`) go through
+# SQLAlchemy, whose cost per statement the many rows share.
 _HOT_IDS: Final = 8
+# The most ids one read by id names (a power of two: see `where_calls_by_id`).
+_HOT_CHUNK: Final = 512
 
 _compiled: Final = weakref.WeakKeyDictionary[Dialect, dict[Hashable, driver.Compiled]]()
 
@@ -771,24 +772,18 @@ def _record(row: Any) -> CallRecord:
 
 def where_calls_by_id(connection: Connection, call_ids: Iterable[str]) -> dict[str, CallRecord]:
     wanted = list(dict.fromkeys(call_ids))
-    if not wanted:
-        return {}
-    if len(wanted) <= _HOT_IDS:  # a delivery's call, its parent, their ancestry
-        compiled = _hot(connection, _select_calls_by_id, len(wanted))
-        parameters = {f"id_{index}": call_id for index, call_id in enumerate(wanted)}
-        found_rows: Iterable[Any] = driver.rows(
-            compiled, driver.run(connection, compiled, parameters)
-        )
-    else:
-        found_rows = (
-            row
-            for chunk in _chunks(wanted)
-            for row in connection.execute(_SELECT_CALLS, {"call_ids": chunk})
-        )
     found: dict[str, CallRecord] = {}
-    for row in found_rows:
-        record = _record(row)
-        found[record.call_id] = record
+    for start in range(0, len(wanted), _HOT_CHUNK):
+        chunk = wanted[start : start + _HOT_CHUNK]
+        # Padded to a power of two by repeating an id, so a handful of statements serve every
+        # size: a delivery's call and its parent, an `apply_many` of hundreds.
+        size = 1 << (len(chunk) - 1).bit_length()
+        chunk += chunk[-1:] * (size - len(chunk))
+        compiled = _hot(connection, _select_calls_by_id, size)
+        parameters = {f"id_{index}": call_id for index, call_id in enumerate(chunk)}
+        for row in driver.rows(compiled, driver.run(connection, compiled, parameters)):
+            record = _record(row)
+            found[record.call_id] = record
     return found
 
 
@@ -1034,22 +1029,22 @@ def write_calls(
     # Rows are written in call-id order, so that concurrent batches lock them in one order and
     # do not deadlock each other.
     ordered = sorted(changes, key=lambda change: change[1].call_id)
-    # An INSERT names only the columns with a value (a placeholder has few): consecutive rows
-    # naming the same ones go in one statement, so parents still go in before their legs.
-    runs: list[tuple[tuple[str, ...], list[dict[str, Any]]]] = []
+    # An INSERT names only the columns with a value (a placeholder has few). Rows naming the
+    # same ones go in one statement, level by level of the transfer trees being created, so a
+    # parent is in before its legs (a foreign key is checked per statement, on MySQL per row).
+    levels: dict[str, int] = {}
+    groups: dict[tuple[int, tuple[str, ...]], list[dict[str, Any]]] = {}
     for after in _parents_first([after for before, after in ordered if before is None]):
+        parent_level = levels.get(after.parent_call_id) if after.parent_call_id else None
+        level = levels[after.call_id] = 0 if parent_level is None else parent_level + 1
         row = {
             name: value
             for name, value in zip(_RECORD_FIELDS, lifecycle.facts_of(after), strict=True)
             if value is not None
         }
         row["version"] = 1
-        present = tuple(row)
-        if runs and runs[-1][0] == present:
-            runs[-1][1].append(row)
-        else:
-            runs.append((present, [row]))
-    for present, rows in runs:
+        groups.setdefault((level, tuple(row)), []).append(row)
+    for (_level, present), rows in sorted(groups.items(), key=lambda group: group[0][0]):
         compiled = _hot(connection, _insert_call, present)
         driver.run(connection, compiled, rows[0] if len(rows) == 1 else rows).close()
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
