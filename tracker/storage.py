@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 
 from pydantic_core import from_json, to_json
 from sqlalchemy import (
@@ -308,15 +308,10 @@ _POSITION: Final = {name: index for index, name in enumerate(_RECORD_FIELDS)}
 # Big IN lists are split so no backend hits its bound-parameter limit.
 _CHUNK: Final = 500
 
-# The statements of the write path that `apply` runs for every delivery go through
-# `tracker.driver` (compiled once per dialect, run on the driver; see `_hot`). These are the
-# rest, and the forms taking many rows at once, where SQLAlchemy's cost per statement is shared
-# by the rows: built once, so SQLAlchemy reuses their compiled form.
+# The statements of the write path mostly go through `tracker.driver` (compiled once per
+# dialect, run on the driver; see `_hot`). These are the rest: built once, so SQLAlchemy
+# reuses their compiled form.
 
-# By (call id, key) pairs: two separate IN lists would make SQLite probe every combination.
-_SELECT_APPLIED_KEYS: Final = select(events.c.dedup_key).where(
-    tuple_(events.c.call_id, events.c.dedup_key).in_(bindparam("pairs", expanding=True))
-)
 # The ids of a multi-row INSERT come back in no promised order; sorted, they are in the order of
 # the rows, because every backend numbers the rows of one statement in order: a new SQLite row
 # takes one more than the largest rowid, a PostgreSQL row the sequence's next value, a MariaDB
@@ -344,12 +339,11 @@ _SELECT_TREE_STEP: Final = select(
 
 # --- the hot statements: compiled once per dialect, run on the driver (`tracker.driver`) ---
 
-# Up to this many ids, the read of the calls with the applied-key look-up, and the look-up of
-# applied keys, are hot statements of their own size; more (an `apply_many`) go through
-# SQLAlchemy, whose cost per statement the many rows share.
+# Up to this many ids, one delivery's call is read with the look-up of its applied key.
 _HOT_IDS: Final = 8
-# The most ids one read by id names (a power of two: see `where_calls_by_id`).
+# The most ids or pairs one statement names (a power of two: see `_padded_chunks`).
 _HOT_CHUNK: Final = 512
+_Item = TypeVar("_Item")
 
 _compiled: Final = weakref.WeakKeyDictionary[Dialect, dict[Hashable, driver.Compiled]]()
 
@@ -395,6 +389,7 @@ def _select_calls_with_applied_key(count: int) -> tuple[ClauseElement, Sequence[
 
 
 def _select_applied_keys(count: int) -> tuple[ClauseElement, Sequence[str]]:
+    # By (call id, key) pairs: two separate IN lists would make SQLite probe every combination.
     call_ids = [f"call_id_{index}" for index in range(count)]
     keys = [f"key_{index}" for index in range(count)]
     statement = select(events.c.dedup_key).where(
@@ -773,13 +768,8 @@ def _record(row: Any) -> CallRecord:
 def where_calls_by_id(connection: Connection, call_ids: Iterable[str]) -> dict[str, CallRecord]:
     wanted = list(dict.fromkeys(call_ids))
     found: dict[str, CallRecord] = {}
-    for start in range(0, len(wanted), _HOT_CHUNK):
-        chunk = wanted[start : start + _HOT_CHUNK]
-        # Padded to a power of two by repeating an id, so a handful of statements serve every
-        # size: a delivery's call and its parent, an `apply_many` of hundreds.
-        size = 1 << (len(chunk) - 1).bit_length()
-        chunk += chunk[-1:] * (size - len(chunk))
-        compiled = _hot(connection, _select_calls_by_id, size)
+    for chunk in _padded_chunks(wanted):
+        compiled = _hot(connection, _select_calls_by_id, len(chunk))
         parameters = {f"id_{index}": call_id for index, call_id in enumerate(chunk)}
         for row in driver.rows(compiled, driver.run(connection, compiled, parameters)):
             record = _record(row)
@@ -863,18 +853,14 @@ def where_applied_keys(connection: Connection, wanted: Sequence[tuple[str, str]]
     """Of the (call id, content key) pairs `wanted`, the keys already applied. Asked by call id
     and key together, the log's one unique index answers it."""
     found: set[str] = set()
-    if len(wanted) <= _HOT_IDS:
-        compiled = _hot(connection, _select_applied_keys, len(wanted))
+    for chunk in _padded_chunks(list(wanted)):
+        compiled = _hot(connection, _select_applied_keys, len(chunk))
         parameters: dict[str, str] = {}
-        for index, (call_id, key) in enumerate(wanted):
+        for index, (call_id, key) in enumerate(chunk):
             parameters[f"call_id_{index}"] = call_id
             parameters[f"key_{index}"] = key
         cursor = driver.run(connection, compiled, parameters)
         found.update(row[0] for row in driver.rows(compiled, cursor))
-        return found
-    for start in range(0, len(wanted), _CHUNK):
-        chunk = list(wanted[start : start + _CHUNK])
-        found.update(connection.execute(_SELECT_APPLIED_KEYS, {"pairs": chunk}).scalars())
     return found
 
 
@@ -1154,6 +1140,16 @@ def _tree_of(connection: Connection, call_id: str) -> dict[str, tuple[str | None
                 found.update(x for x in (row.call_id, row.parent_call_id) if x is not None)
         frontier = sorted(found - walked)
     return tree
+
+
+def _padded_chunks(items: list[_Item]) -> Iterator[list[_Item]]:
+    """`items` in chunks of at most `_HOT_CHUNK`, each padded to a power of two by repeating its
+    last item (an IN list does not mind a repeat), so that a handful of compiled statements
+    serve every size: a delivery's call and its parent, an `apply_many` of hundreds."""
+    for start in range(0, len(items), _HOT_CHUNK):
+        chunk = items[start : start + _HOT_CHUNK]
+        size = 1 << (len(chunk) - 1).bit_length()
+        yield chunk + chunk[-1:] * (size - len(chunk))
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
