@@ -43,7 +43,6 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy import create_engine as sqlalchemy_create_engine
@@ -341,8 +340,10 @@ _SELECT_TREE_STEP: Final = select(
 
 # Up to this many ids, one delivery's call is read with the look-up of its applied key.
 _HOT_IDS: Final = 8
-# The most ids or pairs one statement names (a power of two: see `_padded_chunks`).
+# The most ids, and (call id, key) pairs, one statement names (powers of two: see
+# `_padded_chunks`). Pairs are OR-ed terms, which SQLite nests one level each.
 _HOT_CHUNK: Final = 512
+_HOT_PAIRS: Final = 128
 _Item = TypeVar("_Item")
 
 _compiled: Final = weakref.WeakKeyDictionary[Dialect, dict[Hashable, driver.Compiled]]()
@@ -389,12 +390,17 @@ def _select_calls_with_applied_key(count: int) -> tuple[ClauseElement, Sequence[
 
 
 def _select_applied_keys(count: int) -> tuple[ClauseElement, Sequence[str]]:
-    # By (call id, key) pairs: two separate IN lists would make SQLite probe every combination.
+    # One (call id = ? AND key = ?) term per pair: each an index look-up on every backend. Two
+    # IN lists would make SQLite probe every combination, and a row-value IN list makes it scan
+    # the whole index.
     call_ids = [f"call_id_{index}" for index in range(count)]
     keys = [f"key_{index}" for index in range(count)]
     statement = select(events.c.dedup_key).where(
-        tuple_(events.c.call_id, events.c.dedup_key).in_(
-            [tuple_(bindparam(c), bindparam(k)) for c, k in zip(call_ids, keys, strict=True)]
+        or_(
+            *(
+                and_(events.c.call_id == bindparam(c), events.c.dedup_key == bindparam(k))
+                for c, k in zip(call_ids, keys, strict=True)
+            )
         )
     )
     return statement, [*call_ids, *keys]
@@ -768,7 +774,7 @@ def _record(row: Any) -> CallRecord:
 def where_calls_by_id(connection: Connection, call_ids: Iterable[str]) -> dict[str, CallRecord]:
     wanted = list(dict.fromkeys(call_ids))
     found: dict[str, CallRecord] = {}
-    for chunk in _padded_chunks(wanted):
+    for chunk in _padded_chunks(wanted, _HOT_CHUNK):
         compiled = _hot(connection, _select_calls_by_id, len(chunk))
         parameters = {f"id_{index}": call_id for index, call_id in enumerate(chunk)}
         for row in driver.rows(compiled, driver.run(connection, compiled, parameters)):
@@ -853,7 +859,7 @@ def where_applied_keys(connection: Connection, wanted: Sequence[tuple[str, str]]
     """Of the (call id, content key) pairs `wanted`, the keys already applied. Asked by call id
     and key together, the log's one unique index answers it."""
     found: set[str] = set()
-    for chunk in _padded_chunks(list(wanted)):
+    for chunk in _padded_chunks(list(wanted), _HOT_PAIRS):
         compiled = _hot(connection, _select_applied_keys, len(chunk))
         parameters: dict[str, str] = {}
         for index, (call_id, key) in enumerate(chunk):
@@ -1142,12 +1148,12 @@ def _tree_of(connection: Connection, call_id: str) -> dict[str, tuple[str | None
     return tree
 
 
-def _padded_chunks(items: list[_Item]) -> Iterator[list[_Item]]:
-    """`items` in chunks of at most `_HOT_CHUNK`, each padded to a power of two by repeating its
-    last item (an IN list does not mind a repeat), so that a handful of compiled statements
-    serve every size: a delivery's call and its parent, an `apply_many` of hundreds."""
-    for start in range(0, len(items), _HOT_CHUNK):
-        chunk = items[start : start + _HOT_CHUNK]
+def _padded_chunks(items: list[_Item], most: int) -> Iterator[list[_Item]]:
+    """`items` in chunks of at most `most` (a power of two), each padded to a power of two by
+    repeating its last item (a look-up does not mind a repeat), so that a handful of compiled
+    statements serve every size: a delivery's call and its parent, an `apply_many` of hundreds."""
+    for start in range(0, len(items), most):
+        chunk = items[start : start + most]
         size = 1 << (len(chunk) - 1).bit_length()
         yield chunk + chunk[-1:] * (size - len(chunk))
 
