@@ -25,6 +25,10 @@ from sqlalchemy.sql.elements import ClauseElement
 # transaction: a transaction whose connection was lost before any did can be run again on a new
 # connection with nothing to undo (see `Tracker._in_transaction`).
 SENT: Final = "tracker_statements_sent"
+# The DBAPI connection's `info` entry holding the one cursor every statement runs on. Making a
+# cursor per statement costs psycopg about as much as sending a small statement; the entry goes
+# with the DBAPI connection (SQLAlchemy clears `info` when it connects anew).
+_CURSOR: Final = "tracker_cursor"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +99,8 @@ def run(
 ) -> Any:
     """Run `compiled` with one set of `values` (a dict) or many (a list of them, as one
     `executemany`) on `connection`'s transaction. Returns the DBAPI cursor, for its rows,
-    `rowcount` or `lastrowid`; rows read through it are not converted (see `rows`)."""
+    `rowcount` or `lastrowid`, read before the next statement: the cursor is the connection's
+    one, kept (not to be closed). Rows read through it are not converted (see `rows`)."""
     if isinstance(values, dict):
         many = False
         parameters: Any = compiled.parameters(values)
@@ -104,7 +109,10 @@ def run(
         parameters = [compiled.parameters(row) for row in values]
     statement = compiled.sql
     # `Connection.connection` begins no transaction of its own: the caller's is open already.
-    cursor = connection.connection.cursor()
+    dbapi = connection.connection
+    cursor = dbapi.info.get(_CURSOR)
+    if cursor is None:
+        cursor = dbapi.info[_CURSOR] = dbapi.cursor()
     try:
         dispatch = connection.dispatch
         for listener in dispatch.before_cursor_execute:
@@ -116,6 +124,7 @@ def run(
         if dispatch.after_cursor_execute:
             dispatch.after_cursor_execute(connection, cursor, statement, parameters, None, many)
     except BaseException as error:
+        dbapi.info.pop(_CURSOR, None)  # the handling below closes it
         # SQLAlchemy's own handling: its exception classes, `handle_error` listeners, and a
         # connection it recognises as lost invalidated, exactly as `Connection.execute` does.
         connection._handle_dbapi_exception(error, statement, parameters, cursor, None)
@@ -128,7 +137,6 @@ def run(
 def rows(compiled: Compiled, cursor: Any) -> list[Any]:
     """The rows `cursor` holds, each value through its column's result processor."""
     found: list[Any] = cursor.fetchall()
-    cursor.close()
     converted = compiled.converted_results
     if not converted:
         return found

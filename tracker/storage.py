@@ -722,7 +722,7 @@ def _prepare_sqlite(engine: Engine, *, durable: bool, timeout: float | None) -> 
         if connection._is_autocommit_isolation():
             return
         writing = connection.get_execution_options().get("tracker_write", False)
-        driver.run(connection, _BEGIN_IMMEDIATE if writing else _BEGIN, {}).close()
+        driver.run(connection, _BEGIN_IMMEDIATE if writing else _BEGIN, {})
 
 
 _BEGIN: Final = driver.plain("BEGIN")
@@ -982,9 +982,7 @@ def insert_events(connection: Connection, rows: Sequence[dict[str, Any]]) -> lis
         cursor = driver.run(connection, compiled, rows[0])
         if compiled.returns_rows:
             return [int(driver.rows(compiled, cursor)[0][0])]
-        event_id = int(cursor.lastrowid)
-        cursor.close()
-        return [event_id]
+        return [int(cursor.lastrowid)]
     ids: list[int] = []
     for group in _by_statement_size(rows):
         result = connection.execute(_INSERT_EVENTS_RETURNING, group)
@@ -1038,7 +1036,7 @@ def write_calls(
         groups.setdefault((level, tuple(row)), []).append(row)
     for (_level, present), rows in sorted(groups.items(), key=lambda group: group[0][0]):
         compiled = _hot(connection, _insert_call, present)
-        driver.run(connection, compiled, rows[0] if len(rows) == 1 else rows).close()
+        driver.run(connection, compiled, rows[0] if len(rows) == 1 else rows)
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for before, after in ordered:
         if before is None:
@@ -1066,14 +1064,10 @@ def _compare_and_set(
     """Run a compare-and-set UPDATE for every row; how many rows matched their version."""
     if connection.dialect.supports_sane_multi_rowcount or len(rows) == 1:
         cursor = driver.run(connection, statement, rows[0] if len(rows) == 1 else rows)
-        matched = int(cursor.rowcount)
-        cursor.close()
-        return matched
+        return int(cursor.rowcount)
     matched = 0
     for row in rows:
-        cursor = driver.run(connection, statement, row)
-        matched += int(cursor.rowcount)
-        cursor.close()
+        matched += int(driver.run(connection, statement, row).rowcount)
     return matched
 
 
@@ -1111,7 +1105,7 @@ def insert_transfers(
     ]
     if rows:
         compiled = _hot(connection, _insert_transfer)
-        driver.run(connection, compiled, rows[0] if len(rows) == 1 else rows).close()
+        driver.run(connection, compiled, rows[0] if len(rows) == 1 else rows)
 
 
 def fill_account(connection: Connection, call_id: str, account_id: str) -> None:
