@@ -43,6 +43,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy import create_engine as sqlalchemy_create_engine
@@ -377,15 +378,21 @@ def _select_calls_by_id(count: int) -> tuple[ClauseElement, Sequence[str]]:
 
 
 def _select_calls_with_applied_key(count: int) -> tuple[ClauseElement, Sequence[str]]:
+    # One `call_id = ?` look-up per id, joined by UNION ALL, rather than one `IN` list: a
+    # prepared statement keeps the plan it got while the table was small, and for an `IN` list
+    # of two ids on a small table PostgreSQL plans a scan of the whole table, which it then
+    # keeps as the table grows (until an ANALYZE). An equality on the primary key is planned
+    # as an index look-up at any size.
     names = [f"id_{index}" for index in range(count)]
     applied = (
         select(events.c.dedup_key)
         .where(events.c.call_id == calls.c.call_id, events.c.dedup_key == bindparam("key"))
         .scalar_subquery()
     )
-    statement = select(*_CALL_COLUMNS, applied).where(
-        calls.c.call_id.in_([bindparam(name) for name in names])
-    )
+    lookups = [
+        select(*_CALL_COLUMNS, applied).where(calls.c.call_id == bindparam(name)) for name in names
+    ]
+    statement = lookups[0] if count == 1 else union_all(*lookups)
     return statement, [*names, "key"]
 
 
