@@ -15,8 +15,9 @@ import sqlite3
 import time
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, Final, TypeVar, cast
 
 from pydantic_core import from_json, to_json
@@ -430,8 +431,11 @@ def _insert_call(present: Sequence[str]) -> tuple[ClauseElement, Sequence[str]]:
     return insert(calls), present
 
 
+_ATTEMPT_FIELDS: Final = tuple(field.name for field in fields(TransferAttempt))
+# An attempt's facts as one tuple (`dataclasses.asdict` deep-copies every value).
+_attempt_facts: Final = attrgetter(*_ATTEMPT_FIELDS)
 _TRANSFER_VALUES: Final = (
-    *(field.name for field in fields(TransferAttempt)),
+    *_ATTEMPT_FIELDS,
     "call_id",
     "event_id",
     "sort_key",
@@ -1107,7 +1111,12 @@ def insert_transfers(
 ) -> None:
     """Each (call id, id of the delivery, the attempt, the delivery's content key)."""
     rows = [
-        {**asdict(attempt), "call_id": call_id, "event_id": event_id, "sort_key": key}
+        {
+            **dict(zip(_ATTEMPT_FIELDS, _attempt_facts(attempt), strict=True)),
+            "call_id": call_id,
+            "event_id": event_id,
+            "sort_key": key,
+        }
         for call_id, event_id, attempt, key in attempts
     ]
     if rows:
