@@ -305,7 +305,6 @@ events: Final = cast(Table, EventRow.__table__)
 
 _RECORD_FIELDS: Final = lifecycle.RECORD_FIELDS
 _CALL_COLUMNS: Final = tuple(calls.c[name] for name in _RECORD_FIELDS)
-_POSITION: Final = {name: index for index, name in enumerate(_RECORD_FIELDS)}
 # Big IN lists are split so no backend hits its bound-parameter limit.
 _CHUNK: Final = 500
 
@@ -1055,13 +1054,14 @@ def write_calls(
     for before, after in ordered:
         if before is None:
             continue
-        now = lifecycle.facts_of(after)
-        changed = tuple(
-            name
-            for name, old, new in zip(_RECORD_FIELDS, lifecycle.facts_of(before), now, strict=True)
+        row = {
+            name: new
+            for name, old, new in zip(
+                _RECORD_FIELDS, lifecycle.facts_of(before), lifecycle.facts_of(after), strict=True
+            )
             if old != new and name not in ("call_id", "version")
-        )
-        row = {name: now[_POSITION[name]] for name in changed}
+        }
+        changed = tuple(row)
         row.update(
             b_call_id=after.call_id, version=before.version + 1, expected_version=before.version
         )
