@@ -7,8 +7,10 @@ and an exit code a script can test, never in a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import socket
 import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -46,6 +48,8 @@ from tracker import (
     StorageError,
     Tracker,
 )
+from tracker.asgi import BODY_TIMEOUT, MAX_BODY_BYTES
+from tracker.storage import DEFAULT_TIMEOUT
 
 EXIT_NOT_FOUND: Final = 1
 EXIT_SCHEMA: Final = 2
@@ -81,14 +85,15 @@ class _Session:
     """The database named by --db, and the tracker opened on it when a command first needs one,
     so that `--help` works whatever --db says."""
 
-    def __init__(self, database_url: str, schema: str | None) -> None:
+    def __init__(self, database_url: str, schema: str | None, timeout: float | None) -> None:
         self.database_url = database_url
         self.schema = schema
+        self.timeout = timeout
 
     @cached_property
     def tracker(self) -> Tracker:
         try:
-            tracker = Tracker(self.database_url, schema=self.schema)
+            tracker = Tracker(self.database_url, schema=self.schema, timeout=self.timeout)
         except (ArgumentError, ValueError) as error:
             raise click.BadParameter(str(error), param_hint="'--db'") from error
         except ImportError as error:
@@ -124,15 +129,25 @@ class _Session:
     metavar="NAME",
     help="PostgreSQL only: keep the tracker's tables in this schema, apart from the host's.",
 )
+@click.option(
+    "--timeout",
+    envvar="TRACKER_DATABASE_TIMEOUT",
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    show_envvar=True,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Longest wait of a delivery for a lock, a statement or a silent database server.",
+)
 @click.version_option(package_name="tracker")
 @click.pass_context
-def cli(ctx: click.Context, database_url: str, schema: str | None) -> None:
+def cli(ctx: click.Context, database_url: str, schema: str | None, timeout: float) -> None:
     """Follow Bandwidth Voice calls: apply callback bodies, then look at calls and their legs.
 
     Exit codes: 0 done; 1 call not found; 2 usage error, or the database schema needs
     `tracker upgrade`; 3 the database failed.
     """
-    ctx.obj = _Session(database_url, schema)
+    ctx.obj = _Session(database_url, schema, timeout)
 
 
 # --- upgrade ----------------------------------------------------------------------------------
@@ -709,6 +724,118 @@ def _shown(value: str | None) -> str:
     if value is None:
         return "-"
     return value or '""'
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+CREDENTIALS_VARIABLE: Final = "TRACKER_CALLBACK_CREDENTIALS"
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--credentials-file",
+    type=click.File("r", encoding="utf-8"),
+    help=f"One user:password a line (# starts a comment); instead of ${CREDENTIALS_VARIABLE}, "
+    "which holds user:password pairs separated by commas.",
+)
+@click.option(
+    "--max-body-bytes",
+    default=MAX_BODY_BYTES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="A larger body is answered 413, unread.",
+)
+@click.option(
+    "--body-timeout",
+    default=BODY_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="A body not complete in this time is answered 408.",
+)
+@click.pass_obj
+def serve(
+    session: _Session,
+    host: str,
+    port: int,
+    credentials_file: IO[str] | None,
+    max_body_bytes: int,
+    body_timeout: float,
+) -> None:
+    """Serve the webhook endpoint Bandwidth calls: every POST is a callback, answered 204 once
+    it is committed; GET /healthz and /metrics for the operator. Stops gracefully on SIGTERM."""
+    try:
+        import uvicorn
+
+        from tracker.asgi import create_app
+    except ImportError as error:
+        raise click.UsageError(
+            f"serving needs the serve extra ({error}); pip install 'tracker[serve]'"
+        ) from error
+    if credentials_file is not None:
+        credentials = _credentials(credentials_file.read().splitlines(), credentials_file.name)
+    else:
+        variable = os.environ.get(CREDENTIALS_VARIABLE, "")
+        credentials = _credentials(variable.split(","), f"${CREDENTIALS_VARIABLE}")
+    if not credentials and not _is_loopback(host):
+        raise click.UsageError(
+            f"no credentials, so {host} would take callbacks from anyone; set "
+            f"${CREDENTIALS_VARIABLE} or --credentials-file, or listen on a loopback address"
+        )
+    tracker = session.tracker
+    tracker.check()
+    app = create_app(
+        tracker,
+        credentials=credentials,
+        max_body_bytes=max_body_bytes,
+        body_timeout=body_timeout,
+    )
+    guard = f"Basic authentication, {_count(len(credentials), 'user')}"
+    if not credentials:
+        guard = "WITHOUT authentication (loopback only)"
+    config = uvicorn.Config(
+        app, host=host, port=port, access_log=False, server_header=False, lifespan="on"
+    )
+    listening = f"tracker: serving on http://{host}:{port} into {session.shown_url}, {guard}"
+
+    class Server(uvicorn.Server):
+        """Says where it listens once the socket is bound, not before: a taken port fails
+        without a line claiming otherwise."""
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                click.echo(listening, err=True)
+
+    Server(config).run()
+
+
+def _credentials(entries: Iterable[str], source: str) -> dict[str, str]:
+    """User name to password, from `user:password` entries; blank entries and `#` comments are
+    skipped. A bad entry is named by its position, never by its text: it holds a secret."""
+    pairs: dict[str, str] = {}
+    for number, entry in enumerate(entries, start=1):
+        entry = entry.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        user, colon, password = entry.partition(":")
+        if not colon or not user or not password:
+            raise click.UsageError(
+                f"entry {number} of {source} is not user:password (both parts non-empty)"
+            )
+        pairs[user] = password
+    return pairs
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Select,
     String,
     Table,
     Text,
@@ -40,6 +41,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     event,
+    func,
     insert,
     or_,
     select,
@@ -962,7 +964,35 @@ def where_calls(
     started_before: datetime | None = None,
     limit: int | None = None,
 ) -> list[CallRecord]:
-    query = select(*_CALL_COLUMNS).order_by(*BY_START_TIME)
+    query = _filtered(
+        select(*_CALL_COLUMNS).order_by(*BY_START_TIME),
+        state=state,
+        disposition=disposition,
+        account_id=account_id,
+        started_after=started_after,
+        started_before=started_before,
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return [_record(row) for row in connection.execute(query)]
+
+
+def count_calls(connection: Connection, *, state: str | Sequence[str] | None = None) -> int:
+    """How many calls are in `state` (one or several), counted by the database: the live calls
+    a metrics scrape asks for without reading a row of them."""
+    query = _filtered(select(func.count()).select_from(calls), state=state)
+    return int(connection.execute(query).scalar_one())
+
+
+def _filtered(
+    query: Select[Any],
+    *,
+    state: str | Sequence[str] | None = None,
+    disposition: str | None = None,
+    account_id: str | None = None,
+    started_after: datetime | None = None,
+    started_before: datetime | None = None,
+) -> Select[Any]:
     states = [state] if isinstance(state, str) else None if state is None else list(state)
     if states is not None:
         query = query.where(calls.c.state.in_(states))
@@ -978,9 +1008,7 @@ def where_calls(
         query = query.where(calls.c.start_time >= started_after)
     if started_before is not None:
         query = query.where(calls.c.start_time < started_before)
-    if limit is not None:
-        query = query.limit(limit)
-    return [_record(row) for row in connection.execute(query)]
+    return query
 
 
 # --- writes ---------------------------------------------------------------------------------

@@ -128,11 +128,16 @@ class Tracker:
         finally:
             engine.dispose()
 
+    def check(self) -> None:
+        """Ask the database now whether it answers and its schema is current: `SchemaError` or
+        `StorageError` when not. A health check calls this; deliveries check once, on first use."""
+        with _database_errors():
+            check_current(self.engine)
+        self._schema_checked = True
+
     def _check_schema(self) -> None:
         if not self._schema_checked:
-            with _database_errors():
-                check_current(self.engine)
-            self._schema_checked = True
+            self.check()
 
     # --- writing --------------------------------------------------------------------------
 
@@ -274,6 +279,13 @@ class Tracker:
                 limit=limit,
             )
             return _snapshots(connection, records)
+
+    def count_calls(self, *, state: str | Sequence[str] | None = None) -> int:
+        """How many calls are in `state` (one or several; every call when None), counted by the
+        database: `count_calls(state=LIVE_STATES)` is the number of calls ringing or talking."""
+        self._check_schema()
+        with _database_errors(), self.engine.connect() as connection:
+            return storage.count_calls(connection, state=state)
 
     def events(
         self, call_id: str | None = None, outcome: str | None = None, limit: int | None = None

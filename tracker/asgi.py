@@ -1,0 +1,387 @@
+"""The webhook endpoint Bandwidth calls (SPEC section 7), as an ASGI application.
+
+Mount `create_app(tracker)` in a host's FastAPI, Starlette or Django ASGI app, or run it with
+`tracker serve`. Every callback path takes a POST; `/healthz` and `/metrics` are the two paths
+the app keeps for itself.
+
+Bandwidth does not redeliver a callback answered with a non-2xx status, so the answer is `204`
+for every outcome, bad bodies included, and it is sent only once the delivery is committed: a
+`204` means the delivery is in the log. Concurrent requests share commits (see `_GroupCommit`),
+which is what makes durable commits affordable under load.
+
+Needs the `serve` extra (`pip install 'tracker[serve]'`) for the Prometheus client; the module
+itself imports without it, so that the command line can read its defaults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from tracker.errors import SchemaError, StorageError
+from tracker.lifecycle import LIVE_STATES
+from tracker.records import Result
+from tracker.tracker import Tracker
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+MAX_BODY_BYTES: Final = 1_048_576
+# Bandwidth gives up on a callback after 10 s (its default timeout), so a body that has not
+# arrived in 30 s will never be answered usefully; the bound only frees the server of it.
+BODY_TIMEOUT: Final = 30.0
+MAX_GROUP: Final = 500
+RETRY_AFTER: Final = 5
+HEALTH_PATH: Final = "/healthz"
+METRICS_PATH: Final = "/metrics"
+REALM: Final = b'Basic realm="tracker", charset="UTF-8"'
+CLOSE: Final = (b"connection", b"close")
+
+
+def create_app(
+    tracker: Tracker,
+    *,
+    credentials: Mapping[str, str] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout: float = BODY_TIMEOUT,
+    max_group: int = MAX_GROUP,
+    retry_after: int = RETRY_AFTER,
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The ASGI application applying each POSTed body with `tracker`.
+
+    `credentials` maps user names to passwords for HTTP Basic authentication (several pairs may
+    be valid at once, for rotation); None or empty accepts every request, for a host that
+    authenticates in front of the app. A body over `max_body_bytes` gets `413` unread; one not
+    complete within `body_timeout` seconds gets `408`. At most `max_group` deliveries share a
+    commit. `retry_after` (seconds) goes with each `503`. The app owns one writing thread; it
+    ends with the ASGI lifespan's shutdown, or with the process.
+    """
+    return _App(
+        tracker,
+        _Credentials(credentials or {}),
+        max_body_bytes=max_body_bytes,
+        body_timeout=body_timeout,
+        group_commit=_GroupCommit(tracker, max_group, _Metrics()),
+        retry_after=retry_after,
+    )
+
+
+class _Credentials:
+    """HTTP Basic credentials, compared in constant time: every pair is compared in full, so
+    the time taken says nothing about which part of which pair was wrong."""
+
+    def __init__(self, pairs: Mapping[str, str]) -> None:
+        self._pairs = [(user.encode(), password.encode()) for user, password in pairs.items()]
+
+    @property
+    def required(self) -> bool:
+        return bool(self._pairs)
+
+    def accept(self, header: bytes | None) -> bool:
+        if header is None:
+            return False
+        scheme, _, token = header.strip().partition(b" ")
+        if scheme.lower() != b"basic":
+            return False
+        try:
+            decoded = base64.b64decode(token.strip(), validate=True)
+        except binascii.Error:
+            return False
+        user, colon, password = decoded.partition(b":")
+        if not colon:
+            return False
+        accepted = False
+        for known_user, known_password in self._pairs:
+            same_user = hmac.compare_digest(user, known_user)
+            same_password = hmac.compare_digest(password, known_password)
+            accepted |= same_user & same_password
+        return accepted
+
+
+class _Metrics:
+    """The app's Prometheus metrics, in a registry of its own: two apps in one process (tests,
+    a host mounting two trackers) keep apart."""
+
+    def __init__(self) -> None:
+        try:
+            from prometheus_client import (
+                CONTENT_TYPE_LATEST,
+                CollectorRegistry,
+                Counter,
+                Gauge,
+                Histogram,
+                generate_latest,
+            )
+        except ImportError as error:
+            raise ImportError(
+                f"the webhook endpoint needs the serve extra ({error}); "
+                "pip install 'tracker[serve]'"
+            ) from error
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.content_type = CONTENT_TYPE_LATEST.encode()
+        self._generate_latest = generate_latest
+        self.deliveries = Counter(
+            "tracker_deliveries",
+            "Deliveries committed, by outcome and reason code ('' when none).",
+            ["outcome", "reason"],
+            registry=self.registry,
+        )
+        self.apply_seconds = Histogram(
+            "tracker_apply_seconds",
+            "From a delivery's body received to its commit, in seconds.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.group_size = Histogram(
+            "tracker_group_size",
+            "Deliveries committed together in one transaction.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=self.registry,
+        )
+        self.storage_errors = Counter(
+            "tracker_storage_errors",
+            "Groups of deliveries the database failed to commit (each request answered 503).",
+            registry=self.registry,
+        )
+        self.live_calls = Gauge(
+            "tracker_live_calls",
+            "Calls ringing or talking (initiated or answered), counted at the scrape.",
+            registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        """Every metric in Prometheus' text format."""
+        return self._generate_latest(self.registry)
+
+
+@dataclass(slots=True)
+class _Waiting:
+    body: bytes
+    received: float
+    answer: asyncio.Future[Result]
+
+
+@dataclass
+class _GroupCommit:
+    """Deliveries that arrive while a transaction is being written are applied together in the
+    next one, in arrival order, by `Tracker.apply_many`: the outcomes of applying them one by
+    one, for one commit. One thread writes, so groups commit in arrival order too, and the
+    event loop never waits on the database."""
+
+    tracker: Tracker
+    max_group: int
+    metrics: _Metrics
+    _queue: list[_Waiting] = field(default_factory=list)
+    _writing: asyncio.Task[None] | None = None
+    _writer: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="tracker-writer")
+    )
+
+    async def apply(self, body: bytes) -> Result:
+        """The delivery's result once it is committed; `StorageError` when its group failed."""
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(body, time.perf_counter(), loop.create_future())
+        self._queue.append(waiting)
+        if self._writing is None or self._writing.done():
+            self._writing = loop.create_task(self._write())
+        return await waiting.answer
+
+    async def _write(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            group = self._queue[: self.max_group]
+            del self._queue[: self.max_group]
+            bodies = [waiting.body for waiting in group]
+            try:
+                results = await loop.run_in_executor(self._writer, self.tracker.apply_many, bodies)
+            except Exception as error:  # every request of the group hears of it
+                if isinstance(error, StorageError | SchemaError):
+                    self.metrics.storage_errors.inc()
+                for waiting in group:
+                    if not waiting.answer.done():
+                        waiting.answer.set_exception(error)
+                continue
+            self._record(group, results)
+
+    def _record(self, group: list[_Waiting], results: list[Result]) -> None:
+        committed = time.perf_counter()
+        self.metrics.group_size.observe(len(group))
+        for waiting, result in zip(group, results, strict=True):
+            self.metrics.deliveries.labels(result.outcome, result.reason or "").inc()
+            self.metrics.apply_seconds.observe(committed - waiting.received)
+            if not waiting.answer.done():  # the client may have gone; its delivery stays
+                waiting.answer.set_result(result)
+
+    async def close(self) -> None:
+        """Finish the deliveries already received, then stop the writing thread."""
+        if self._writing is not None:
+            await self._writing
+        self._writer.shutdown(wait=True)
+
+
+class _BodyTooLargeError(Exception):
+    """The body passed the limit; what is left of it stays unread."""
+
+
+class _ClientGoneError(Exception):
+    """The client closed the connection before its body was complete."""
+
+
+class _App:
+    """The ASGI callable `create_app` returns."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        credentials: _Credentials,
+        *,
+        max_body_bytes: int,
+        body_timeout: float,
+        group_commit: _GroupCommit,
+        retry_after: int,
+    ) -> None:
+        self.tracker = tracker
+        self.credentials = credentials
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
+        self.group_commit = group_commit
+        self.metrics = group_commit.metrics
+        self.retry_after = str(retry_after).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+        # Other scopes (websocket) are not ours: returning closes them.
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.group_commit.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = _own_path(scope)
+        method = scope["method"]
+        if path in (HEALTH_PATH, METRICS_PATH):
+            if method not in ("GET", "HEAD"):
+                await _answer(send, 405, [(b"allow", b"GET, HEAD")])
+            elif path == HEALTH_PATH:
+                await self._health(send)
+            else:
+                await self._metrics(send)
+            return
+        if method != "POST":
+            await _answer(send, 405, [(b"allow", b"POST")])
+            return
+        headers = _headers(scope["headers"])
+        if self.credentials.required and not self.credentials.accept(headers.get(b"authorization")):
+            await _answer(send, 401, [(b"www-authenticate", REALM)], b"credentials required\n")
+            return
+        await self._callback(headers, receive, send)
+
+    async def _callback(self, headers: dict[bytes, bytes], receive: Receive, send: Send) -> None:
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await _answer(send, 413, [CLOSE], self._too_large_text())
+            return
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                body = await _read_body(receive, self.max_body_bytes)
+        except _BodyTooLargeError:
+            await _answer(send, 413, [CLOSE], self._too_large_text())
+            return
+        except TimeoutError:
+            text = f"the body did not arrive within {self.body_timeout:g} s\n".encode()
+            await _answer(send, 408, [CLOSE], text)
+            return
+        except _ClientGoneError:
+            return
+        try:
+            result = await self.group_commit.apply(body)
+        except (StorageError, SchemaError) as error:
+            await _answer(
+                send, 503, [(b"retry-after", self.retry_after)], f"not stored: {error}\n".encode()
+            )
+            return
+        outcome = [(b"x-tracker-outcome", result.outcome.encode())]
+        if result.reason is not None:
+            outcome.append((b"x-tracker-reason", result.reason.encode()))
+        await _answer(send, 204, outcome)
+
+    def _too_large_text(self) -> bytes:
+        return f"a callback body is at most {self.max_body_bytes} bytes\n".encode()
+
+    async def _health(self, send: Send) -> None:
+        try:
+            await asyncio.to_thread(self.tracker.check)
+        except (StorageError, SchemaError) as error:
+            await _answer(send, 503, [], f"{error}\n".encode())
+            return
+        await _answer(send, 200, [], b"ok\n")
+
+    async def _metrics(self, send: Send) -> None:
+        try:
+            live = await asyncio.to_thread(self.tracker.count_calls, state=LIVE_STATES)
+        except (StorageError, SchemaError):
+            live = None  # the rest of the metrics are still worth a scrape
+        self.metrics.live_calls.set(float("nan") if live is None else live)
+        exposition = self.metrics.exposition()
+        await _answer(send, 200, [(b"content-type", self.metrics.content_type)], exposition)
+
+
+def _own_path(scope: Scope) -> str:
+    """The request's path below where the host mounted the app. Servers disagree on whether a
+    mounted app's `path` still holds its `root_path`; both spellings are taken."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path.rstrip("/") or "/"
+
+
+def _headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The request's headers by lower-case name (ASGI servers already lower-case them)."""
+    return {name.lower(): value for name, value in raw}
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The whole body, read chunk by chunk; past `limit` bytes the rest is left unread, so a
+    large body never sits in memory whatever its declared length (or none, when chunked)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGoneError
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLargeError
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _answer(send: Send, status: int, headers: Headers, body: bytes = b"") -> None:
+    if status != 204:  # a 204 carries neither a body nor its length
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        if body and not any(name == b"content-type" for name, _ in headers):
+            headers.append((b"content-type", b"text/plain; charset=utf-8"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
