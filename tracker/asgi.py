@@ -37,8 +37,9 @@ Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 MAX_BODY_BYTES: Final = 1_048_576
-# Bandwidth gives up on a callback after 10 s (its default timeout), so a body that has not
-# arrived in 30 s will never be answered usefully; the bound only frees the server of it.
+# Bandwidth gives up on a callback after its callback timeout (15 s by default, 25 s at most),
+# so a body that has not arrived in 30 s will never be answered usefully: the bound only frees
+# the server of the connection.
 BODY_TIMEOUT: Final = 30.0
 MAX_GROUP: Final = 500
 RETRY_AFTER: Final = 5
