@@ -10,10 +10,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import signal
 import socket
 import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -808,6 +810,19 @@ def serve(
             await super().startup(sockets)
             if self.started:
                 click.echo(listening, err=True)
+
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            """SIGTERM and SIGINT stop the server gracefully, and a graceful stop exits 0;
+            uvicorn's own version raises the signal again once stopped, so the process would
+            die by it."""
+            handled = (signal.SIGINT, signal.SIGTERM)
+            previous = {number: signal.signal(number, self.handle_exit) for number in handled}
+            try:
+                yield
+            finally:
+                for number, handler in previous.items():
+                    signal.signal(number, handler)
 
     Server(config).run()
 
