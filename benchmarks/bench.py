@@ -58,6 +58,7 @@ from pydantic.alias_generators import to_camel
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 
+from benchmarks.endpoint import CLIENT_COUNTS, HTTP_TARGET, HttpFigure, run_http
 from tests.workloads import realistic_bodies
 from tracker import parsing
 from tracker.tracker import Tracker
@@ -981,6 +982,136 @@ def run(
     )
 
 
+# --- the webhook endpoint ---------------------------------------------------------------------
+
+
+@dataclass
+class EndpointReport:
+    """`tracker serve` with 1 and 32 clients beside in-process `apply`, per database."""
+
+    machine: dict[str, str]
+    deliveries: int
+    repeat: int
+    apply_rates: dict[str, list[float]]  # database -> one-by-one apply, per repetition
+    figures: list[HttpFigure]
+
+    def ratio(self, figure: HttpFigure) -> float:
+        """The median over repetitions of the endpoint's rate over `apply`'s in the same one."""
+        return statistics.median(
+            run.rate / apply
+            for run, apply in zip(figure.runs, self.apply_rates[figure.backend], strict=True)
+        )
+
+    def target(self, figure: HttpFigure) -> float | None:
+        return HTTP_TARGET if (figure.backend, figure.clients) == ("sqlite", 32) else None
+
+    def as_json(self) -> dict[str, Any]:
+        rows = []
+        for figure in self.figures:
+            target = self.target(figure)
+            ratio = self.ratio(figure)
+            rows.append(
+                {
+                    "backend": figure.backend,
+                    "clients": figure.clients,
+                    "deliveries_per_second": [run.rate for run in figure.runs],
+                    "median": figure.rate,
+                    "p50_ms": 1000 * figure.percentile(0.5),
+                    "p99_ms": 1000 * figure.percentile(0.99),
+                    "client_cpu_us": figure.cpu_us("client"),
+                    "server_cpu_us": figure.cpu_us("server"),
+                    "ratio_to_apply": ratio,
+                    "target": target,
+                    "passed": None if target is None else ratio >= target,
+                    "statuses": dict(figure.runs[0].statuses),
+                    "outcomes": dict(figure.runs[0].outcomes),
+                }
+            )
+        return {
+            "machine": self.machine,
+            "deliveries": self.deliveries,
+            "repeat": self.repeat,
+            "apply_deliveries_per_second": self.apply_rates,
+            "http": rows,
+        }
+
+    def as_text(self) -> str:
+        lines = [
+            f"{self.deliveries} distinct deliveries per run over HTTP to `tracker serve`, median "
+            f"of {self.repeat} repetitions; 'of apply' is the median over repetitions of the "
+            "endpoint's rate over one-by-one apply in the same process and repetition",
+            "machine: " + ", ".join(f"{key} {value}" for key, value in self.machine.items()),
+            "",
+            "| database | run | deliveries/s | p50 ms | p99 ms | client CPU µs | server CPU µs "
+            "| of apply | target | |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for backend, rates in self.apply_rates.items():
+            lines.append(
+                f"| {backend} | tracker.apply, in process | {statistics.median(rates):,.0f} "
+                "| | | | | | | |"
+            )
+            for figure in self.figures:
+                if figure.backend != backend:
+                    continue
+                target = self.target(figure)
+                ratio = self.ratio(figure)
+                lines.append(
+                    f"| {backend} | HTTP, {figure.clients} client"
+                    f"{'' if figure.clients == 1 else 's'} | {figure.rate:,.0f} "
+                    f"| {1000 * figure.percentile(0.5):.1f} | {1000 * figure.percentile(0.99):.1f} "
+                    f"| {figure.cpu_us('client'):,.0f} | {figure.cpu_us('server'):,.0f} "
+                    f"| {ratio:.2f} | {'' if target is None else f'>= {target:.1f}'} "
+                    f"| {'' if target is None else _verdict(ratio >= target)} |"
+                )
+        for figure in self.figures:
+            odd = {status: n for status, n in figure.runs[0].statuses.items() if status != 204}
+            if odd:
+                lines.append(f"note: {figure.backend} x{figure.clients}: statuses {odd}")
+        return "\n".join(lines)
+
+
+def run_endpoint(
+    targets: Sequence[str],
+    *,
+    deliveries: int,
+    repeat: int,
+    seed: int,
+    directory: Path,
+    progress: Callable[[str], None] = lambda _line: None,
+) -> EndpointReport:
+    bodies = realistic_bodies(deliveries, seed)
+    warmup = realistic_bodies(WARMUP_DELIVERIES, seed + 1_000_003)
+    backends = [_Databases(target, directory) for target in targets]
+    apply_rates: dict[str, list[float]] = {}
+    figures: dict[tuple[str, int], HttpFigure] = {}
+    for repetition in range(repeat):
+        for databases in backends:
+            result = run_once(databases, "apply", bodies, warmup, 1, 1)
+            apply_rates.setdefault(databases.label, []).append(len(bodies) / result.seconds)
+            progress(
+                f"[{repetition + 1}/{repeat}] {databases.label} apply: "
+                f"{len(bodies) / result.seconds:,.0f} deliveries/s"
+            )
+            for clients in CLIENT_COUNTS:
+                with databases.fresh() as url:
+                    run = run_http(url, directory, bodies, warmup, clients)
+                key = (databases.label, clients)
+                figures.setdefault(key, HttpFigure(databases.label, clients)).runs.append(run)
+                progress(
+                    f"[{repetition + 1}/{repeat}] {databases.label} HTTP x{clients}: "
+                    f"{run.rate:,.0f} deliveries/s"
+                )
+    versions = [v for v in (b.server_version() for b in backends) if v is not None]
+    return EndpointReport(
+        machine=describe_machine(versions[0] if versions else None),
+        deliveries=deliveries,
+        repeat=repeat,
+        apply_rates=apply_rates,
+        figures=list(figures.values()),
+    )
+
+
 # --- profiling --------------------------------------------------------------------------------
 
 
@@ -1067,6 +1198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=("apply", "apply_many"),
         help="instead, profile the tracker's apply or apply_many on SQLite",
     )
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="instead, drive `tracker serve` with 1 and 32 concurrent clients, beside "
+        "in-process apply",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     if args.deliveries < 1 or args.repeat < 1 or args.batch < 1:
@@ -1076,17 +1213,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.profile:
             print(profile(args.profile, args.deliveries, args.batch, args.seed, Path(directory)))
             return 0
-        report = run(
-            args.db or ["sqlite"],
-            deliveries=args.deliveries,
-            repeat=args.repeat,
-            workers=args.workers,
-            batch=args.batch,
-            seed=args.seed,
-            directory=Path(directory),
-            parse=not args.no_parse,
-            progress=lambda line: print(line, file=sys.stderr, flush=True),
-        )
+        report: Report | EndpointReport
+        if args.http:
+            report = run_endpoint(
+                args.db or ["sqlite"],
+                deliveries=args.deliveries,
+                repeat=args.repeat,
+                seed=args.seed,
+                directory=Path(directory),
+                progress=lambda line: print(line, file=sys.stderr, flush=True),
+            )
+        else:
+            report = run(
+                args.db or ["sqlite"],
+                deliveries=args.deliveries,
+                repeat=args.repeat,
+                workers=args.workers,
+                batch=args.batch,
+                seed=args.seed,
+                directory=Path(directory),
+                parse=not args.no_parse,
+                progress=lambda line: print(line, file=sys.stderr, flush=True),
+            )
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

@@ -51,3 +51,23 @@ def test_plain_parse_baseline_reads_the_same_fields_as_the_tracker(
 ) -> None:
     """The parse ratio compares like with like only while both models read the same keys."""
     assert aliases(plain) == aliases(tracker_model)
+
+
+def test_http_benchmark_drives_a_served_endpoint_with_1_and_32_clients(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = ["--http", "--deliveries", "64", "--repeat", "1"]
+    bench.main([*arguments, "--sqlite-dir", str(tmp_path), "--json"])
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["apply_deliveries_per_second"]["sqlite"][0] > 0
+    runs = {run["clients"]: run for run in report["http"]}
+    assert set(runs) == {1, 32}
+    for run in runs.values():
+        assert run["statuses"] == {"204": 64}
+        assert run["outcomes"] == {"applied": 64}
+        assert run["median"] > 0 and run["ratio_to_apply"] > 0
+        assert 0 < run["p50_ms"] <= run["p99_ms"]
+        assert run["client_cpu_us"] > 0 and run["server_cpu_us"] > 0
+    assert runs[32]["target"] == bench.HTTP_TARGET
+    assert list(tmp_path.iterdir()) == []  # every database and server log it made is gone
