@@ -41,6 +41,7 @@ CLIENT_COUNTS: Final = (1, 32)
 # With 32 clients, the endpoint takes at least this many times the deliveries per second of
 # one-by-one `apply` in the same process (SQLite, durable commits).
 HTTP_TARGET: Final = 3.0
+HTTP_WARMUP_DELIVERIES: Final = 500
 START_TIMEOUT: Final = 60.0
 READY: Final = "serving on http://"
 PATH: Final = "/bandwidth/callbacks"
@@ -230,7 +231,7 @@ def run_http(
     with Tracker(database_url) as tracker:
         tracker.upgrade()
     with served(database_url, workdir) as (port, pid):
-        asyncio.run(_drive(port, warmup, min(clients, len(warmup))))
+        asyncio.run(_drive(port, warmup, clients))
         client_cpu, server_cpu = _own_cpu_seconds(), _cpu_seconds(pid)
         run = asyncio.run(_drive(port, bodies, clients))
         run.client_cpu_seconds = _own_cpu_seconds() - client_cpu
