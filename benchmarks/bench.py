@@ -2,7 +2,6 @@
 
     python -m benchmarks.bench                              # SQLite in a temporary directory
     python -m benchmarks.bench --db postgresql+psycopg://postgres@127.0.0.1/postgres --workers 1,4
-    python -m benchmarks.bench --http                       # and `tracker serve` over HTTP
 
 Run from the repository root: a development tool, kept out of the wheel, that takes its bodies
 from the tests' realistic stream (`tests.workloads`). On those bodies it measures:
@@ -20,21 +19,11 @@ project's targets. A micro-benchmark compares `tracker.parsing.read` with a plai
 of the same fields. On SQLite, the pages each commit writes are counted too, as WAL frames per
 delivery of the floor and of `apply`: a count which, unlike a rate, is the same on any machine
 however busy. `--profile apply` shows where the tracker's time goes.
-
-`--http` adds the webhook endpoint to each repetition: `tracker upgrade` on a fresh database, then
-`tracker serve` in a process of its own on a free loopback port (durable commits, Basic
-credentials), driven from this process by 1 and by 32 concurrent clients (`--clients`), each one
-keep-alive connection posting the next body of the same stream once its last one is answered.
-It reports deliveries per second, p50 and p99 latency, and the ratio to the one-by-one `apply`
-in the same repetition (group commit's target), with the CPU the clients and the server spent
-(the clients must not be what limits the rate) and the deliveries each commit held.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
 import cProfile
 import gc
 import hashlib
@@ -48,11 +37,8 @@ import pstats
 import queue
 import re
 import resource
-import signal
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -72,6 +58,13 @@ from pydantic.alias_generators import to_camel
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 
+from benchmarks.endpoint import (
+    CLIENT_COUNTS,
+    HTTP_TARGET,
+    HTTP_WARMUP_DELIVERIES,
+    HttpFigure,
+    run_http,
+)
 from tests.workloads import realistic_bodies
 from tracker import parsing
 from tracker.tracker import Tracker
@@ -745,320 +738,6 @@ def measure_wal_frames(
     return WalFrames(len(sample), tracker_frames / len(sample), floor_frames / len(sample))
 
 
-# --- over HTTP: `tracker serve` driven by concurrent clients ----------------------------------
-
-HTTP_CLIENTS: Final = (1, 32)
-# (backend, clients) -> least ratio of the deliveries per second `tracker serve` takes from that
-# many concurrent clients to the in-process one-by-one `apply` on the same kind of database (1
-# process, same repetition): group commit shares each durable commit among the requests that
-# arrived while the one before was written.
-HTTP_TARGETS: Final[dict[tuple[str, int], float]] = {("sqlite", 32): 3.0}
-HTTP_PATH: Final = "/bandwidth/voice/status"
-_SERVE_READY: Final = "serving on http://"
-_SERVE_TIMEOUT: Final = 60.0  # seconds to start (an interpreter importing uvicorn), or to stop
-_BENCH_USER: Final = "bandwidth-bench"
-
-
-def _tracker_command(*arguments: str) -> list[str]:
-    """The `tracker` command line, run by this interpreter."""
-    return [sys.executable, "-m", "tracker.cli", *arguments]
-
-
-def _tracker_environment(url: str) -> dict[str, str]:
-    """The environment of a `tracker` child process: the database by TRACKER_DATABASE_URL (a
-    PostgreSQL URL may hold a password: kept off the command line), no other TRACKER_ setting of
-    this shell (the in-process runs take the defaults too), and first on the path the tree this
-    process imported the tracker from, so that the child runs the same code."""
-    environment = {
-        name: value for name, value in os.environ.items() if not name.startswith("TRACKER_")
-    }
-    environment["TRACKER_DATABASE_URL"] = url
-    root = str(Path(parsing.__file__).resolve().parents[1])
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [root, *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])]
-    )
-    return environment
-
-
-def _upgrade_with_cli(url: str) -> None:
-    """`tracker upgrade`, as an operator prepares the database before `tracker serve`."""
-    done = subprocess.run(
-        _tracker_command("upgrade"),
-        env=_tracker_environment(url),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=_SERVE_TIMEOUT,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"tracker upgrade exited with {done.returncode}: {done.stderr.strip()}")
-
-
-def _free_port() -> int:
-    """A loopback port nobody listens on now (`tracker serve` takes no `--port 0`)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class _Server:
-    process: subprocess.Popen[bytes]
-    port: int
-    authorization: str  # the value of the Authorization header it accepts
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-@contextmanager
-def _serving(url: str, directory: Path) -> Iterator[_Server]:
-    """`tracker serve` on a free loopback port of `url`'s upgraded database, as an operator runs
-    it: its own process, durable commits (the default), Basic credentials from the environment.
-    Waits for the line it prints once listening; leaves by SIGTERM, its graceful stop, which must
-    exit 0. Its stderr goes to a file (a pipe nobody reads would fill and stall it), shown when
-    something fails."""
-    port = _free_port()
-    password = uuid.uuid4().hex
-    environment = _tracker_environment(url)
-    environment["TRACKER_CALLBACK_CREDENTIALS"] = f"{_BENCH_USER}:{password}"
-    log = directory / f"serve-{port}-{uuid.uuid4().hex[:8]}.stderr"
-    try:
-        with log.open("wb") as stderr:
-            process = subprocess.Popen(
-                _tracker_command("serve", "--host", "127.0.0.1", "--port", str(port)),
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        try:
-            deadline = time.monotonic() + _SERVE_TIMEOUT
-            while _SERVE_READY not in log.read_text(errors="replace"):
-                if process.poll() is not None:
-                    raise RuntimeError(f"tracker serve exited with {process.returncode}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"tracker serve did not listen within {_SERVE_TIMEOUT} s")
-                time.sleep(0.02)
-            token = base64.b64encode(f"{_BENCH_USER}:{password}".encode()).decode()
-            yield _Server(process, port, f"Basic {token}")
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(_SERVE_TIMEOUT)
-            if code != 0:
-                raise RuntimeError(f"tracker serve exited with {code} on SIGTERM, not 0")
-        except Exception as error:
-            error.add_note(f"tracker serve's stderr, last lines:\n{_tail(log)}")
-            raise
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    finally:
-        log.unlink(missing_ok=True)
-
-
-def _process_cpu_seconds(pid: int) -> float | None:
-    """User and system CPU seconds another running process has spent so far (Linux /proc)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _process_peak_rss_mb(pid: int) -> float | None:
-    """The most memory another running process has held resident so far (Linux /proc)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**10  # KiB
-    return None
-
-
-class _Connection:
-    """One client: a keep-alive HTTP/1.1 connection, spoken by hand on asyncio streams.
-
-    Not httpx: on this benchmark's 2-core VM an httpx client spends about a millisecond of CPU
-    per request (32 httpx clients held 1,064 deliveries/s with their process at 99% of a core),
-    so it would measure itself and take the server's second core; this one spends some 40-85 µs
-    (the report shows it). Every answer is read in full and checked: a 204 with its outcome, on
-    a connection the server keeps open; anything else stops the benchmark."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, port: int) -> _Connection:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # TCP_NODELAY set
-        return cls(reader, writer)
-
-    async def request(
-        self, head: bytes, body: bytes = b""
-    ) -> tuple[bytes, dict[bytes, bytes], bytes]:
-        """Send a request (`head` up to its blank line, then `body`); its status line, headers
-        (lower-case names) and body."""
-        self.writer.write(head + body)
-        answer = await self.reader.readuntil(b"\r\n\r\n")
-        status_line, *lines = answer[:-4].split(b"\r\n")
-        headers: dict[bytes, bytes] = {}
-        for line in lines:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        if b"transfer-encoding" in headers:
-            raise RuntimeError(f"a {status_line!r} answer with a transfer coding: not expected")
-        length = int(headers.get(b"content-length", b"0"))
-        content = await self.reader.readexactly(length) if length else b""
-        if headers.get(b"connection", b"").lower() == b"close":
-            raise RuntimeError(f"the server closed the connection after {status_line!r}")
-        return status_line, headers, content
-
-    async def close(self) -> None:
-        self.writer.close()
-        with suppress(OSError):
-            await self.writer.wait_closed()
-
-
-def _post_head(server: _Server) -> bytes:
-    """A callback POST's head up to its Content-Length value, as Bandwidth sends it."""
-    return (
-        f"POST {HTTP_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-        f"Authorization: {server.authorization}\r\nContent-Type: application/json\r\n"
-        "Content-Length: "
-    ).encode()
-
-
-async def _post(connection: _Connection, head: bytes, body: bytes) -> str:
-    """POST one callback body; the outcome its 204 says."""
-    status_line, headers, content = await connection.request(
-        head + str(len(body)).encode() + b"\r\n\r\n", body
-    )
-    if status_line.split(b" ", 2)[1:2] != [b"204"] or b"x-tracker-outcome" not in headers:
-        raise RuntimeError(f"the server answered {status_line.decode()!r}: {content[:200]!r}")
-    return headers[b"x-tracker-outcome"].decode()
-
-
-async def _post_dealt(
-    connections: Sequence[_Connection], head: bytes, bodies: Sequence[bytes]
-) -> None:
-    """The warm-up: the bodies dealt round robin, so that every connection is open and has been
-    used before the clock starts."""
-
-    async def client(connection: _Connection, share: Sequence[bytes]) -> None:
-        for body in share:
-            await _post(connection, head, body)
-
-    count = len(connections)
-    await asyncio.gather(*(client(c, bodies[n::count]) for n, c in enumerate(connections)))
-
-
-async def _post_stream(
-    connections: Sequence[_Connection], head: bytes, bodies: Sequence[bytes]
-) -> tuple[list[float], Counter[str]]:
-    """Each connection posts the next body of the stream once its last one is answered: the
-    bodies go out nearly in arrival order, as many at a time as there are connections. The
-    latency of each, from its request written to its answer read; the outcomes."""
-    pending = iter(bodies)
-    latencies: list[float] = []
-    outcomes: Counter[str] = Counter()
-
-    async def client(connection: _Connection) -> None:
-        for body in pending:
-            started = time.perf_counter()
-            outcome = await _post(connection, head, body)
-            latencies.append(time.perf_counter() - started)
-            outcomes[outcome] += 1
-
-    await asyncio.gather(*(client(connection) for connection in connections))
-    return latencies, outcomes
-
-
-async def _commits_so_far(server: _Server) -> float:
-    """How many commits the server has made: its tracker_group_size histogram's count."""
-    connection = await _Connection.open(server.port)
-    try:
-        head = f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode()
-        status_line, _headers, content = await connection.request(head)
-    finally:
-        await connection.close()
-    if status_line.split(b" ", 2)[1:2] != [b"200"]:
-        raise RuntimeError(f"GET /metrics answered {status_line.decode()!r}")
-    for line in content.decode().splitlines():
-        name, _, value = line.partition(" ")
-        if name == "tracker_group_size_count":
-            return float(value)
-    raise RuntimeError("GET /metrics has no tracker_group_size_count")
-
-
-async def _open_all(server: _Server, count: int) -> list[_Connection]:
-    return list(await asyncio.gather(*(_Connection.open(server.port) for _ in range(count))))
-
-
-async def _close_all(connections: Sequence[_Connection]) -> None:
-    await asyncio.gather(*(connection.close() for connection in connections))
-
-
-@dataclass
-class _HttpRun:
-    seconds: float
-    latencies: list[float]
-    outcomes: Counter[str]
-    client_cpu_seconds: float  # this process, which only drives the server meanwhile
-    server_cpu_seconds: float | None  # None where /proc does not tell
-    commits: float
-    server_peak_rss_mb: float | None
-
-
-def run_http_once(
-    databases: _Databases,
-    bodies: Sequence[bytes],
-    warmup: Sequence[bytes],
-    clients: int,
-    directory: Path,
-) -> _HttpRun:
-    """One timed run over HTTP: a fresh database upgraded by `tracker upgrade`, `tracker serve`
-    on it, `clients` connections warmed up, then the bodies posted by all of them at once."""
-    with databases.fresh() as url:
-        _upgrade_with_cli(url)
-        with _serving(url, directory) as server, asyncio.Runner() as runner:
-            head = _post_head(server)
-            connections = runner.run(_open_all(server, clients))
-            try:
-                runner.run(_post_dealt(connections, head, warmup))
-                commits_before = runner.run(_commits_so_far(server))
-                gc.collect()
-                server_before = _process_cpu_seconds(server.process.pid)
-                client_before = time.process_time()
-                started = time.perf_counter()
-                latencies, outcomes = runner.run(_post_stream(connections, head, bodies))
-                seconds = time.perf_counter() - started
-                client_cpu = time.process_time() - client_before
-                server_after = _process_cpu_seconds(server.process.pid)
-                commits = runner.run(_commits_so_far(server)) - commits_before
-                peak = _process_peak_rss_mb(server.process.pid)
-            finally:
-                runner.run(_close_all(connections))
-    server_cpu = (
-        None if server_before is None or server_after is None else server_after - server_before
-    )
-    return _HttpRun(seconds, latencies, outcomes, client_cpu, server_cpu, commits, peak)
-
-
-def _percentile(values: Sequence[float], fraction: float) -> float:
-    """The nearest-rank percentile: the least value with `fraction` of them at or below it."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
 # --- the whole benchmark ----------------------------------------------------------------------
 
 
@@ -1078,45 +757,6 @@ class Figure:
 
 
 @dataclass
-class HttpFigure:
-    """The runs over HTTP on one backend with one number of concurrent clients; one value per
-    repetition in each list."""
-
-    backend: str
-    clients: int
-    rates: list[float] = field(default_factory=list)
-    p50_ms: list[float] = field(default_factory=list)
-    p99_ms: list[float] = field(default_factory=list)
-    # CPU seconds per second of the run: the benchmark process (the clients) and the server
-    client_cpu: list[float] = field(default_factory=list)
-    server_cpu: list[float] = field(default_factory=list)  # empty where /proc does not tell
-    per_commit: list[float] = field(default_factory=list)  # deliveries per commit
-    outcomes: Counter[str] = field(default_factory=Counter)
-    server_peak_rss_mb: float | None = None
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.rates)
-
-    def add(self, run: _HttpRun, deliveries: int) -> None:
-        self.rates.append(deliveries / run.seconds)
-        self.p50_ms.append(1e3 * _percentile(run.latencies, 0.50))
-        self.p99_ms.append(1e3 * _percentile(run.latencies, 0.99))
-        self.client_cpu.append(run.client_cpu_seconds / run.seconds)
-        if run.server_cpu_seconds is not None:
-            self.server_cpu.append(run.server_cpu_seconds / run.seconds)
-        self.per_commit.append(deliveries / run.commits if run.commits else math.nan)
-        if run.server_peak_rss_mb is not None:
-            self.server_peak_rss_mb = max(self.server_peak_rss_mb or 0.0, run.server_peak_rss_mb)
-
-    def cpu_us_per_delivery(self, shares: Sequence[float]) -> float:
-        """Median over repetitions of CPU µs per delivery, from CPU shares of the run."""
-        return statistics.median(
-            1e6 * share / rate for share, rate in zip(shares, self.rates, strict=True)
-        )
-
-
-@dataclass
 class Report:
     machine: dict[str, str]
     deliveries: int
@@ -1128,7 +768,6 @@ class Report:
     wal_frames: WalFrames | None  # when SQLite was among the databases
     peak_rss_mb: float
     worker_peak_rss_mb: float | None
-    http: list[HttpFigure] = field(default_factory=list)  # with --http
 
     def ratio(self, figure: Figure) -> float | None:
         floor_mode = FLOOR_OF.get(figure.mode)
@@ -1141,16 +780,6 @@ class Report:
         # a neighbour's load that slowed both cancels out, then take the median.
         return statistics.median(
             tracker / floor for tracker, floor in zip(figure.rates, floor.rates, strict=True)
-        )
-
-    def http_ratio(self, figure: HttpFigure) -> float | None:
-        """The median over repetitions of the rate over HTTP over the in-process one-by-one
-        `apply`'s (1 process) in the same repetition."""
-        apply = self._find(figure.backend, 1, "apply")
-        if apply is None:
-            return None
-        return statistics.median(
-            http / one for http, one in zip(figure.rates, apply.rates, strict=True)
         )
 
     def _find(self, backend: str, workers: int, mode: Mode) -> Figure | None:
@@ -1186,35 +815,12 @@ class Report:
                 "target": PARSE_TARGET,
                 "passed": self.parse.ratio <= PARSE_TARGET,
             }
-        http = []
-        for served in self.http:
-            ratio = self.http_ratio(served)
-            target = HTTP_TARGETS.get((served.backend, served.clients))
-            http.append(
-                {
-                    "backend": served.backend,
-                    "clients": served.clients,
-                    "deliveries_per_second": served.rates,
-                    "median": served.median,
-                    "p50_ms": served.p50_ms,
-                    "p99_ms": served.p99_ms,
-                    "ratio_to_apply": ratio,
-                    "target": target,
-                    "passed": None if target is None or ratio is None else ratio >= target,
-                    "client_cpu_share": served.client_cpu,
-                    "server_cpu_share": served.server_cpu or None,
-                    "deliveries_per_commit": served.per_commit,
-                    "server_peak_rss_mb": served.server_peak_rss_mb,
-                    "outcomes": dict(served.outcomes),
-                }
-            )
         return {
             "machine": self.machine,
             "deliveries": self.deliveries,
             "repeat": self.repeat,
             "batch": self.batch,
             "runs": rows,
-            "http": http or None,
             "parse": parse,
             "apply_us_per_event_type": self.per_event_type,
             "wal_frames_per_delivery": None
@@ -1250,8 +856,6 @@ class Report:
                 f"| {'' if target is None else f'>= {target:.2f}'} | {verdict} |"
             )
         lines.append("")
-        if self.http:
-            lines.extend(self._http_text())
         if self.parse is not None:
             lines.append(
                 f"parsing one body: tracker.parsing.read {self.parse.tracker_us:.1f} µs, plain "
@@ -1272,8 +876,7 @@ class Report:
             )
         memory = f"peak RSS: {self.peak_rss_mb:.0f} MB (benchmark process)"
         if self.worker_peak_rss_mb is not None:
-            children = "worker or server process" if self.http else "worker process"
-            memory += f", {self.worker_peak_rss_mb:.0f} MB (largest {children})"
+            memory += f", {self.worker_peak_rss_mb:.0f} MB (largest worker process)"
         lines.append(memory)
         for figure in self.figures:
             odd = {key: count for key, count in figure.outcomes.items() if key != "applied"}
@@ -1282,57 +885,7 @@ class Report:
                     f"note: {figure.backend} {figure.mode} x{figure.workers}: outcomes other "
                     f"than applied: {odd}"
                 )
-        for http in self.http:
-            odd = {key: count for key, count in http.outcomes.items() if key != "applied"}
-            if odd:
-                lines.append(
-                    f"note: {http.backend} over HTTP x{http.clients}: outcomes other than "
-                    f"applied: {odd}"
-                )
         return "\n".join(lines)
-
-    def _http_text(self) -> list[str]:
-        lines = [
-            "over HTTP: `tracker serve` (uvicorn) in a process of its own on a fresh database "
-            "(durable commits), each client one keep-alive connection that posts the next body "
-            "of the stream once its last one is answered (204); latency from a request written "
-            "to its answer read; 'of apply' is the median over repetitions of the rate over the "
-            "in-process one-by-one tracker.apply's (1 process) in the same repetition",
-            "",
-            "| database | clients | deliveries/s (min-max) | p50 ms | p99 ms | of apply | target "
-            "| |",
-            "|---|---:|---:|---:|---:|---:|---:|---|",
-        ]
-        for figure in self.http:
-            ratio = self.http_ratio(figure)
-            target = HTTP_TARGETS.get((figure.backend, figure.clients))
-            verdict = "" if target is None or ratio is None else _verdict(ratio >= target)
-            lines.append(
-                f"| {figure.backend} | {figure.clients} "
-                f"| {figure.median:,.0f} ({min(figure.rates):,.0f}-{max(figure.rates):,.0f}) "
-                f"| {statistics.median(figure.p50_ms):.1f} "
-                f"| {statistics.median(figure.p99_ms):.1f} "
-                f"| {'' if ratio is None else f'{ratio:.2f}'} "
-                f"| {'' if target is None else f'>= {target:.2f}'} | {verdict} |"
-            )
-        lines.append("")
-        for figure in self.http:
-            client = statistics.median(figure.client_cpu)
-            line = (
-                f"over HTTP, {figure.backend} x{figure.clients}: clients (this process) "
-                f"{100 * client:.0f}% of a core, "
-                f"{figure.cpu_us_per_delivery(figure.client_cpu):,.0f} µs per delivery"
-            )
-            if figure.server_cpu:
-                line += (
-                    f"; server {100 * statistics.median(figure.server_cpu):.0f}% of a core, "
-                    f"{figure.cpu_us_per_delivery(figure.server_cpu):,.0f} µs per delivery"
-                )
-            line += f"; {statistics.median(figure.per_commit):.1f} deliveries per commit"
-            if figure.server_peak_rss_mb is not None:
-                line += f"; server peak RSS {figure.server_peak_rss_mb:.0f} MB"
-            lines.append(line)
-        return lines
 
 
 _MODE_LABELS: Final[dict[Mode, Callable[[int], str]]] = {
@@ -1352,7 +905,7 @@ def _peak_rss_mb(who: int) -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs KiB
 
 
-def describe_machine(postgresql: str | None, http: bool = False) -> dict[str, str]:
+def describe_machine(postgresql: str | None) -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1369,10 +922,7 @@ def describe_machine(postgresql: str | None, http: bool = False) -> dict[str, st
     }
     if postgresql is not None:
         machine["postgresql"] = postgresql
-    packages = ["tracker", "sqlalchemy", "pydantic", "psycopg"]
-    if http:
-        packages += ["uvicorn", "httptools"]
-    for package in packages:
+    for package in ("tracker", "sqlalchemy", "pydantic", "psycopg"):
         with suppress(metadata.PackageNotFoundError):
             machine[package] = metadata.version(package)
     return machine
@@ -1388,25 +938,17 @@ def run(
     seed: int,
     directory: Path,
     parse: bool = True,
-    http_clients: Sequence[int] = (),
     progress: Callable[[str], None] = lambda _line: None,
 ) -> Report:
-    """The whole benchmark; with `http_clients`, also `tracker serve` driven by that many
-    concurrent clients on each database, and then the in-process runs with 1 process too (the
-    HTTP rates are compared with its `apply`)."""
     bodies = realistic_bodies(deliveries, seed)
     warmup = realistic_bodies(WARMUP_DELIVERIES, seed + 1_000_003)
-    # Over HTTP every connection posts at least one body of the warm-up.
-    http_warmup = realistic_bodies(max((WARMUP_DELIVERIES, *http_clients)), seed + 1_000_003)
     backends = [_Databases(target, directory) for target in targets]
     figures: dict[tuple[str, int, Mode], Figure] = {}
-    http_figures: dict[tuple[str, int], HttpFigure] = {}
-    plan: list[tuple[_Databases, int]] = []
-    for databases in backends:
-        counts = workers or ((1,) if databases.backend == "sqlite" else (1, 4))
-        if http_clients and 1 not in counts:
-            counts = [1, *counts]
-        plan.extend((databases, count) for count in counts)
+    plan = [
+        (databases, count)
+        for databases in backends
+        for count in (workers or ((1,) if databases.backend == "sqlite" else (1, 4)))
+    ]
     for repetition in range(repeat):
         for databases, count in plan:
             for mode in MODES:
@@ -1420,25 +962,10 @@ def run(
                     f"[{repetition + 1}/{repeat}] {databases.label} x{count} {mode}: "
                     f"{len(bodies) / result.seconds:,.0f} deliveries/s"
                 )
-        for databases in backends:
-            for clients in http_clients:
-                run = run_http_once(databases, bodies, http_warmup, clients, directory)
-                http = http_figures.setdefault(
-                    (databases.label, clients), HttpFigure(databases.label, clients)
-                )
-                http.add(run, len(bodies))
-                if repetition == 0:
-                    http.outcomes.update(run.outcomes)
-                progress(
-                    f"[{repetition + 1}/{repeat}] {databases.label} over HTTP x{clients}: "
-                    f"{http.rates[-1]:,.0f} deliveries/s, p50 {http.p50_ms[-1]:.1f} ms, "
-                    f"p99 {http.p99_ms[-1]:.1f} ms, clients' CPU "
-                    f"{100 * http.client_cpu[-1]:.0f}% of a core"
-                )
     versions = [v for v in (b.server_version() for b in backends) if v is not None]
     children = _peak_rss_mb(resource.RUSAGE_CHILDREN)
     return Report(
-        machine=describe_machine(versions[0] if versions else None, http=bool(http_clients)),
+        machine=describe_machine(versions[0] if versions else None),
         deliveries=deliveries,
         repeat=repeat,
         batch=batch,
@@ -1458,7 +985,139 @@ def run(
         ),
         peak_rss_mb=_peak_rss_mb(resource.RUSAGE_SELF),
         worker_peak_rss_mb=children if children > 0 else None,
-        http=list(http_figures.values()),
+    )
+
+
+# --- the webhook endpoint ---------------------------------------------------------------------
+
+
+@dataclass
+class EndpointReport:
+    """`tracker serve` with 1 and 32 clients beside in-process `apply`, per database."""
+
+    machine: dict[str, str]
+    deliveries: int
+    repeat: int
+    apply_rates: dict[str, list[float]]  # database -> one-by-one apply, per repetition
+    figures: list[HttpFigure]
+
+    def ratio(self, figure: HttpFigure) -> float:
+        """The median over repetitions of the endpoint's rate over `apply`'s in the same one."""
+        return statistics.median(
+            run.rate / apply
+            for run, apply in zip(figure.runs, self.apply_rates[figure.backend], strict=True)
+        )
+
+    def target(self, figure: HttpFigure) -> float | None:
+        return HTTP_TARGET if (figure.backend, figure.clients) == ("sqlite", 32) else None
+
+    def as_json(self) -> dict[str, Any]:
+        rows = []
+        for figure in self.figures:
+            target = self.target(figure)
+            ratio = self.ratio(figure)
+            rows.append(
+                {
+                    "backend": figure.backend,
+                    "clients": figure.clients,
+                    "deliveries_per_second": [run.rate for run in figure.runs],
+                    "median": figure.rate,
+                    "p50_ms": 1000 * figure.percentile(0.5),
+                    "p99_ms": 1000 * figure.percentile(0.99),
+                    "client_cpu_us": figure.cpu_us("client"),
+                    "server_cpu_us": figure.cpu_us("server"),
+                    "ratio_to_apply": ratio,
+                    "target": target,
+                    "passed": None if target is None else ratio >= target,
+                    "statuses": dict(figure.runs[0].statuses),
+                    "outcomes": dict(figure.runs[0].outcomes),
+                }
+            )
+        return {
+            "machine": self.machine,
+            "deliveries": self.deliveries,
+            "repeat": self.repeat,
+            "apply_deliveries_per_second": self.apply_rates,
+            "http": rows,
+        }
+
+    def as_text(self) -> str:
+        lines = [
+            f"{self.deliveries} distinct deliveries per run over HTTP to `tracker serve`, median "
+            f"of {self.repeat} repetitions; 'of apply' is the median over repetitions of the "
+            "endpoint's rate over one-by-one apply in the same process and repetition",
+            "machine: " + ", ".join(f"{key} {value}" for key, value in self.machine.items()),
+            "",
+            "| database | run | deliveries/s | p50 ms | p99 ms | client CPU µs | server CPU µs "
+            "| of apply | target | |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for backend, rates in self.apply_rates.items():
+            lines.append(
+                f"| {backend} | tracker.apply, in process | {statistics.median(rates):,.0f} "
+                "| | | | | | | |"
+            )
+            for figure in self.figures:
+                if figure.backend != backend:
+                    continue
+                target = self.target(figure)
+                ratio = self.ratio(figure)
+                lines.append(
+                    f"| {backend} | HTTP, {figure.clients} client"
+                    f"{'' if figure.clients == 1 else 's'} | {figure.rate:,.0f} "
+                    f"| {1000 * figure.percentile(0.5):.1f} | {1000 * figure.percentile(0.99):.1f} "
+                    f"| {figure.cpu_us('client'):,.0f} | {figure.cpu_us('server'):,.0f} "
+                    f"| {ratio:.2f} | {'' if target is None else f'>= {target:.1f}'} "
+                    f"| {'' if target is None else _verdict(ratio >= target)} |"
+                )
+        for figure in self.figures:
+            odd = {status: n for status, n in figure.runs[0].statuses.items() if status != 204}
+            if odd:
+                lines.append(f"note: {figure.backend} x{figure.clients}: statuses {odd}")
+        return "\n".join(lines)
+
+
+def run_endpoint(
+    targets: Sequence[str],
+    *,
+    deliveries: int,
+    repeat: int,
+    seed: int,
+    directory: Path,
+    progress: Callable[[str], None] = lambda _line: None,
+) -> EndpointReport:
+    bodies = realistic_bodies(deliveries, seed)
+    warmup = realistic_bodies(WARMUP_DELIVERIES, seed + 1_000_003)
+    # A server lives long: its warm-up also sends groups of every size the load will, so that
+    # the statements for them are compiled before the clock starts, as they are in a running one.
+    http_warmup = realistic_bodies(HTTP_WARMUP_DELIVERIES, seed + 2_000_003)
+    backends = [_Databases(target, directory) for target in targets]
+    apply_rates: dict[str, list[float]] = {}
+    figures: dict[tuple[str, int], HttpFigure] = {}
+    for repetition in range(repeat):
+        for databases in backends:
+            result = run_once(databases, "apply", bodies, warmup, 1, 1)
+            apply_rates.setdefault(databases.label, []).append(len(bodies) / result.seconds)
+            progress(
+                f"[{repetition + 1}/{repeat}] {databases.label} apply: "
+                f"{len(bodies) / result.seconds:,.0f} deliveries/s"
+            )
+            for clients in CLIENT_COUNTS:
+                with databases.fresh() as url:
+                    run = run_http(url, directory, bodies, http_warmup, clients)
+                key = (databases.label, clients)
+                figures.setdefault(key, HttpFigure(databases.label, clients)).runs.append(run)
+                progress(
+                    f"[{repetition + 1}/{repeat}] {databases.label} HTTP x{clients}: "
+                    f"{run.rate:,.0f} deliveries/s"
+                )
+    versions = [v for v in (b.server_version() for b in backends) if v is not None]
+    return EndpointReport(
+        machine=describe_machine(versions[0] if versions else None),
+        deliveries=deliveries,
+        repeat=repeat,
+        apply_rates=apply_rates,
+        figures=list(figures.values()),
     )
 
 
@@ -1544,48 +1203,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-parse", action="store_true", help="skip the parsing benchmark")
     parser.add_argument(
-        "--http",
-        action="store_true",
-        help="also run `tracker serve` on each database and drive it over HTTP with --clients "
-        "concurrent clients, beside the in-process apply (then always run with 1 process too)",
-    )
-    parser.add_argument(
-        "--clients",
-        type=_workers,
-        metavar="1,32",
-        help="numbers of concurrent HTTP clients with --http (default: "
-        f"{','.join(map(str, HTTP_CLIENTS))})",
-    )
-    parser.add_argument(
         "--profile",
         choices=("apply", "apply_many"),
         help="instead, profile the tracker's apply or apply_many on SQLite",
+    )
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="instead, drive `tracker serve` with 1 and 32 concurrent clients, beside "
+        "in-process apply",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     if args.deliveries < 1 or args.repeat < 1 or args.batch < 1:
         parser.error("--deliveries, --repeat and --batch must be positive")
-    if args.clients is not None and not args.http:
-        parser.error("--clients goes with --http")
-    if args.http and args.profile:
-        parser.error("--profile runs instead of the benchmark: not with --http")
 
     with tempfile.TemporaryDirectory(prefix="tracker-bench-", dir=args.sqlite_dir) as directory:
         if args.profile:
             print(profile(args.profile, args.deliveries, args.batch, args.seed, Path(directory)))
             return 0
-        report = run(
-            args.db or ["sqlite"],
-            deliveries=args.deliveries,
-            repeat=args.repeat,
-            workers=args.workers,
-            batch=args.batch,
-            seed=args.seed,
-            directory=Path(directory),
-            parse=not args.no_parse,
-            http_clients=(args.clients or HTTP_CLIENTS) if args.http else (),
-            progress=lambda line: print(line, file=sys.stderr, flush=True),
-        )
+        report: Report | EndpointReport
+        if args.http:
+            report = run_endpoint(
+                args.db or ["sqlite"],
+                deliveries=args.deliveries,
+                repeat=args.repeat,
+                seed=args.seed,
+                directory=Path(directory),
+                progress=lambda line: print(line, file=sys.stderr, flush=True),
+            )
+        else:
+            report = run(
+                args.db or ["sqlite"],
+                deliveries=args.deliveries,
+                repeat=args.repeat,
+                workers=args.workers,
+                batch=args.batch,
+                seed=args.seed,
+                directory=Path(directory),
+                parse=not args.no_parse,
+                progress=lambda line: print(line, file=sys.stderr, flush=True),
+            )
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

@@ -1,0 +1,239 @@
+"""The webhook endpoint under load: `tracker serve` driven by 1 and by 32 concurrent clients.
+
+    python -m benchmarks.bench --http                       # SQLite, durable commits
+    python -m benchmarks.bench --http --db postgresql+psycopg://postgres@127.0.0.1/postgres
+
+Each run starts a real `tracker serve` process on a fresh database and a free loopback port,
+posts the stream's distinct bodies over keep-alive connections, and times every request from
+its first byte sent to its answer read. The in-process one-by-one `apply` is measured in the
+same repetition on the same kind of database: group commit is what lets many clients go faster
+than it, and the target says by how much.
+
+The clients speak HTTP/1.1 through `h11` on asyncio streams rather than through a full HTTP
+client: an `httpx.AsyncClient` spends about 3 ms of CPU per request here, so on a 2-core machine
+it, not the server, would set the rate. The clients' own CPU per request is reported, and so is
+the server's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import h11
+
+from tracker import Tracker
+
+CLIENT_COUNTS: Final = (1, 32)
+# With 32 clients, the endpoint takes at least this many times the deliveries per second of
+# one-by-one `apply` in the same process (SQLite, durable commits).
+HTTP_TARGET: Final = 3.0
+HTTP_WARMUP_DELIVERIES: Final = 500
+START_TIMEOUT: Final = 60.0
+READY: Final = "serving on http://"
+PATH: Final = "/bandwidth/callbacks"
+
+
+@dataclass
+class HttpRun:
+    """One timed run of `clients` concurrent clients against a fresh server."""
+
+    clients: int
+    seconds: float
+    latencies: list[float]
+    statuses: Counter[int]
+    outcomes: Counter[str]
+    client_cpu_seconds: float
+    server_cpu_seconds: float
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds
+
+
+@dataclass
+class HttpFigure:
+    backend: str
+    clients: int
+    runs: list[HttpRun] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(run.rate for run in self.runs)
+
+    def percentile(self, share: float) -> float:
+        """The median over runs of each run's latency at `share` (0.5, 0.99), in seconds."""
+        values = []
+        for run in self.runs:
+            ordered = sorted(run.latencies)
+            values.append(ordered[min(len(ordered) - 1, int(share * len(ordered)))])
+        return statistics.median(values)
+
+    def cpu_us(self, side: str) -> float:
+        """Median CPU per delivery, µs, of the clients or the server."""
+        return statistics.median(
+            1e6
+            * (run.client_cpu_seconds if side == "client" else run.server_cpu_seconds)
+            / len(run.latencies)
+            for run in self.runs
+        )
+
+
+@contextmanager
+def served(database_url: str, workdir: Path) -> Iterator[tuple[int, int]]:
+    """A `tracker serve` process on `database_url` (already migrated): (port, pid). Stopped
+    with SIGTERM, as an operator would, when the block ends."""
+    port = _free_port()
+    stderr_path = workdir / f"serve-{port}.stderr"
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from tracker.cli import main; main()",
+                "--db",
+                database_url,
+                "serve",
+                "--port",
+                str(port),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "TRACKER_CALLBACK_CREDENTIALS": ""},
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while READY not in stderr_path.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"tracker serve did not start: {stderr_path.read_text(errors='replace')}"
+                )
+            time.sleep(0.05)
+        yield port, process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        stderr_path.unlink(missing_ok=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU of a process so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection: a request at a time, as a Bandwidth sender has."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.protocol = h11.Connection(h11.CLIENT)
+
+    @classmethod
+    async def open(cls, port: int) -> _Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def post(self, body: bytes) -> tuple[int, str]:
+        """The status and the X-Tracker-Outcome of POSTing `body`."""
+        request = h11.Request(
+            method="POST",
+            target=PATH,
+            headers=[
+                ("host", "127.0.0.1"),
+                ("content-type", "application/json"),
+                ("content-length", str(len(body))),
+            ],
+        )
+        self.writer.write(
+            self.protocol.send(request)
+            + self.protocol.send(h11.Data(data=body))
+            + self.protocol.send(h11.EndOfMessage())
+        )
+        status, outcome = 0, ""
+        while True:
+            event = self.protocol.next_event()
+            if event is h11.NEED_DATA:
+                self.protocol.receive_data(await self.reader.read(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+                outcome = dict(event.headers).get(b"x-tracker-outcome", b"").decode()
+            elif isinstance(event, h11.EndOfMessage):
+                self.protocol.start_next_cycle()
+                return status, outcome
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ConnectionError("the server closed the connection mid-request")
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+async def _drive(port: int, bodies: Sequence[bytes], clients: int) -> HttpRun:
+    """Post `bodies` from `clients` connections, each taking the next body when it is free."""
+    connections = [await _Connection.open(port) for _ in range(clients)]
+    pending = list(reversed(bodies))
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    outcomes: Counter[str] = Counter()
+
+    async def client(connection: _Connection) -> None:
+        while pending:
+            body = pending.pop()
+            sent = time.perf_counter()
+            status, outcome = await connection.post(body)
+            latencies.append(time.perf_counter() - sent)
+            statuses[status] += 1
+            outcomes[outcome] += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(connection) for connection in connections))
+    seconds = time.perf_counter() - started
+    for connection in connections:
+        await connection.close()
+    return HttpRun(clients, seconds, latencies, statuses, outcomes, 0.0, 0.0)
+
+
+def run_http(
+    database_url: str, workdir: Path, bodies: Sequence[bytes], warmup: Sequence[bytes], clients: int
+) -> HttpRun:
+    """One timed run on a fresh, migrated database: warm-up posts untimed, then `bodies`."""
+    with Tracker(database_url) as tracker:
+        tracker.upgrade()
+    with served(database_url, workdir) as (port, pid):
+        asyncio.run(_drive(port, warmup, clients))
+        client_cpu, server_cpu = _own_cpu_seconds(), _cpu_seconds(pid)
+        run = asyncio.run(_drive(port, bodies, clients))
+        run.client_cpu_seconds = _own_cpu_seconds() - client_cpu
+        run.server_cpu_seconds = _cpu_seconds(pid) - server_cpu
+    return run
