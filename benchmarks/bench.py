@@ -1026,6 +1026,7 @@ class EndpointReport:
                     "p99_ms": 1000 * figure.percentile(0.99),
                     "client_cpu_us": figure.cpu_us("client"),
                     "server_cpu_us": figure.cpu_us("server"),
+                    "deliveries_per_commit": figure.per_commit,
                     "ratio_to_apply": ratio,
                     "target": target,
                     "passed": None if target is None else ratio >= target,
@@ -1049,13 +1050,13 @@ class EndpointReport:
             "machine: " + ", ".join(f"{key} {value}" for key, value in self.machine.items()),
             "",
             "| database | run | deliveries/s | p50 ms | p99 ms | client CPU µs | server CPU µs "
-            "| of apply | target | |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| per commit | of apply | target | |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for backend, rates in self.apply_rates.items():
             lines.append(
                 f"| {backend} | tracker.apply, in process | {statistics.median(rates):,.0f} "
-                "| | | | | | | |"
+                "| | | | | 1 | | | |"
             )
             for figure in self.figures:
                 if figure.backend != backend:
@@ -1067,13 +1068,20 @@ class EndpointReport:
                     f"{'' if figure.clients == 1 else 's'} | {figure.rate:,.0f} "
                     f"| {1000 * figure.percentile(0.5):.1f} | {1000 * figure.percentile(0.99):.1f} "
                     f"| {figure.cpu_us('client'):,.0f} | {figure.cpu_us('server'):,.0f} "
-                    f"| {ratio:.2f} | {'' if target is None else f'>= {target:.1f}'} "
+                    f"| {figure.per_commit:.1f} | {ratio:.2f} "
+                    f"| {'' if target is None else f'>= {target:.1f}'} "
                     f"| {'' if target is None else _verdict(ratio >= target)} |"
                 )
         for figure in self.figures:
             odd = {status: n for status, n in figure.runs[0].statuses.items() if status != 204}
             if odd:
                 lines.append(f"note: {figure.backend} x{figure.clients}: statuses {odd}")
+            other = {key: n for key, n in figure.runs[0].outcomes.items() if key != "applied"}
+            if other:
+                lines.append(
+                    f"note: {figure.backend} x{figure.clients}: outcomes other than applied: "
+                    f"{other}"
+                )
         return "\n".join(lines)
 
 

@@ -22,8 +22,11 @@ The clients' own CPU per request is reported, and so is the server's.
 from __future__ import annotations
 
 import asyncio
+import base64
+import math
 import os
 import resource
+import secrets
 import signal
 import socket
 import statistics
@@ -37,16 +40,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from tracker import Tracker
-
 CLIENT_COUNTS: Final = (1, 32)
 # With 32 clients, the endpoint takes at least this many times the deliveries per second of
 # one-by-one `apply` in the same process (SQLite, durable commits).
 HTTP_TARGET: Final = 3.0
 HTTP_WARMUP_DELIVERIES: Final = 500
 START_TIMEOUT: Final = 60.0
+STOP_TIMEOUT: Final = 60.0
 READY: Final = "serving on http://"
 PATH: Final = "/bandwidth/callbacks"
+USER: Final = "bandwidth"
+# The `tracker` command, run by this interpreter from the current directory, so that the server
+# runs the tree under test.
+_ENTRY: Final = "from tracker.cli import main; main()"
 
 
 @dataclass
@@ -60,10 +66,16 @@ class HttpRun:
     outcomes: Counter[str]
     client_cpu_seconds: float
     server_cpu_seconds: float
+    commits: float  # the server's, during the run
 
     @property
     def rate(self) -> float:
         return len(self.latencies) / self.seconds
+
+    @property
+    def per_commit(self) -> float:
+        """Deliveries per commit: how much group commit shared each one."""
+        return len(self.latencies) / self.commits if self.commits else math.nan
 
 
 @dataclass
@@ -84,6 +96,10 @@ class HttpFigure:
             values.append(ordered[min(len(ordered) - 1, int(share * len(ordered)))])
         return statistics.median(values)
 
+    @property
+    def per_commit(self) -> float:
+        return statistics.median(run.per_commit for run in self.runs)
+
     def cpu_us(self, side: str) -> float:
         """Median CPU per delivery, µs, of the clients or the server."""
         return statistics.median(
@@ -94,46 +110,78 @@ class HttpFigure:
         )
 
 
+@dataclass(frozen=True)
+class Served:
+    port: int
+    pid: int
+    authorization: bytes  # the Authorization header the server accepts
+
+
 @contextmanager
-def served(database_url: str, workdir: Path) -> Iterator[tuple[int, int]]:
-    """A `tracker serve` process on `database_url` (already migrated): (port, pid). Stopped
-    with SIGTERM, as an operator would, when the block ends."""
+def served(database_url: str, workdir: Path) -> Iterator[Served]:
+    """A `tracker serve` process on `database_url` (already migrated), as an operator runs it:
+    Basic credentials from the environment, the database URL there too (a PostgreSQL one may
+    hold a password: kept off the command line, where `ps` shows it), no other TRACKER_ setting
+    of this shell (the in-process `apply` takes the defaults too). Stopped with SIGTERM when the
+    block ends; that graceful stop must exit 0. Its stderr goes to a file (a pipe nobody reads
+    would fill and stall it), added to any error raised meanwhile."""
     port = _free_port()
+    password = secrets.token_hex(16)
+    environment = {
+        name: value for name, value in os.environ.items() if not name.startswith("TRACKER_")
+    }
+    environment["TRACKER_DATABASE_URL"] = database_url
+    environment["TRACKER_CALLBACK_CREDENTIALS"] = f"{USER}:{password}"
     stderr_path = workdir / f"serve-{port}.stderr"
     with stderr_path.open("wb") as stderr:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from tracker.cli import main; main()",
-                "--db",
-                database_url,
-                "serve",
-                "--port",
-                str(port),
-            ],
+            [sys.executable, "-c", _ENTRY, "serve", "--port", str(port)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
-            env={**os.environ, "TRACKER_CALLBACK_CREDENTIALS": ""},
+            env=environment,
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while READY not in stderr_path.read_text(errors="replace"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"tracker serve did not start: {stderr_path.read_text(errors='replace')}"
-                )
+            if process.poll() is not None:
+                raise RuntimeError(f"tracker serve exited with {process.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"tracker serve did not listen within {START_TIMEOUT:g} s")
             time.sleep(0.05)
-        yield port, process.pid
-    finally:
+        token = base64.b64encode(f"{USER}:{password}".encode())
+        yield Served(port, process.pid, b"Basic " + token)
         process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        code = process.wait(timeout=STOP_TIMEOUT)
+        if code != 0:
+            raise RuntimeError(f"tracker serve exited with {code} on SIGTERM, not 0")
+    except Exception as error:
+        error.add_note("tracker serve's stderr:\n" + stderr_path.read_text(errors="replace"))
+        raise
+    finally:
+        if process.poll() is None:
             process.kill()
             process.wait()
         stderr_path.unlink(missing_ok=True)
+
+
+def _upgrade(database_url: str) -> None:
+    """`tracker upgrade`, as an operator prepares the database for `tracker serve`."""
+    environment = {
+        name: value for name, value in os.environ.items() if not name.startswith("TRACKER_")
+    }
+    environment["TRACKER_DATABASE_URL"] = database_url
+    done = subprocess.run(
+        [sys.executable, "-c", _ENTRY, "upgrade"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=START_TIMEOUT,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"tracker upgrade exited with {done.returncode}: {done.stderr}")
 
 
 def _free_port() -> int:
@@ -192,19 +240,19 @@ class _Connection:
         await self.writer.wait_closed()
 
 
-def _post_head() -> bytes:
+def _post_head(server: Served) -> bytes:
     return (
-        f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: "
+        f"{server.authorization.decode()}\r\nContent-Type: application/json\r\n"
         "Content-Length: "
     ).encode()
 
 
 async def _drive(
-    connections: Sequence[_Connection], bodies: Sequence[bytes]
+    connections: Sequence[_Connection], head: bytes, bodies: Sequence[bytes]
 ) -> tuple[list[float], Counter[int], Counter[str]]:
     """Post `bodies` from every connection at once, each taking the next body when it is free:
     the latency of each, from its request written to its answer read; statuses; outcomes."""
-    head = _post_head()
     pending = list(reversed(bodies))
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
@@ -231,23 +279,44 @@ async def _close(connections: Sequence[_Connection]) -> None:
     await asyncio.gather(*(connection.close() for connection in connections))
 
 
+async def _commits(server: Served) -> float:
+    """The commits the server has made so far: the count of its tracker_group_size histogram."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        answer = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, text = answer.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200 "):
+        raise RuntimeError(f"GET /metrics answered {head.splitlines()[0]!r}")
+    for line in text.decode().splitlines():
+        name, _, value = line.partition(" ")
+        if name == "tracker_group_size_count":
+            return float(value)
+    raise RuntimeError("GET /metrics has no tracker_group_size_count")
+
+
 def run_http(
     database_url: str, workdir: Path, bodies: Sequence[bytes], warmup: Sequence[bytes], clients: int
 ) -> HttpRun:
-    """One timed run on a fresh, migrated database: the warm-up posted untimed, then `bodies`,
-    on the same `clients` connections (kept alive, as a sender's are)."""
-    with Tracker(database_url) as tracker:
-        tracker.upgrade()
-    with served(database_url, workdir) as (port, pid), asyncio.Runner() as runner:
-        connections = runner.run(_open(port, clients))
+    """One timed run on a fresh database, upgraded by `tracker upgrade`: the warm-up posted
+    untimed, then `bodies`, on the same `clients` connections (kept alive, as a sender's are)."""
+    _upgrade(database_url)
+    with served(database_url, workdir) as server, asyncio.Runner() as runner:
+        head = _post_head(server)
+        connections = runner.run(_open(server.port, clients))
         try:
-            runner.run(_drive(connections, warmup))
-            client_cpu, server_cpu = _own_cpu_seconds(), _cpu_seconds(pid)
+            runner.run(_drive(connections, head, warmup))
+            commits = runner.run(_commits(server))
+            client_cpu, server_cpu = _own_cpu_seconds(), _cpu_seconds(server.pid)
             started = time.perf_counter()
-            latencies, statuses, outcomes = runner.run(_drive(connections, bodies))
+            latencies, statuses, outcomes = runner.run(_drive(connections, head, bodies))
             seconds = time.perf_counter() - started
             client_cpu = _own_cpu_seconds() - client_cpu
-            server_cpu = _cpu_seconds(pid) - server_cpu
+            server_cpu = _cpu_seconds(server.pid) - server_cpu
+            commits = runner.run(_commits(server)) - commits
         finally:
             runner.run(_close(connections))
-    return HttpRun(clients, seconds, latencies, statuses, outcomes, client_cpu, server_cpu)
+    return HttpRun(clients, seconds, latencies, statuses, outcomes, client_cpu, server_cpu, commits)

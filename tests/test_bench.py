@@ -69,5 +69,8 @@ def test_http_benchmark_drives_a_served_endpoint_with_1_and_32_clients(
         assert run["median"] > 0 and run["ratio_to_apply"] > 0
         assert 0 < run["p50_ms"] <= run["p99_ms"]
         assert run["client_cpu_us"] > 0 and run["server_cpu_us"] > 0
+    # One client waits for each answer before it sends again: every commit holds one delivery.
+    assert runs[1]["deliveries_per_commit"] == 1.0
+    assert runs[32]["deliveries_per_commit"] >= 1.0
     assert runs[32]["target"] == bench.HTTP_TARGET
     assert list(tmp_path.iterdir()) == []  # every database and server log it made is gone
