@@ -27,11 +27,7 @@ import math
 import os
 import resource
 import secrets
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -40,19 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from tests.http_server import Server, migrate
+
 CLIENT_COUNTS: Final = (1, 32)
 # With 32 clients, the endpoint takes at least this many times the deliveries per second of
 # one-by-one `apply` in the same process (SQLite, durable commits).
 HTTP_TARGET: Final = 3.0
 HTTP_WARMUP_DELIVERIES: Final = 500
-START_TIMEOUT: Final = 60.0
 STOP_TIMEOUT: Final = 60.0
-READY: Final = "serving on http://"
 PATH: Final = "/bandwidth/callbacks"
 USER: Final = "bandwidth"
-# The `tracker` command, run by this interpreter from the current directory, so that the server
-# runs the tree under test.
-_ENTRY: Final = "from tracker.cli import main; main()"
 
 
 @dataclass
@@ -119,75 +112,23 @@ class Served:
 
 @contextmanager
 def served(database_url: str, workdir: Path) -> Iterator[Served]:
-    """A `tracker serve` process on `database_url` (already migrated), as an operator runs it:
-    Basic credentials from the environment, the database URL there too (a PostgreSQL one may
-    hold a password: kept off the command line, where `ps` shows it), no other TRACKER_ setting
-    of this shell (the in-process `apply` takes the defaults too). Stopped with SIGTERM when the
-    block ends; that graceful stop must exit 0. Its stderr goes to a file (a pipe nobody reads
-    would fill and stall it), added to any error raised meanwhile."""
-    port = _free_port()
+    """A `tracker serve` process on `database_url` (already migrated), started as the tests
+    start it (`tests.http_server`), with Basic credentials as an operator's would have. Stopped
+    with SIGTERM when the block ends; that graceful stop must exit 0. Its stderr is added to
+    any error raised meanwhile."""
     password = secrets.token_hex(16)
-    environment = {
-        name: value for name, value in os.environ.items() if not name.startswith("TRACKER_")
-    }
-    environment["TRACKER_DATABASE_URL"] = database_url
-    environment["TRACKER_CALLBACK_CREDENTIALS"] = f"{USER}:{password}"
-    stderr_path = workdir / f"serve-{port}.stderr"
-    with stderr_path.open("wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-c", _ENTRY, "serve", "--port", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env=environment,
-        )
+    server = Server(database_url, workdir, credentials=f"{USER}:{password}").start()
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while READY not in stderr_path.read_text(errors="replace"):
-            if process.poll() is not None:
-                raise RuntimeError(f"tracker serve exited with {process.returncode}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"tracker serve did not listen within {START_TIMEOUT:g} s")
-            time.sleep(0.05)
         token = base64.b64encode(f"{USER}:{password}".encode())
-        yield Served(port, process.pid, b"Basic " + token)
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=STOP_TIMEOUT)
+        yield Served(server.port, server.pid, b"Basic " + token)
+        code = server.terminate(STOP_TIMEOUT)
         if code != 0:
             raise RuntimeError(f"tracker serve exited with {code} on SIGTERM, not 0")
     except Exception as error:
-        error.add_note("tracker serve's stderr:\n" + stderr_path.read_text(errors="replace"))
+        error.add_note("tracker serve's stderr:\n" + server.stderr)
         raise
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        stderr_path.unlink(missing_ok=True)
-
-
-def _upgrade(database_url: str) -> None:
-    """`tracker upgrade`, as an operator prepares the database for `tracker serve`."""
-    environment = {
-        name: value for name, value in os.environ.items() if not name.startswith("TRACKER_")
-    }
-    environment["TRACKER_DATABASE_URL"] = database_url
-    done = subprocess.run(
-        [sys.executable, "-c", _ENTRY, "upgrade"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=START_TIMEOUT,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"tracker upgrade exited with {done.returncode}: {done.stderr}")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+        server.close()  # killed if it would not stop
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -301,9 +242,9 @@ async def _commits(server: Served) -> float:
 def run_http(
     database_url: str, workdir: Path, bodies: Sequence[bytes], warmup: Sequence[bytes], clients: int
 ) -> HttpRun:
-    """One timed run on a fresh database, upgraded by `tracker upgrade`: the warm-up posted
+    """One timed run on a fresh, upgraded database: the warm-up posted
     untimed, then `bodies`, on the same `clients` connections (kept alive, as a sender's are)."""
-    _upgrade(database_url)
+    migrate(database_url)
     with served(database_url, workdir) as server, asyncio.Runner() as runner:
         head = _post_head(server)
         connections = runner.run(_open(server.port, clients))
