@@ -187,10 +187,10 @@ class Tracker:
         several entries (a retried delivery, an earlier re-drive's entry) is applied once per
         run. A `too_large` entry is skipped: only the first 64 KiB of its body were kept."""
         if outcome not in REDRIVEN_OUTCOMES:
+            taken = " or ".join(repr(taken.value) for taken in REDRIVEN_OUTCOMES)
             raise ValueError(
-                f"redrive takes the outcome {' or '.join(map(repr, REDRIVEN_OUTCOMES))}, not "
-                f"{outcome!r}: deliveries applied, duplicate or ignored would only come back "
-                "duplicate or ignored"
+                f"redrive takes the outcome {taken}, not {outcome!r}: deliveries applied, "
+                "duplicate or ignored would only come back duplicate or ignored"
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
