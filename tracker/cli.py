@@ -679,9 +679,9 @@ def redrive(
         return
     caption = [f"{report.redriven:,} re-driven"]
     if report.repeats:
-        caption.append(f"{report.repeats:,} entries repeating a body re-driven once")
+        caption.append(f"{report.repeats:,} repeating a body already re-driven")
     if report.too_large:
-        caption.append(f"{report.too_large:,} too_large entries skipped (body cut when logged)")
+        caption.append(f"{report.too_large:,} too_large skipped (body cut when logged)")
     table = Table(title=Text(f"Re-drove the {outcome} deliveries"), caption=", ".join(caption))
     table.add_column("new outcome")
     table.add_column("reason")
