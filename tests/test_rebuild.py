@@ -13,9 +13,12 @@ from click.testing import CliRunner, Result
 from sqlalchemy import text
 
 from tests.factories import BASE_TIME, initiate, new_call_id
+from tests.workers import apply_rounds, run_together
 from tests.workloads import realistic_bodies
 from tracker import CallDifference, Outcome, Tracker, rebuilding
 from tracker.cli import cli
+
+WORKERS = 4
 
 
 def workload(seed: int, count: int = 400) -> list[bytes]:
@@ -108,6 +111,26 @@ def test_a_rebuild_with_apply_on_an_intact_database_writes_nothing(loaded: Track
 def test_an_empty_database_rebuilds_to_nothing(tracker: Tracker) -> None:
     report = tracker.rebuild(apply=True)
     assert (report.calls_checked, report.deliveries_replayed, report.differences) == (0, 0, ())
+
+
+@pytest.mark.slow
+def test_a_workload_applied_by_concurrent_workers_rebuilds_to_the_live_records(
+    database_url: str,
+) -> None:
+    """Workers racing on the same calls commit in an order the log's ids follow call by call,
+    so even the delivery each history step and transfer attempt names is found again."""
+    with Tracker(database_url) as tracker:
+        tracker.upgrade()
+    bodies = [body.decode() for body in workload(seed=11, count=500)]
+    shares = [[bodies[worker::WORKERS]] for worker in range(WORKERS)]
+
+    run = run_together(apply_rounds, [(database_url, share) for share in shares], rounds=1)
+
+    assert run.exceptions() == []
+    with Tracker(database_url) as tracker:
+        report = tracker.rebuild()
+        assert report.deliveries_replayed == len(tracker.events(outcome=Outcome.APPLIED))
+    assert (report.differences, report.not_reapplied) == ((), ())
 
 
 # --- a tampered database ----------------------------------------------------------------------
