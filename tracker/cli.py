@@ -691,6 +691,59 @@ def redrive(
     _stdout().print(table)
 
 
+# --- rebuild ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--apply",
+    "write",
+    is_flag=True,
+    help="Write the recomputed records of the calls that differ.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.pass_obj
+def rebuild(session: _Session, write: bool, as_json: bool) -> None:
+    """Recompute every call from the event log and list the calls whose record differs.
+
+    On a log that was never pruned none should. With --apply, the recomputed records are
+    written, in batches, each by compare-and-set; writing stops if deliveries are applied
+    meanwhile (run it with the workers stopped).
+    """
+    report = session.tracker.rebuild(apply=write)
+    if as_json:
+        click.echo(json.dumps(asdict(report), indent=2))
+        return
+    console = _stdout()
+    if report.differences:
+        table = Table()
+        for column in ("call id", "difference", "fields"):
+            table.add_column(column, overflow="fold")
+        for difference in report.differences:
+            table.add_row(
+                Text(difference.call_id), difference.kind, Text(", ".join(difference.fields))
+            )
+        console.print(table)
+    console.print(
+        f"{report.calls_checked} calls checked against {report.deliveries_replayed} applied "
+        f"deliveries replayed: {len(report.differences)} differ."
+    )
+    if report.not_reapplied:
+        shown = ", ".join(str(event_id) for event_id in report.not_reapplied[:10])
+        console.print(
+            f"{len(report.not_reapplied)} logged deliveries were not applied again by the "
+            f"replay (log ids {shown}{', ...' if len(report.not_reapplied) > 10 else ''})."
+        )
+    if report.applied:
+        console.print(f"{len(report.written)} calls written.")
+        if report.moved:
+            console.print(
+                f"{len(report.moved)} calls changed by a delivery meanwhile were left alone."
+            )
+    if report.stopped:
+        console.print(f"Writing stopped: {report.stopped}.")
+
+
 # --- shared -----------------------------------------------------------------------------------
 
 

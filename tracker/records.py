@@ -219,3 +219,36 @@ class SchemaUpgrade:
     @property
     def changed(self) -> bool:
         return self.from_revision != self.to_revision
+
+
+@dataclass(frozen=True, slots=True)
+class CallDifference:
+    """One call whose live record is not the one its logged deliveries give. `kind` is
+    `differs` (both exist; `fields` names the record fields that differ, `transfers` among
+    them), `not_live` (the log gives the call, the database has no row for it) or `not_in_log`
+    (the database has the call, no applied delivery in the log tells of it: a pruned log)."""
+
+    call_id: str
+    kind: str
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildReport:
+    """What `Tracker.rebuild` found, and with `apply=True`, what it wrote.
+
+    `deliveries_replayed`: the applied deliveries of the log, replayed in log order;
+    `not_reapplied`: the log ids of those the replay did not apply again (their order mattered,
+    which the tracker's guarantees say cannot happen for one consistent workload);
+    `written`: the calls whose recomputed record was written; `moved`: differing calls a
+    delivery changed after the comparison, left as they are; `stopped`: why writing stopped
+    early (deliveries applied while the rebuild ran), None when it did not."""
+
+    calls_checked: int
+    deliveries_replayed: int
+    differences: tuple[CallDifference, ...]
+    not_reapplied: tuple[int, ...] = ()
+    applied: bool = False
+    written: tuple[str, ...] = ()
+    moved: tuple[str, ...] = ()
+    stopped: str | None = None

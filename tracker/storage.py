@@ -40,6 +40,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
+    delete,
     event,
     func,
     insert,
@@ -1246,6 +1247,81 @@ def _tree_of(connection: Connection, call_id: str) -> dict[str, tuple[str | None
                 found.update(x for x in (row.call_id, row.parent_call_id) if x is not None)
         frontier = sorted(found - walked)
     return tree
+
+
+# --- rebuild: the log read in pages, the calls walked in pages ---------------------------------
+
+
+def last_event_id(connection: Connection) -> int:
+    """The largest id of the log (0 when empty): where a rebuild's replay stops."""
+    return int(connection.execute(select(func.max(events.c.id))).scalar() or 0)
+
+
+def where_applied_bodies(
+    connection: Connection, after_id: int, up_to_id: int, limit: int
+) -> list[tuple[int, bytes]]:
+    """(id, body) of the next `limit` applied deliveries with `after_id < id <= up_to_id`, by
+    id: a page of the log for a replay, read by primary key whatever the log's size."""
+    query = (
+        select(events.c.id, events.c.body)
+        .where(
+            events.c.outcome == Outcome.APPLIED.value,
+            events.c.id > after_id,
+            events.c.id <= up_to_id,
+        )
+        .order_by(events.c.id)
+        .limit(limit)
+    )
+    return [(int(row.id), bytes(row.body)) for row in connection.execute(query)]
+
+
+def count_applied(connection: Connection, up_to_id: int) -> int:
+    query = select(func.count()).where(
+        events.c.outcome == Outcome.APPLIED.value, events.c.id <= up_to_id
+    )
+    return int(connection.execute(query).scalar_one())
+
+
+def applied_after(connection: Connection, event_id: int) -> bool:
+    """Whether a delivery logged after `event_id` was applied (read along the primary key)."""
+    query = (
+        select(events.c.id)
+        .where(events.c.id > event_id, events.c.outcome == Outcome.APPLIED.value)
+        .limit(1)
+    )
+    return connection.execute(query).first() is not None
+
+
+def where_not_applied_ids(connection: Connection) -> list[int]:
+    query = select(events.c.id).where(text(NOT_APPLIED)).order_by(events.c.id)
+    return [int(event_id) for event_id in connection.execute(query).scalars()]
+
+
+def page_call_ids(connection: Connection, after: str | None, limit: int) -> list[str]:
+    """The next `limit` call ids after `after`, in the database's own order of ids."""
+    query = select(calls.c.call_id).order_by(calls.c.call_id).limit(limit)
+    if after is not None:
+        query = query.where(calls.c.call_id > after)
+    return list(connection.execute(query).scalars())
+
+
+def where_transfer_rows(
+    connection: Connection, call_ids: Iterable[str]
+) -> dict[str, list[tuple[TransferAttempt, int, str]]]:
+    """Each call's transfer attempts as `where_transfers` orders them, with the id of the
+    delivery that told each and its content key."""
+    found: dict[str, list[tuple[TransferAttempt, int, str]]] = {}
+    for chunk in _chunks(list(dict.fromkeys(call_ids))):
+        for row in connection.execute(_SELECT_TRANSFERS, {"call_ids": chunk}):
+            attempt = TransferAttempt(*(getattr(row, name) for name in _ATTEMPT_FIELDS))
+            found.setdefault(row.call_id, []).append((attempt, int(row.event_id), row.sort_key))
+    return found
+
+
+def delete_transfers(connection: Connection, call_ids: Sequence[str]) -> None:
+    """Forget the transfer attempts of these calls: a rebuild writes them again."""
+    for chunk in _chunks(call_ids):
+        connection.execute(delete(transfers).where(transfers.c.call_id.in_(chunk)))
 
 
 def _padded_chunks(items: list[_Item], most: int) -> Iterator[list[_Item]]:

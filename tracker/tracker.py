@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -17,7 +18,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from tracker import driver, lifecycle, parsing, storage
+from tracker import driver, lifecycle, parsing, rebuilding, storage
 from tracker.applying import apply_deliveries
 from tracker.errors import StorageError
 from tracker.records import (
@@ -26,6 +27,7 @@ from tracker.records import (
     Event,
     InvalidReason,
     Outcome,
+    RebuildReport,
     RedriveReport,
     Result,
     SchemaUpgrade,
@@ -380,6 +382,28 @@ class Tracker:
         self._check_schema()
         with _database_errors(), self.engine.connect() as connection:
             return storage.where_events(connection, call_id=call_id, outcome=outcome, limit=limit)
+
+    # --- housekeeping -----------------------------------------------------------------------
+
+    def rebuild(self, *, apply: bool = False) -> RebuildReport:
+        """Recompute every call from the event log and report the calls whose live record
+        differs; `apply=True` also writes the recomputed records of those calls, in batches,
+        each by compare-and-set, and stops when deliveries arrive meanwhile (see
+        `tracker.rebuilding`). The replay goes into a temporary SQLite file (in TMPDIR), about
+        the size of the applied part of the log."""
+        self._check_schema()
+        with (
+            _database_errors(),
+            tempfile.TemporaryDirectory(prefix="tracker-rebuild-") as folder,
+            Tracker(
+                f"sqlite:///{folder}/replay.db",
+                durable=False,
+                timeout=None,
+                max_body_bytes=self._max_body_bytes,
+            ) as scratch,
+        ):
+            scratch.upgrade()
+            return rebuilding.rebuild(self.engine, scratch, self._in_transaction if apply else None)
 
 
 def _snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) -> list[Call]:
