@@ -976,7 +976,8 @@ def count_events_through(
 
 
 def last_event_id(connection: Connection) -> int:
-    """The id of the newest log entry, 0 for an empty log."""
+    """The id of the newest log entry, 0 for an empty log: where a re-drive's reading or a
+    rebuild's replay stops."""
     return int(connection.execute(select(func.coalesce(func.max(events.c.id), 0))).scalar_one())
 
 
@@ -1250,11 +1251,6 @@ def _tree_of(connection: Connection, call_id: str) -> dict[str, tuple[str | None
 
 
 # --- rebuild: the log read in pages, the calls walked in pages ---------------------------------
-
-
-def last_event_id(connection: Connection) -> int:
-    """The largest id of the log (0 when empty): where a rebuild's replay stops."""
-    return int(connection.execute(select(func.max(events.c.id))).scalar() or 0)
 
 
 def where_applied_bodies(
