@@ -11,12 +11,14 @@ correlated with their transfer legs, and persisted.
 from tracker.errors import SchemaError, StorageError, TrackerError
 from tracker.lifecycle import ALL_DISPOSITIONS, DISPOSITIONS, LIVE_STATES, STATES, TRANSITIONS
 from tracker.records import (
+    REDRIVEN_OUTCOMES,
     Call,
     Event,
     IgnoredReason,
     InvalidReason,
     Outcome,
     Reason,
+    RedriveReport,
     Result,
     SchemaUpgrade,
     TransferAttempt,
@@ -29,6 +31,7 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "DISPOSITIONS",
     "LIVE_STATES",
+    "REDRIVEN_OUTCOMES",
     "STATES",
     "TRANSITIONS",
     "Call",
@@ -37,6 +40,7 @@ __all__ = [
     "InvalidReason",
     "Outcome",
     "Reason",
+    "RedriveReport",
     "Result",
     "SchemaError",
     "SchemaUpgrade",

@@ -41,6 +41,7 @@ from tracker import (
     ALL_DISPOSITIONS,
     DEFAULT_DATABASE_URL,
     LIVE_STATES,
+    REDRIVEN_OUTCOMES,
     STATES,
     Call,
     Event,
@@ -636,6 +637,58 @@ def _event_json(event: Event) -> dict[str, Any]:
         "event_type": event.event_type,
         "body": event.body.decode("utf-8", "backslashreplace"),
     }
+
+
+# --- redrive ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--outcome",
+    required=True,
+    type=click.Choice([outcome.value for outcome in REDRIVEN_OUTCOMES]),
+    help="Re-drive the deliveries logged with this outcome.",
+)
+@click.option("--reason", metavar="CODE", help="Only those logged with this reason.")
+@click.option("--call", "call_id", metavar="CALL_ID", help="Only those about this call.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
+@click.pass_obj
+def redrive(
+    session: _Session, outcome: str, reason: str | None, call_id: str | None, as_json: bool
+) -> None:
+    """Apply logged deliveries again, after an upgrade that accepts more or once the calls they
+    met changed.
+
+    Each new outcome is logged as a new entry; the entries re-driven stay. Only entries logged
+    before the command started are read, 500 per transaction, and a body held by several of them
+    is applied once. `too_large` entries are skipped: only the start of their body was kept.
+    """
+    report = session.tracker.redrive(outcome, reason=reason, call_id=call_id)
+    outcomes = sorted(report.outcomes.items(), key=lambda item: (item[0][0], item[0][1] or ""))
+    if as_json:
+        document = {
+            "redriven": report.redriven,
+            "outcomes": [
+                {"outcome": of.value, "reason": why, "count": count}
+                for (of, why), count in outcomes
+            ],
+            "repeats": report.repeats,
+            "too_large": report.too_large,
+        }
+        click.echo(json.dumps(document))
+        return
+    caption = [f"{report.redriven:,} re-driven"]
+    if report.repeats:
+        caption.append(f"{report.repeats:,} repeating a body already re-driven")
+    if report.too_large:
+        caption.append(f"{report.too_large:,} too_large skipped (body cut when logged)")
+    table = Table(title=Text(f"Re-drove the {outcome} deliveries"), caption=", ".join(caption))
+    table.add_column("new outcome")
+    table.add_column("reason")
+    table.add_column("count", justify="right")
+    for (of, why), count in outcomes:
+        table.add_row(of.value, Text(_shown(why)), f"{count:,}")
+    _stdout().print(table)
 
 
 # --- shared -----------------------------------------------------------------------------------

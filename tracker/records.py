@@ -185,6 +185,30 @@ class Event:
     event_type: str | None
 
 
+# The outcomes a re-drive takes: the only ones a later release, or data that changed since, can
+# turn out differently (an applied, duplicate or ignored delivery would come back a duplicate or
+# ignored again).
+REDRIVEN_OUTCOMES: Final = (Outcome.REJECTED, Outcome.INVALID)
+
+
+@dataclass(frozen=True, slots=True)
+class RedriveReport:
+    """What `Tracker.redrive` did. `redriven` bodies were applied again, giving the new
+    outcomes counted in `outcomes` by (outcome, reason); `repeats` entries held a body this run
+    had already applied (a retried delivery, or an earlier re-drive's entry); `too_large`
+    entries were skipped, their body cut at the size limit when logged."""
+
+    redriven: int
+    outcomes: Mapping[tuple[Outcome, str | None], int]
+    repeats: int
+    too_large: int
+
+    @property
+    def applied(self) -> int:
+        """How many re-driven bodies were applied this time."""
+        return sum(n for (outcome, _), n in self.outcomes.items() if outcome is Outcome.APPLIED)
+
+
 @dataclass(frozen=True, slots=True)
 class SchemaUpgrade:
     """What `Tracker.upgrade` did: the revision found (None: an empty database) and the head."""

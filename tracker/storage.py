@@ -940,19 +940,78 @@ def where_events(
         # The newest `limit` entries, still handed back oldest first.
         rows = list(connection.execute(query.order_by(events.c.id.desc()).limit(limit)))
         rows.reverse()
-    return [
-        Event(
-            id=row.id,
-            received_at=row.received_at,
-            body=bytes(row.body),
-            outcome=Outcome(row.outcome),
-            reason=row.reason,
-            detail=row.detail,
-            call_id=row.call_id,
-            event_type=row.event_type,
-        )
-        for row in rows
-    ]
+    return [_event(row) for row in rows]
+
+
+def where_events_between(
+    connection: Connection,
+    *,
+    after_id: int,
+    through_id: int,
+    outcome: str,
+    reason: str | None = None,
+    without_reason: str | None = None,
+    call_id: str | None = None,
+    limit: int,
+) -> list[Event]:
+    """At most `limit` entries of one outcome not applied, with ids in (`after_id`,
+    `through_id`], oldest first: a page of the log, read again from the last id seen, so that
+    walking the whole log holds one page at a time."""
+    query = _not_applied(outcome, reason=reason, without_reason=without_reason, call_id=call_id)
+    query = query.where(events.c.id > after_id, events.c.id <= through_id)
+    return [_event(row) for row in connection.execute(query.order_by(events.c.id).limit(limit))]
+
+
+def count_events_through(
+    connection: Connection,
+    *,
+    through_id: int,
+    outcome: str,
+    reason: str,
+    call_id: str | None = None,
+) -> int:
+    """How many entries of one outcome not applied and one reason have ids up to `through_id`."""
+    query = _not_applied(outcome, reason=reason, call_id=call_id, columns=[func.count()])
+    return int(connection.execute(query.where(events.c.id <= through_id)).scalar_one())
+
+
+def last_event_id(connection: Connection) -> int:
+    """The id of the newest log entry, 0 for an empty log."""
+    return int(connection.execute(select(func.coalesce(func.max(events.c.id), 0))).scalar_one())
+
+
+def _not_applied(
+    outcome: str,
+    *,
+    reason: str | None = None,
+    without_reason: str | None = None,
+    call_id: str | None = None,
+    columns: Sequence[Any] = (),
+) -> Select[Any]:
+    if outcome == Outcome.APPLIED:
+        raise ValueError("only entries that were not applied are read a page at a time")
+    # The partial index's own words, for SQLite's sake (see `_partial`).
+    query = select(*columns or [events]).where(events.c.outcome == outcome, text(NOT_APPLIED))
+    if reason is not None:
+        query = query.where(events.c.reason == reason)
+    if without_reason is not None:
+        query = query.where(or_(events.c.reason.is_(None), events.c.reason != without_reason))
+    if call_id is not None:
+        query = query.where(events.c.call_id == call_id)
+    return query
+
+
+def _event(row: Any) -> Event:
+    return Event(
+        id=row.id,
+        received_at=row.received_at,
+        body=bytes(row.body),
+        outcome=Outcome(row.outcome),
+        reason=row.reason,
+        detail=row.detail,
+        call_id=row.call_id,
+        event_type=row.event_type,
+    )
 
 
 def where_log_page(connection: Connection, after_id: int, size: int) -> list[tuple[int, datetime]]:
@@ -966,10 +1025,6 @@ def where_log_page(connection: Connection, after_id: int, size: int) -> list[tup
         .limit(size)
     )
     return [(row.id, row.received_at) for row in connection.execute(query)]
-
-
-def last_event_id(connection: Connection) -> int | None:
-    return connection.execute(select(func.max(events.c.id))).scalar_one_or_none()
 
 
 def delete_events(connection: Connection, after_id: int, through_id: int, before: datetime) -> int:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -19,7 +21,16 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from tracker import driver, lifecycle, parsing, storage
 from tracker.applying import apply_deliveries
 from tracker.errors import StorageError
-from tracker.records import Call, Event, Result, SchemaUpgrade
+from tracker.records import (
+    REDRIVEN_OUTCOMES,
+    Call,
+    Event,
+    InvalidReason,
+    Outcome,
+    RedriveReport,
+    Result,
+    SchemaUpgrade,
+)
 from tracker.schema import check_current, upgrade_schema
 
 DEFAULT_DATABASE_URL: Final = "sqlite:///tracker.db"
@@ -158,6 +169,81 @@ class Tracker:
         received_at = datetime.now(UTC)
         return self._in_transaction(lambda c: apply_deliveries(c, deliveries, received_at))
 
+    def redrive(
+        self,
+        outcome: str,
+        *,
+        reason: str | None = None,
+        call_id: str | None = None,
+        batch_size: int = 500,
+    ) -> RedriveReport:
+        """Apply again the logged deliveries that came out `outcome` (`rejected` or `invalid`),
+        with that `reason` and about that call when given: after an upgrade that accepts more,
+        or once the calls they met changed. Each new outcome is a new log entry; the entries
+        re-driven stay as they were.
+
+        Only entries logged before the re-drive started are read, so its own new entries are
+        not re-driven again by the same run; they are `batch_size` at a time, each page applied
+        in log order in one transaction, while other processes go on applying. A body held by
+        several entries (a retried delivery, an earlier re-drive's entry) is applied once per
+        run. A `too_large` entry is skipped: only the first 64 KiB of its body were kept."""
+        if outcome not in REDRIVEN_OUTCOMES:
+            taken = " or ".join(repr(taken.value) for taken in REDRIVEN_OUTCOMES)
+            raise ValueError(
+                f"redrive takes the outcome {taken}, not {outcome!r}: deliveries applied, "
+                "duplicate or ignored would only come back duplicate or ignored"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        self._check_schema()
+        with _database_errors(), self.engine.connect() as connection:
+            through_id = storage.last_event_id(connection)
+            too_large = 0
+            if outcome == Outcome.INVALID and reason in (None, InvalidReason.TOO_LARGE):
+                too_large = storage.count_events_through(
+                    connection,
+                    through_id=through_id,
+                    outcome=outcome,
+                    reason=InvalidReason.TOO_LARGE,
+                    call_id=call_id,
+                )
+        outcomes: Counter[tuple[Outcome, str | None]] = Counter()
+        applied_bodies: set[bytes] = set()  # digests: 32 bytes a body, whatever its size
+        redriven = repeats = after_id = 0
+        while reason != InvalidReason.TOO_LARGE:
+            with _database_errors(), self.engine.connect() as connection:
+                page = storage.where_events_between(
+                    connection,
+                    after_id=after_id,
+                    through_id=through_id,
+                    reason=reason,
+                    without_reason=InvalidReason.TOO_LARGE,
+                    outcome=outcome,
+                    call_id=call_id,
+                    limit=batch_size,
+                )
+            if not page:
+                break
+            bodies = []
+            for entry in page:
+                digest = hashlib.sha256(entry.body).digest()
+                if digest in applied_bodies:
+                    repeats += 1
+                else:
+                    applied_bodies.add(digest)
+                    bodies.append(entry.body)
+            try:
+                results = self.apply_many(bodies) if bodies else []
+            except StorageError as error:
+                raise StorageError(
+                    f"{error} (the re-drive stopped at log entry {page[0].id}: the entries "
+                    "before it were re-driven; running it again re-drives them once more)"
+                ) from error
+            outcomes.update((result.outcome, result.reason) for result in results)
+            redriven += len(bodies)
+            after_id = page[-1].id
+        return RedriveReport(redriven, dict(outcomes), repeats, too_large)
+
     def _in_transaction(
         self, work: Callable[[Connection], T], *, subject: str = "this delivery"
     ) -> T:
@@ -269,7 +355,7 @@ class Tracker:
         deleted = 0
         after = 0
         try:
-            while last is not None and after < last:
+            while after < last:
                 with _database_errors(), self.engine.connect() as connection:
                     page = storage.where_log_page(connection, after, batch_size)
                 if not page:
