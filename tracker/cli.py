@@ -834,6 +834,43 @@ def _shown(value: str | None) -> str:
     return value or '""'
 
 
+# --- prune ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--before",
+    required=True,
+    metavar="DATETIME",
+    callback=_instant,
+    help="Delete the log entries received before this instant.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    metavar="N",
+    help="Entries looked at, and at most deleted, per transaction.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the count as one JSON object.")
+@click.pass_obj
+def prune(session: _Session, before: datetime, batch_size: int, as_json: bool) -> None:
+    """Delete old entries from the event log; calls and their history stay.
+
+    --before takes an ISO 8601 date or datetime; one without a zone is UTC. Entries are deleted
+    in batches, each its own short transaction, so workers applying meanwhile are not held up.
+    A pruned log can no longer rebuild the calls, nor tell a late retry of a pruned delivery
+    from a new one: see the README.
+    """
+    deleted = session.tracker.prune(before, batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps({"deleted": deleted, "before": _iso(before)}))
+    else:
+        entries = "log entry" if deleted == 1 else "log entries"
+        click.echo(f"Deleted {deleted:,} {entries} received before {_when(before)}.")
+
+
 # --- serve ------------------------------------------------------------------------------------
 
 CREDENTIALS_VARIABLE: Final = "TRACKER_CALLBACK_CREDENTIALS"

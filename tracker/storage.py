@@ -288,9 +288,9 @@ class TransferRow(Base):
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
     call_id: Mapped[str] = mapped_column(ID, ForeignKey("tracker_calls.call_id"))
-    event_id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("tracker_events.id")
-    )
+    # The delivery that told of the attempt. No foreign key (revision 0006): the attempt outlives
+    # its log entry when the log is pruned, as a history step does.
+    event_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
     at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cause: Mapped[str] = mapped_column(Text)
     disposition: Mapped[str] = mapped_column(String(16))
@@ -498,7 +498,8 @@ _UNIQUE_SQLITE_CODES: Final = frozenset(
 
 def is_unique_violation(error: IntegrityError) -> bool:
     """True when `error` is a lost race on a unique key, the only constraint a race can break
-    (rows are never deleted, so a foreign key or NOT NULL failure is always a bug)."""
+    (calls are never deleted, and nothing refers to a log entry, which `prune` deletes, so a
+    foreign key or NOT NULL failure is always a bug)."""
     original = error.orig
     if getattr(original, "sqlstate", None) in _UNIQUE_SQLSTATES:
         return True
@@ -1013,6 +1014,29 @@ def _event(row: Any) -> Event:
         call_id=row.call_id,
         event_type=row.event_type,
     )
+
+
+def where_log_page(connection: Connection, after_id: int, size: int) -> list[tuple[int, datetime]]:
+    """(id, received at) of the next `size` log entries after id `after_id`, in id order: a
+    range of the primary key, so a page costs the same anywhere in the log (the log has no
+    index on `received_at`, which would cost every delivery one more page to write)."""
+    query = (
+        select(events.c.id, events.c.received_at)
+        .where(events.c.id > after_id)
+        .order_by(events.c.id)
+        .limit(size)
+    )
+    return [(row.id, row.received_at) for row in connection.execute(query)]
+
+
+def delete_events(connection: Connection, after_id: int, through_id: int, before: datetime) -> int:
+    """Delete the log entries with an id in (`after_id`, `through_id`] received before `before`;
+    how many were deleted. A range of the primary key rather than a list of ids: no bound on
+    parameters, and MariaDB takes no LIMIT in an IN subquery."""
+    statement = events.delete().where(
+        events.c.id > after_id, events.c.id <= through_id, events.c.received_at < before
+    )
+    return int(connection.execute(statement).rowcount)
 
 
 def where_calls(

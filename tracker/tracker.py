@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Final, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -245,7 +246,9 @@ class Tracker:
             after_id = page[-1].id
         return RedriveReport(redriven, dict(outcomes), repeats, too_large)
 
-    def _in_transaction(self, work: Callable[[Connection], T]) -> T:
+    def _in_transaction(
+        self, work: Callable[[Connection], T], *, subject: str = "this delivery"
+    ) -> T:
         """Run `work` in one writing transaction; when it loses a race (a unique key taken, a
         compare-and-set missed, a deadlock), roll back and run it again after a jittered pause.
         A connection found dead before any statement of the transaction reached the server (a
@@ -264,12 +267,12 @@ class Tracker:
                 # Every pooled connection stayed busy for `pool_timeout`: the database is too
                 # slow to serve this delivery now, which the caller handles like a failure.
                 raise StorageError(
-                    f"no database connection became free in time; nothing of this delivery was "
+                    f"no database connection became free in time; nothing of {subject} was "
                     f"written: {error}"
                 ) from error
             except DBAPIError as error:
                 raise StorageError(
-                    f"the database failed and nothing of this delivery was written: {error.orig}"
+                    f"the database failed and nothing of {subject} was written: {error.orig}"
                 ) from error
             sent = connection.info
             sent[driver.SENT] = 0
@@ -283,7 +286,7 @@ class Tracker:
                 connection.close()
                 if not storage.is_unique_violation(error):
                     raise StorageError(
-                        "a database constraint refused this delivery, which is a bug in the "
+                        f"a database constraint refused {subject}, which is a bug in the "
                         f"tracker (please report it); nothing of it was written: {error.orig}"
                     ) from error
                 lost = error
@@ -298,8 +301,7 @@ class Tracker:
                     continue  # not an attempt lost to a race: no pause, no count
                 if not _is_transient(error):
                     raise StorageError(
-                        "the database failed and nothing of this delivery was written: "
-                        f"{error.orig}"
+                        f"the database failed and nothing of {subject} was written: {error.orig}"
                     ) from error
                 lost = error
             except BaseException:
@@ -311,7 +313,7 @@ class Tracker:
             attempt += 1
         raise StorageError(
             f"gave up after {self._max_attempts} attempts lost to concurrent writers; "
-            f"nothing of this delivery was written (last: {lost})"
+            f"nothing of {subject} was written (last: {lost})"
         ) from lost
 
     def _writer(self) -> Connection:
@@ -333,6 +335,46 @@ class Tracker:
             self._idle_writers.append(connection)
         else:
             connection.close()
+
+    # --- housekeeping ---------------------------------------------------------------------
+
+    def prune(self, before: datetime, *, batch_size: int = 1000) -> int:
+        """Delete the log entries received before `before` (an aware datetime); how many were
+        deleted. Calls, their history and transfer attempts stay. The log is walked in id order
+        `batch_size` entries at a time, each page's old entries deleted in a short transaction
+        of their own, so deliveries applied meanwhile never wait long; entries logged after the
+        prune began are left alone. What a pruned log can no longer do is in the README."""
+        if before.tzinfo is None or before.utcoffset() is None:
+            raise ValueError(
+                f"before={before.isoformat()} has no time zone, so the instant it names is "
+                "unknown; pass an aware datetime, e.g. datetime(2026, 3, 1, tzinfo=UTC)"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+        self._check_schema()
+        with _database_errors(), self.engine.connect() as connection:
+            last = storage.last_event_id(connection)
+        deleted = 0
+        after = 0
+        try:
+            while after < last:
+                with _database_errors(), self.engine.connect() as connection:
+                    page = storage.where_log_page(connection, after, batch_size)
+                if not page:
+                    break
+                through = min(page[-1][0], last)
+                if any(received_at < before for _id, received_at in page):
+                    batch = partial(
+                        storage.delete_events, after_id=after, through_id=through, before=before
+                    )
+                    deleted += self._in_transaction(batch, subject="this batch of the prune")
+                after = through
+        except StorageError as error:
+            raise StorageError(
+                f"{error} ({deleted} entries were deleted before it failed; pruning again is "
+                "safe and deletes the rest)"
+            ) from error
+        return deleted
 
     # --- reading --------------------------------------------------------------------------
 
