@@ -27,7 +27,7 @@ async def _home(_request: Request) -> PlainTextResponse:
 class Client:
     """Requests to the host app in-process, each in an event loop of its own."""
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Any) -> None:
         self.app = app
 
     def request(self, method: str, path: str, **options: Any) -> httpx.Response:
@@ -83,4 +83,30 @@ def test_the_hosts_routes_stay_the_hosts(client: Client) -> None:
 def test_the_mounted_app_keeps_its_credentials(client: Client, sqlite_tracker: Tracker) -> None:
     response = client.post("/bandwidth/x", content=json.dumps(initiate(new_call_id())))
     assert response.status_code == 401
+    assert sqlite_tracker.events() == []
+
+
+def test_after_the_lifespan_shutdown_a_callback_is_503_not_left_waiting(
+    sqlite_tracker: Tracker,
+) -> None:
+    """The shutdown stops the writing thread; a request that still arrives must hear so."""
+    app = create_app(sqlite_tracker)
+    sent: list[str] = []
+
+    async def lifespan() -> None:
+        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+        async def receive() -> dict[str, str]:
+            return next(messages)
+
+        async def send(message: Any) -> None:
+            sent.append(message["type"])
+
+        await app({"type": "lifespan"}, receive, send)
+
+    asyncio.run(lifespan())
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    response = Client(app).post("/callbacks", content=json.dumps(initiate(new_call_id())))
+    assert response.status_code == 503
+    assert "shutting down" in response.text
     assert sqlite_tracker.events() == []

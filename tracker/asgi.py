@@ -200,6 +200,8 @@ class _GroupCommit:
         loop = asyncio.get_running_loop()
         waiting = _Waiting(body, time.perf_counter(), loop.create_future(), loop)
         with self._changed:
+            if self._closing:  # the writer is gone or going: nobody would answer
+                raise StorageError("the endpoint is shutting down; nothing was written")
             self._queue.append(waiting)
             self._changed.notify()
         return await waiting.answer
