@@ -19,6 +19,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import logging
 import threading
 import time
 from collections import deque
@@ -49,6 +50,7 @@ HEALTH_PATH: Final = "/healthz"
 METRICS_PATH: Final = "/metrics"
 REALM: Final = b'Basic realm="tracker", charset="UTF-8"'
 CLOSE: Final = (b"connection", b"close")
+_log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -242,6 +244,10 @@ class _GroupCommit:
             with suppress(RuntimeError):  # that loop is closed: nobody is waiting any more
                 loop.call_soon_threadsafe(_settle, pairs)
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     async def close(self) -> None:
         """Finish the deliveries already received, then stop the writing thread."""
         with self._changed:
@@ -346,9 +352,12 @@ class _App:
         try:
             result = await self.group_commit.apply(body)
         except (StorageError, SchemaError) as error:
-            await _answer(
-                send, 503, [(b"retry-after", self.retry_after)], f"not stored: {error}\n".encode()
-            )
+            # The database's own words go to the operator's log, not to whoever called.
+            _log.warning("a delivery was answered 503: %s", error)
+            text = b"the delivery was not stored; send it again later\n"
+            if self.group_commit.closing:
+                text = b"the endpoint is shutting down; the delivery was not stored\n"
+            await _answer(send, 503, [(b"retry-after", self.retry_after)], text)
             return
         outcome = [(b"x-tracker-outcome", result.outcome.encode())]
         if result.reason is not None:
