@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -19,15 +17,12 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from tracker import driver, lifecycle, parsing, rebuilding, storage
+from tracker import driver, housekeeping, lifecycle, parsing, rebuilding, storage
 from tracker.applying import apply_deliveries
 from tracker.errors import StorageError
 from tracker.records import (
-    REDRIVEN_OUTCOMES,
     Call,
     Event,
-    InvalidReason,
-    Outcome,
     RebuildReport,
     RedriveReport,
     Result,
@@ -182,69 +177,17 @@ class Tracker:
         """Apply again the logged deliveries that came out `outcome` (`rejected` or `invalid`),
         with that `reason` and about that call when given: after an upgrade that accepts more,
         or once the calls they met changed. Each new outcome is a new log entry; the entries
-        re-driven stay as they were.
-
-        Only entries logged before the re-drive started are read, so its own new entries are
-        not re-driven again by the same run; they are `batch_size` at a time, each page applied
-        in log order in one transaction, while other processes go on applying. A body held by
-        several entries (a retried delivery, an earlier re-drive's entry) is applied once per
-        run. A `too_large` entry is skipped: only the first 64 KiB of its body were kept."""
-        if outcome not in REDRIVEN_OUTCOMES:
-            taken = " or ".join(repr(taken.value) for taken in REDRIVEN_OUTCOMES)
-            raise ValueError(
-                f"redrive takes the outcome {taken}, not {outcome!r}: deliveries applied, "
-                "duplicate or ignored would only come back duplicate or ignored"
-            )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        re-driven stay as they were (see `tracker.housekeeping.redrive`)."""
         self._check_schema()
-        with _database_errors(), self.engine.connect() as connection:
-            through_id = storage.last_event_id(connection)
-            too_large = 0
-            if outcome == Outcome.INVALID and reason in (None, InvalidReason.TOO_LARGE):
-                too_large = storage.count_events_through(
-                    connection,
-                    through_id=through_id,
-                    outcome=outcome,
-                    reason=InvalidReason.TOO_LARGE,
-                    call_id=call_id,
-                )
-        outcomes: Counter[tuple[Outcome, str | None]] = Counter()
-        applied_bodies: set[bytes] = set()  # digests: 32 bytes a body, whatever its size
-        redriven = repeats = after_id = 0
-        while reason != InvalidReason.TOO_LARGE:
-            with _database_errors(), self.engine.connect() as connection:
-                page = storage.where_events_between(
-                    connection,
-                    after_id=after_id,
-                    through_id=through_id,
-                    reason=reason,
-                    without_reason=InvalidReason.TOO_LARGE,
-                    outcome=outcome,
-                    call_id=call_id,
-                    limit=batch_size,
-                )
-            if not page:
-                break
-            bodies = []
-            for entry in page:
-                digest = hashlib.sha256(entry.body).digest()
-                if digest in applied_bodies:
-                    repeats += 1
-                else:
-                    applied_bodies.add(digest)
-                    bodies.append(entry.body)
-            try:
-                results = self.apply_many(bodies) if bodies else []
-            except StorageError as error:
-                raise StorageError(
-                    f"{error} (the re-drive stopped at log entry {page[0].id}: the entries "
-                    "before it were re-driven; running it again re-drives them once more)"
-                ) from error
-            outcomes.update((result.outcome, result.reason) for result in results)
-            redriven += len(bodies)
-            after_id = page[-1].id
-        return RedriveReport(redriven, dict(outcomes), repeats, too_large)
+        with _database_errors():
+            return housekeeping.redrive(
+                self.engine,
+                self.apply_many,
+                outcome,
+                reason=reason,
+                call_id=call_id,
+                batch_size=batch_size,
+            )
 
     def _in_transaction(
         self, work: Callable[[Connection], T], *, subject: str = "this delivery"
@@ -340,41 +283,13 @@ class Tracker:
 
     def prune(self, before: datetime, *, batch_size: int = 1000) -> int:
         """Delete the log entries received before `before` (an aware datetime); how many were
-        deleted. Calls, their history and transfer attempts stay. The log is walked in id order
-        `batch_size` entries at a time, each page's old entries deleted in a short transaction
-        of their own, so deliveries applied meanwhile never wait long; entries logged after the
-        prune began are left alone. What a pruned log can no longer do is in the README."""
-        if before.tzinfo is None or before.utcoffset() is None:
-            raise ValueError(
-                f"before={before.isoformat()} has no time zone, so the instant it names is "
-                "unknown; pass an aware datetime, e.g. datetime(2026, 3, 1, tzinfo=UTC)"
-            )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+        deleted. Calls, their history and transfer attempts stay; deliveries applied meanwhile
+        never wait long (see `tracker.housekeeping.prune`). What a pruned log can no longer do
+        is in the README."""
         self._check_schema()
-        with _database_errors(), self.engine.connect() as connection:
-            last = storage.last_event_id(connection)
-        deleted = 0
-        after = 0
-        try:
-            while after < last:
-                with _database_errors(), self.engine.connect() as connection:
-                    page = storage.where_log_page(connection, after, batch_size)
-                if not page:
-                    break
-                through = min(page[-1][0], last)
-                if any(received_at < before for _id, received_at in page):
-                    batch = partial(
-                        storage.delete_events, after_id=after, through_id=through, before=before
-                    )
-                    deleted += self._in_transaction(batch, subject="this batch of the prune")
-                after = through
-        except StorageError as error:
-            raise StorageError(
-                f"{error} ({deleted} entries were deleted before it failed; pruning again is "
-                "safe and deletes the rest)"
-            ) from error
-        return deleted
+        run = partial(self._in_transaction, subject="this batch of the prune")
+        with _database_errors():
+            return housekeeping.prune(self.engine, run, before, batch_size=batch_size)
 
     # --- reading --------------------------------------------------------------------------
 
