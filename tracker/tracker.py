@@ -166,29 +166,6 @@ class Tracker:
         received_at = datetime.now(UTC)
         return self._in_transaction(lambda c: apply_deliveries(c, deliveries, received_at))
 
-    def redrive(
-        self,
-        outcome: str,
-        *,
-        reason: str | None = None,
-        call_id: str | None = None,
-        batch_size: int = 500,
-    ) -> RedriveReport:
-        """Apply again the logged deliveries that came out `outcome` (`rejected` or `invalid`),
-        with that `reason` and about that call when given: after an upgrade that accepts more,
-        or once the calls they met changed. Each new outcome is a new log entry; the entries
-        re-driven stay as they were (see `tracker.housekeeping.redrive`)."""
-        self._check_schema()
-        with _database_errors():
-            return housekeeping.redrive(
-                self.engine,
-                self.apply_many,
-                outcome,
-                reason=reason,
-                call_id=call_id,
-                batch_size=batch_size,
-            )
-
     def _in_transaction(
         self, work: Callable[[Connection], T], *, subject: str = "this delivery"
     ) -> T:
@@ -279,18 +256,6 @@ class Tracker:
         else:
             connection.close()
 
-    # --- housekeeping ---------------------------------------------------------------------
-
-    def prune(self, before: datetime, *, batch_size: int = 1000) -> int:
-        """Delete the log entries received before `before` (an aware datetime); how many were
-        deleted. Calls, their history and transfer attempts stay; deliveries applied meanwhile
-        never wait long (see `tracker.housekeeping.prune`). What a pruned log can no longer do
-        is in the README."""
-        self._check_schema()
-        run = partial(self._in_transaction, subject="this batch of the prune")
-        with _database_errors():
-            return housekeeping.prune(self.engine, run, before, batch_size=batch_size)
-
     # --- reading --------------------------------------------------------------------------
 
     def get_call(self, call_id: str) -> Call | None:
@@ -342,6 +307,39 @@ class Tracker:
 
     # --- housekeeping -----------------------------------------------------------------------
 
+    def prune(self, before: datetime, *, batch_size: int = 1000) -> int:
+        """Delete the log entries received before `before` (an aware datetime); how many were
+        deleted. Calls, their history and transfer attempts stay; deliveries applied meanwhile
+        never wait long (see `tracker.housekeeping.prune`). What a pruned log can no longer do
+        is in the README."""
+        self._check_schema()
+        run = partial(self._in_transaction, subject="this batch of the prune")
+        with _database_errors():
+            return housekeeping.prune(self.engine, run, before, batch_size=batch_size)
+
+    def redrive(
+        self,
+        outcome: str,
+        *,
+        reason: str | None = None,
+        call_id: str | None = None,
+        batch_size: int = 500,
+    ) -> RedriveReport:
+        """Apply again the logged deliveries that came out `outcome` (`rejected` or `invalid`),
+        with that `reason` and about that call when given: after an upgrade that accepts more,
+        or once the calls they met changed. Each new outcome is a new log entry; the entries
+        re-driven stay as they were (see `tracker.housekeeping.redrive`)."""
+        self._check_schema()
+        with _database_errors():
+            return housekeeping.redrive(
+                self.engine,
+                self.apply_many,
+                outcome,
+                reason=reason,
+                call_id=call_id,
+                batch_size=batch_size,
+            )
+
     def rebuild(self, *, apply: bool = False) -> RebuildReport:
         """Recompute every call from the event log and report the calls whose live record
         differs; `apply=True` also writes the recomputed records of those calls, in batches,
@@ -360,7 +358,8 @@ class Tracker:
             ) as scratch,
         ):
             scratch.upgrade()
-            return rebuilding.rebuild(self.engine, scratch, self._in_transaction if apply else None)
+            write = partial(self._in_transaction, subject="this batch of the rebuild")
+            return rebuilding.rebuild(self.engine, scratch, write if apply else None)
 
 
 def _snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) -> list[Call]:
