@@ -121,6 +121,9 @@ class CallRecord:
     verstat: str | None = None
     diversion: dict[str, Any] | None = None
     caller_display_name: str | None = None
+    # When the sweep ended a call whose end was lost (`expire`); None once a real terminal
+    # event says how it ended.
+    swept_at: datetime | None = None
     # For a placeholder: the leg whose from/to it shows. The earliest leg (start time, then id)
     # wins, so the result does not depend on which leg arrived first.
     numbers_leg_id: str | None = None

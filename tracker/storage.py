@@ -237,6 +237,8 @@ class CallRow(Base):
     verstat: Mapped[str | None] = mapped_column(Text)
     diversion: Mapped[dict[str, Any] | None] = mapped_column(JSONText)
     caller_display_name: Mapped[str | None] = mapped_column(Text)
+    # When the sweep ended the call (revision 0007); NULL once its real terminal event came.
+    swept_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     numbers_leg_id: Mapped[str | None] = mapped_column(ID)
     numbers_leg_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
     seen_rank: Mapped[int] = mapped_column(Integer)
@@ -276,6 +278,8 @@ class EventRow(Base):
     # The content key of an applied delivery. Unique, so the same delivery cannot be applied
     # twice even by two workers at once; NULL (and so not constrained) for every other outcome.
     dedup_key: Mapped[str | None] = mapped_column(String(64))
+    # NULL for a body handed to `apply`; `sweep` for an entry the sweep wrote (revision 0007).
+    origin: Mapped[str | None] = mapped_column(String(16))
 
 
 class TransferRow(Base):
