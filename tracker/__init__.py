@@ -23,6 +23,7 @@ from tracker.records import (
     RedriveReport,
     Result,
     SchemaUpgrade,
+    SweepReport,
     TransferAttempt,
     Transition,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "SchemaError",
     "SchemaUpgrade",
     "StorageError",
+    "SweepReport",
     "Tracker",
     "TrackerError",
     "TransferAttempt",

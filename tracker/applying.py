@@ -30,21 +30,52 @@ from tracker.records import (
 
 
 def apply_deliveries(
-    connection: Connection, deliveries: Sequence[Delivery], received_at: datetime
+    connection: Connection,
+    deliveries: Sequence[Delivery],
+    received_at: datetime,
+    origin: str | None = None,
 ) -> list[Result]:
-    batch = _Batch(connection, received_at)
+    """`origin` marks each log entry: None for bodies handed to `apply`, `sweep` for those the
+    sweep's `resolve` hook returned."""
+    batch = _Batch(connection, received_at, origin)
     batch.prefetch(deliveries)
     results = [batch.apply(delivery) for delivery in deliveries]
     batch.flush()
     return results
 
 
+def expire_calls(
+    connection: Connection,
+    call_ids: Sequence[str],
+    swept_at: datetime,
+    cutoff: datetime | None,
+    *,
+    replaying: bool = False,
+) -> list[str]:
+    """The sweep's transaction: end each of these calls that is still live and was last heard
+    of before `cutoff` (`lifecycle.expire`), each with a log entry of its own; the ids of those
+    it ended. The calls are read again here, inside the transaction, and written by
+    compare-and-set, so a delivery committed since the sweep chose them wins: a call it ended is
+    left alone, and one it changed meanwhile makes this transaction retry. `replaying` (a
+    rebuild replaying a sweep's entry, `cutoff` None) logs a call it cannot end as not applied,
+    so that the replay's log still has one entry for each entry replayed."""
+    batch = _Batch(connection, swept_at, parsing.SWEEP_ORIGIN)
+    found = storage.where_calls_by_id(connection, call_ids)
+    batch.known.update({call_id: found.get(call_id) for call_id in call_ids})
+    ended = [call_id for call_id in call_ids if batch.expire(call_id, swept_at, cutoff, replaying)]
+    batch.flush()
+    return ended
+
+
 class _Batch:
     """The calls this batch touched, as it leaves them, and the rows still to be written."""
 
-    def __init__(self, connection: Connection, received_at: datetime) -> None:
+    def __init__(
+        self, connection: Connection, received_at: datetime, origin: str | None = None
+    ) -> None:
         self.connection = connection
         self.received_at = received_at
+        self.origin = origin
         # Latest record of every call looked at (None: not in the database, not created yet).
         self.known: dict[str, CallRecord | None] = {}
         # The record each changed call had in the database: the compare-and-set expectation.
@@ -99,11 +130,12 @@ class _Batch:
         content = delivery.content
         if isinstance(content, Unreadable):
             return self._log(
-                delivery, Result(Outcome.INVALID, content.call_id, content.reason, content.detail)
+                delivery.raw,
+                Result(Outcome.INVALID, content.call_id, content.reason, content.detail),
             )
         if isinstance(content, Untracked):
             return self._log(
-                delivery,
+                delivery.raw,
                 Result(
                     Outcome.IGNORED,
                     delivery.call_id,
@@ -120,7 +152,7 @@ class _Batch:
         parent = self.record(event.parent_call_id) if event.parent_call_id else None
         if key in self.batch_keys or key in self.stored_keys:
             return self._log(
-                delivery,
+                delivery.raw,
                 Result(
                     Outcome.DUPLICATE,
                     event.call_id,
@@ -139,9 +171,9 @@ class _Batch:
             decision.detail,
         )
         if decision.outcome is not Outcome.APPLIED:
-            return self._log(delivery, result, event_type=event.event_type)
+            return self._log(delivery.raw, result, event_type=event.event_type)
         self.batch_keys.add(key)
-        self._log(delivery, result, event_type=event.event_type, dedup_key=key)
+        self._log(delivery.raw, result, event_type=event.event_type, dedup_key=key)
         if decision.transfer is not None:
             self.transfers.append((len(self.events) - 1, event.call_id, decision.transfer, key))
         self._keep(event.call_id, decision)
@@ -151,6 +183,23 @@ class _Batch:
             if self.known.get(ancestor_id) is not None:
                 self.stored.setdefault(ancestor_id, self.known[ancestor_id])
         return result
+
+    def expire(
+        self, call_id: str, swept_at: datetime, cutoff: datetime | None, replaying: bool
+    ) -> bool:
+        call = self.record(call_id)
+        decision = lifecycle.expire(call, swept_at, cutoff)
+        known = lifecycle.last_known_time(call) if call is not None else None
+        body = parsing.sweep_body(call_id, swept_at, known)
+        if decision is None or call is None:
+            if replaying:
+                detail = f"call {call_id} was not live where the replay met its sweep"
+                self._log(body, Result(Outcome.IGNORED, call_id, None, detail), event_type="sweep")
+            return False
+        result = Result(Outcome.APPLIED, call_id, None, decision.detail)
+        self._log(body, result, event_type=lifecycle.SWEEP)
+        self._keep(call_id, decision)
+        return True
 
     def _keep(self, call_id: str, decision: Decision) -> None:
         assert decision.call is not None
@@ -190,7 +239,7 @@ class _Batch:
 
     def _log(
         self,
-        delivery: Delivery,
+        body: bytes,
         result: Result,
         *,
         event_type: str | None = None,
@@ -201,7 +250,7 @@ class _Batch:
         self.events.append(
             {
                 "received_at": self.received_at,
-                "body": delivery.raw,
+                "body": body,
                 "outcome": result.outcome.value,
                 "reason": result.reason,
                 "detail": result.detail,
@@ -209,6 +258,7 @@ class _Batch:
                 # A hostile untracked type (megabytes, a NUL) stays in the body alone.
                 "event_type": parsing.identifier(event_type),
                 "dedup_key": dedup_key,
+                "origin": self.origin,
             }
         )
         return result

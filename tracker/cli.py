@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -462,6 +463,7 @@ def _facts(call: Call) -> list[tuple[str, str]]:
         ("caller name", _shown(call.caller_display_name)),
         ("attestation", _shown(call.attestation) + _suffix("verstat", call.verstat)),
         ("machine detection", _shown(call.machine_detection)),
+        *([("swept at", _when(call.swept_at))] if call.swept else []),
     ]
 
 
@@ -635,6 +637,7 @@ def _event_json(event: Event) -> dict[str, Any]:
         "detail": event.detail,
         "call_id": event.call_id,
         "event_type": event.event_type,
+        "origin": event.origin,
         "body": event.body.decode("utf-8", "backslashreplace"),
     }
 
@@ -788,6 +791,7 @@ def _call_json(call: Call) -> dict[str, Any]:
         "diversion": None if call.diversion is None else dict(call.diversion),
         "caller_display_name": call.caller_display_name,
         "transfers": [{**asdict(attempt), "at": _iso(attempt.at)} for attempt in call.transfers],
+        "swept_at": _iso(call.swept_at),
     }
 
 
@@ -832,6 +836,89 @@ def _shown(value: str | None) -> str:
     if value is None:
         return "-"
     return value or '""'
+
+
+# --- sweep ------------------------------------------------------------------------------------
+
+_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+_UNIT_SECONDS: Final = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> timedelta:
+    """`4h`, `90m`, `1h30m`, `2d`, or plain seconds."""
+    text = value.strip().lower()
+    seconds: float | None = None
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        seconds = float(text)
+    elif text and re.fullmatch(f"(?:{_DURATION_PART.pattern})+", text):
+        seconds = sum(
+            float(amount) * _UNIT_SECONDS[unit] for amount, unit in _DURATION_PART.findall(text)
+        )
+    if not seconds:
+        raise click.BadParameter(
+            f"{value!r} is not a positive duration; write it like 4h, 90m, 1h30m, 2d or 14400 "
+            "(seconds)"
+        )
+    return timedelta(seconds=seconds)
+
+
+@cli.command()
+@click.option(
+    "--older-than",
+    required=True,
+    metavar="DURATION",
+    callback=_duration,
+    help="End live calls last heard of longer ago than this (4h, 90m, 2d, seconds).",
+)
+@click.option(
+    "--now",
+    metavar="DATETIME",
+    callback=_instant,
+    help="Measure ages from this instant instead of the current time.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    metavar="N",
+    help="Calls ended per transaction.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.pass_obj
+def sweep(
+    session: _Session,
+    older_than: timedelta,
+    now: datetime | None,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    """End the calls whose terminal event was lost.
+
+    Every call still initiated or answered whose latest known time (start, answer) is older than
+    --older-than becomes disconnected with disposition expired, no cause, and a history step
+    and log entry of its own. A real terminal event arriving later replaces the sweep entirely.
+    Safe to run (from cron, say) while workers apply.
+    """
+    report = session.tracker.sweep(older_than, now=now, batch_size=batch_size)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "checked": report.checked,
+                    "expired": list(report.expired),
+                    "older_than": older_than.total_seconds(),
+                }
+            )
+        )
+        return
+    expired = len(report.expired)
+    click.echo(
+        f"Expired {expired:,} {'call' if expired == 1 else 'calls'} of {report.checked:,} live "
+        f"calls looked at (last heard of more than {_clock(older_than)} ago)."
+    )
+    for call_id in report.expired:
+        click.echo(f"  {call_id}")
 
 
 # --- prune ------------------------------------------------------------------------------------

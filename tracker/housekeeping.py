@@ -1,35 +1,128 @@
-"""Housekeeping on the event log: prune old entries, re-drive refused deliveries
-(`Tracker.prune`, `Tracker.redrive`; the rebuild is `tracker.rebuilding`).
+"""Housekeeping: sweep calls whose end was lost, prune old log entries, re-drive refused
+deliveries (`Tracker.sweep`, `Tracker.prune`, `Tracker.redrive`; the rebuild is
+`tracker.rebuilding`).
 
-Both walk the log in pages of its primary key, each page in a short transaction of its own, so
-that workers applying deliveries meanwhile never wait long, and both stop at the newest entry
-that existed when they began: what is logged during the run is not theirs.
+Each walks its table in pages of the primary key, each page in a short transaction of its own,
+so that workers applying deliveries meanwhile never wait long. Prune and re-drive stop at the
+newest log entry that existed when they began: what is logged during the run is not theirs.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterable
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from tracker import storage
+from tracker import applying, lifecycle, storage
 from tracker.errors import StorageError
 from tracker.records import (
     REDRIVEN_OUTCOMES,
+    Call,
     InvalidReason,
     Outcome,
     RedriveReport,
     Result,
+    SweepReport,
 )
 
 # Runs one unit of work in a writing transaction, retried on lost races (`Tracker`'s).
 Run = Callable[[Callable[[Connection], int]], int]
+RunExpiry = Callable[[Callable[[Connection], list[str]]], list[str]]
 ApplyMany = Callable[[Iterable[bytes]], list[Result]]
+Body = bytes | str | Mapping[str, Any]
+Resolve = Callable[[Call], Body | None]
+
+
+def sweep(
+    engine: Engine,
+    run: RunExpiry,
+    get_call: Callable[[str], Call | None],
+    apply_resolved: Callable[[list[Body]], list[Result]],
+    older_than: timedelta,
+    *,
+    now: datetime,
+    resolve: Resolve | None,
+    batch_size: int,
+) -> SweepReport:
+    """End the live calls last heard of before `now - older_than`, `batch_size` at a time, each
+    batch in a transaction of its own (`applying.expire_calls`). With `resolve`, each such call
+    is first offered to it (outside any transaction: it may ask a remote API), and a body it
+    returns is applied, logged with origin `sweep`; the call is expired only if it is still
+    live and old after that."""
+    if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
+        raise ValueError(
+            f"older_than must be a positive timedelta, e.g. timedelta(hours=4); got {older_than!r}"
+        )
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError(
+            f"now={now.isoformat()} has no time zone, so the instant it names is unknown; pass "
+            "an aware datetime, e.g. datetime.now(UTC)"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+    cutoff = now - older_than
+    checked = 0
+    expired: list[str] = []
+    resolved: list[str] = []
+    kept: list[str] = []
+    after: str | None = None
+    while True:
+        with engine.connect() as connection:
+            page = storage.where_sweep_candidates(connection, after, cutoff, batch_size)
+        if not page:
+            break
+        after = page[-1].call_id
+        checked += len(page)
+        due = [record.call_id for record in page if lifecycle.sweepable(record, cutoff)]
+        if resolve is not None:
+            due = [
+                call_id
+                for call_id in due
+                if _resolved(
+                    engine, call_id, get_call, apply_resolved, resolve, cutoff, resolved, kept
+                )
+            ]
+        if due:
+            expired += run(
+                partial(applying.expire_calls, call_ids=due, swept_at=now, cutoff=cutoff)
+            )
+    return SweepReport(checked, tuple(expired), tuple(resolved), tuple(kept))
+
+
+def _resolved(
+    engine: Engine,
+    call_id: str,
+    get_call: Callable[[str], Call | None],
+    apply_resolved: Callable[[list[Body]], list[Result]],
+    resolve: Resolve,
+    cutoff: datetime,
+    resolved: list[str],
+    kept: list[str],
+) -> bool:
+    """Offer one call to `resolve` and apply its body; whether the call is still due for
+    expiry afterwards (True), or was ended (`resolved`) or shown alive (`kept`) by the body."""
+    call = get_call(call_id)
+    if call is None or not call.live:
+        return False  # ended since the page was read
+    body = resolve(call)
+    if body is None:
+        return True
+    apply_resolved([body])
+    with engine.connect() as connection:
+        after = storage.find_call(connection, call_id)
+    if after is None or after.state == lifecycle.DISCONNECTED:
+        resolved.append(call_id)
+        return False
+    if not lifecycle.sweepable(after, cutoff):
+        kept.append(call_id)
+        return False
+    return True
 
 
 def prune(engine: Engine, run: Run, before: datetime, *, batch_size: int) -> int:

@@ -53,7 +53,11 @@ DISPOSITIONS: Final = {
     "rejected": "rejected",
 }
 FAILED: Final = "failed"
-ALL_DISPOSITIONS: Final = (*DISPOSITIONS.values(), FAILED)
+# A call the sweep ended because its terminal event never came (`expire`): no cause.
+EXPIRED: Final = "expired"
+ALL_DISPOSITIONS: Final = (*DISPOSITIONS.values(), FAILED, EXPIRED)
+# What a history step the sweep made names as its event.
+SWEEP: Final = "sweep"
 
 
 def disposition_of(cause: str) -> str:
@@ -238,7 +242,9 @@ def history_of(call: CallRecord) -> tuple[str, tuple[TransitionTaken, ...]]:
     start time) through `answered` at the answer time and `disconnected` at the end time,
     whichever events taught them and in whatever order they came. So the state only moves
     forward, and a late event fills in the step it knows without undoing a later one."""
-    return _walk(call.answer_time, call.answer_event, call.end_time, call.terminal_event)
+    return _walk(
+        call.answer_time, call.answer_event, call.end_time, call.terminal_event, call.swept_at
+    )
 
 
 def _walk(
@@ -246,9 +252,12 @@ def _walk(
     answer_event: str | None,
     end_time: datetime | None,
     terminal_event: str | None,
+    swept_at: datetime | None,
 ) -> tuple[str, tuple[TransitionTaken, ...]]:
     state = INITIATED
     taken: list[TransitionTaken] = []
+    if end_time is None and swept_at is not None:  # ended by the sweep until the real end comes
+        end_time, terminal_event = swept_at, SWEEP
     for trigger, at, event in (
         ("answer", answer_time, answer_event),
         ("end", end_time, terminal_event),
@@ -301,6 +310,52 @@ def decide(
         transfer=transfer,
         history=history,
         fill_account=tree_account.account if tree_account.tree_learns_it else None,
+    )
+
+
+def last_known_time(call: CallRecord) -> datetime | None:
+    """The latest instant the call's facts name: its start, its answer, and for a placeholder
+    (a parent seen only through its legs) the start of the leg it was seen through. None when
+    no fact names one (a call seen only through a `transferComplete` or a
+    `machineDetectionComplete` without `startTime`)."""
+    known = [
+        instant
+        for instant in (call.start_time, call.answer_time, call.numbers_leg_start)
+        if instant is not None
+    ]
+    return max(known, default=None)
+
+
+def sweepable(call: CallRecord, cutoff: datetime) -> bool:
+    """Whether the sweep ends `call`: live, and last heard of before `cutoff` (or never dated:
+    see `expire`)."""
+    if call.state == DISCONNECTED:
+        return False
+    known = last_known_time(call)
+    return known is None or known < cutoff
+
+
+def expire(call: CallRecord | None, at: datetime, cutoff: datetime | None) -> Decision | None:
+    """The sweep's end of a call whose terminal event never came: `disconnected` at `at`, with
+    disposition `expired`, no cause and no end time (nobody knows when it ended), by the
+    machine's own `end` move. None when there is nothing to sweep: the call ended meanwhile, or
+    was heard of at or after `cutoff` (None: no age check, as when a rebuild replays a sweep).
+    A call no fact dates is swept: its age is unknown, and the sweep is undone by the real end
+    when it comes (`_merge`), so ending it wrongly costs less than leaving it live for ever."""
+    if call is None or (cutoff is not None and not sweepable(call, cutoff)):
+        return None
+    if call.state == DISCONNECTED:
+        return None
+    known = last_known_time(call)
+    after = changed(call, {"swept_at": at, "disposition": EXPIRED})
+    state, history = history_of(after)
+    after = changed(after, {"state": state})
+    heard = f"nothing heard of it since {_iso(known)}" if known else "no time known for it"
+    return Decision(
+        outcome=Outcome.APPLIED,
+        detail=f"call {call.call_id} expired by the sweep at {_iso(at)}: {heard}",
+        call=(call, after),
+        history=history,
     )
 
 
@@ -369,12 +424,15 @@ def _merge(
         changes["account_id"] = account
     if {"from_number", "to_number"} & changes.keys():
         changes.update(numbers_leg_id=None, numbers_leg_start=None)
+    if "end_time" in changes and call.swept_at is not None:
+        # The real end replaces the sweep's entirely; the disposition went with the cause.
+        changes["swept_at"] = None
     changes["seen_rank"] = max(call.seen_rank, rank)
     changes["sources"] = sources
     state, history = _walk(
         *(
             changes[name] if name in changes else getattr(call, name)
-            for name in ("answer_time", "answer_event", "end_time", "terminal_event")
+            for name in ("answer_time", "answer_event", "end_time", "terminal_event", "swept_at")
         )
     )
     changes["state"] = state
@@ -421,7 +479,7 @@ def _what_happened(event: Event, call: CallRecord) -> str:
         return f"call {event.call_id} machine detection: {call.machine_detection}"
     answered = f", answered at {_iso(call.answer_time)}" if call.answer_time else ""
     if call.state == DISCONNECTED:
-        return f"call {event.call_id} disconnected ({call.cause}){answered}"
+        return f"call {event.call_id} disconnected ({call.cause or call.disposition}){answered}"
     return f"call {event.call_id} is {call.state}{answered}"
 
 

@@ -682,3 +682,39 @@ def _read_call_url(url: str) -> CallUrl | None:
     if match is None:
         return None
     return CallUrl(unquote(match["account"]), unquote(match["call"]))
+
+
+# --- the sweep's own log entries ----------------------------------------------------------------
+# A call the sweep ends gets a log entry like a delivery's (origin `sweep`), so that its history
+# step names an entry, a rebuild can replay it, and the log tells what happened. Its body is the
+# tracker's own JSON, not a Bandwidth callback: handed to `apply`, it is `ignored`.
+
+SWEEP_ORIGIN: Final = "sweep"
+
+
+@dataclass(frozen=True, slots=True)
+class SweepEntry:
+    """What a sweep's log entry says: which call it ended, and when."""
+
+    call_id: str
+    swept_at: datetime
+
+
+def sweep_body(call_id: str, swept_at: datetime, last_known: datetime | None) -> bytes:
+    def instant(value: datetime | None) -> str | None:
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+    return json.dumps(
+        {
+            "eventType": "sweep",
+            "callId": call_id,
+            "sweptAt": instant(swept_at),
+            "lastKnownTime": instant(last_known),
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def read_sweep_body(raw: bytes) -> SweepEntry:
+    document = json.loads(raw)
+    return SweepEntry(document["callId"], datetime.fromisoformat(document["sweptAt"]))

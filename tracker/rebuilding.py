@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import Connection, Engine
 
-from tracker import lifecycle, storage
+from tracker import lifecycle, parsing, storage
 from tracker.errors import TrackerError
 from tracker.lifecycle import CallRecord
 from tracker.records import CallDifference, RebuildReport, TransferAttempt
@@ -83,12 +83,19 @@ class _LiveIds:
         return len(self.ids)
 
 
-def rebuild(live: Engine, scratch: Tracker, write: Writer | None) -> RebuildReport:
+def rebuild(
+    live: Engine,
+    scratch: Tracker,
+    replay_sweep: Callable[[parsing.SweepEntry], None],
+    write: Writer | None,
+) -> RebuildReport:
     """Replay the log of `live` into `scratch` (migrated, empty), compare, and with `write`
-    write the recomputed records of the differing calls back."""
+    write the recomputed records of the differing calls back. `replay_sweep` replays one of
+    the sweep's own entries into `scratch` (a call the sweep ended has no delivery for its
+    end: the entry is its end)."""
     with live.connect() as connection:
         up_to = storage.last_event_id(connection)
-    live_ids = _replay(live, scratch, up_to)
+    live_ids = _replay(live, scratch, replay_sweep, up_to)
     with scratch.engine.connect() as connection:
         if storage.last_event_id(connection) != len(live_ids):
             raise TrackerError("the scratch log is not numbered 1, 2, ...: please report this")
@@ -123,7 +130,12 @@ def rebuild(live: Engine, scratch: Tracker, write: Writer | None) -> RebuildRepo
     return _write(live, scratch.engine, write, report, pending, up_to, live_ids)
 
 
-def _replay(live: Engine, scratch: Tracker, up_to: int) -> _LiveIds:
+def _replay(
+    live: Engine,
+    scratch: Tracker,
+    replay_sweep: Callable[[parsing.SweepEntry], None],
+    up_to: int,
+) -> _LiveIds:
     live_ids = _LiveIds()
     after = 0
     while True:
@@ -131,8 +143,18 @@ def _replay(live: Engine, scratch: Tracker, up_to: int) -> _LiveIds:
             page = storage.where_applied_bodies(connection, after, up_to, REPLAY_CHUNK)
         if not page:
             return live_ids
-        scratch.apply_many([body for _id, body in page])
-        live_ids.ids.extend(event_id for event_id, _body in page)
+        bodies: list[bytes] = []
+        for _id, body, origin, event_type in page:
+            if origin == parsing.SWEEP_ORIGIN and event_type == lifecycle.SWEEP:
+                if bodies:  # in log order: the deliveries before the sweep first
+                    scratch.apply_many(bodies)
+                    bodies = []
+                replay_sweep(parsing.read_sweep_body(body))
+            else:
+                bodies.append(body)
+        if bodies:
+            scratch.apply_many(bodies)
+        live_ids.ids.extend(event_id for event_id, *_rest in page)
         after = page[-1][0]
 
 

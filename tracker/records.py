@@ -142,6 +142,14 @@ class Call:
     diversion: Mapping[str, Any] | None = None
     caller_display_name: str | None = None
     transfers: tuple[TransferAttempt, ...] = ()
+    # When the sweep ended the call, its terminal event never having come (disposition
+    # `expired`); None for every other call, and again once the real end arrives.
+    swept_at: datetime | None = None
+
+    @property
+    def swept(self) -> bool:
+        """Ended by the sweep, not by an event of its own."""
+        return self.swept_at is not None
 
     @property
     def live(self) -> bool:
@@ -183,6 +191,9 @@ class Event:
     detail: str
     call_id: str | None
     event_type: str | None
+    # None for a body handed to `apply`; `sweep` for an entry the sweep wrote: its own end of a
+    # call (event type `sweep`, a body of the tracker's own) or a body its `resolve` hook gave.
+    origin: str | None = None
 
 
 # The outcomes a re-drive takes: the only ones a later release, or data that changed since, can
@@ -207,6 +218,19 @@ class RedriveReport:
     def applied(self) -> int:
         """How many re-driven bodies were applied this time."""
         return sum(n for (outcome, _), n in self.outcomes.items() if outcome is Outcome.APPLIED)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    """What `Tracker.sweep` did. `checked`: the live calls it looked at; `expired`: the ids of
+    those it ended (disposition `expired`); `resolved`: the ids of those a body from the
+    `resolve` hook ended instead; `kept`: calls a `resolve` body showed alive and recent, so
+    left live."""
+
+    checked: int
+    expired: tuple[str, ...]
+    resolved: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -425,6 +425,7 @@ def _select_applied_keys(count: int) -> tuple[ClauseElement, Sequence[str]]:
 
 _EVENT_VALUES: Final = (
     "received_at", "body", "outcome", "reason", "detail", "call_id", "event_type", "dedup_key",
+    "origin",
 )  # fmt: skip
 
 
@@ -1017,6 +1018,7 @@ def _event(row: Any) -> Event:
         detail=row.detail,
         call_id=row.call_id,
         event_type=row.event_type,
+        origin=row.origin,
     )
 
 
@@ -1063,6 +1065,22 @@ def where_calls(
     )
     if limit is not None:
         query = query.limit(limit)
+    return [_record(row) for row in connection.execute(query)]
+
+
+def where_sweep_candidates(
+    connection: Connection, after: str | None, cutoff: datetime, limit: int
+) -> list[CallRecord]:
+    """The next `limit` live calls after id `after`, by id, that may have been heard of last
+    before `cutoff`: those that started before it or have no start time. Which of them the sweep
+    ends is the lifecycle's to say (`lifecycle.expire`); this only keeps the read small, through
+    the partial index of live calls."""
+    query = _filtered(
+        select(*_CALL_COLUMNS).order_by(calls.c.call_id).limit(limit),
+        state=lifecycle.LIVE_STATES,
+    ).where(or_(calls.c.start_time.is_(None), calls.c.start_time < cutoff))
+    if after is not None:
+        query = query.where(calls.c.call_id > after)
     return [_record(row) for row in connection.execute(query)]
 
 
@@ -1283,11 +1301,12 @@ def _tree_of(connection: Connection, call_id: str) -> dict[str, tuple[str | None
 
 def where_applied_bodies(
     connection: Connection, after_id: int, up_to_id: int, limit: int
-) -> list[tuple[int, bytes]]:
-    """(id, body) of the next `limit` applied deliveries with `after_id < id <= up_to_id`, by
-    id: a page of the log for a replay, read by primary key whatever the log's size."""
+) -> list[tuple[int, bytes, str | None, str | None]]:
+    """(id, body, origin, event type) of the next `limit` applied deliveries with
+    `after_id < id <= up_to_id`, by id: a page of the log for a replay, read by primary key
+    whatever the log's size."""
     query = (
-        select(events.c.id, events.c.body)
+        select(events.c.id, events.c.body, events.c.origin, events.c.event_type)
         .where(
             events.c.outcome == Outcome.APPLIED.value,
             events.c.id > after_id,
@@ -1296,7 +1315,10 @@ def where_applied_bodies(
         .order_by(events.c.id)
         .limit(limit)
     )
-    return [(int(row.id), bytes(row.body)) for row in connection.execute(query)]
+    return [
+        (int(row.id), bytes(row.body), row.origin, row.event_type)
+        for row in connection.execute(query)
+    ]
 
 
 def count_applied(connection: Connection, up_to_id: int) -> int:

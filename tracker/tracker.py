@@ -8,7 +8,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Final, TypeVar
 
@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from tracker import driver, housekeeping, lifecycle, parsing, rebuilding, storage
-from tracker.applying import apply_deliveries
+from tracker.applying import apply_deliveries, expire_calls
 from tracker.errors import StorageError
 from tracker.records import (
     Call,
@@ -27,6 +27,7 @@ from tracker.records import (
     RedriveReport,
     Result,
     SchemaUpgrade,
+    SweepReport,
 )
 from tracker.schema import check_current, upgrade_schema
 
@@ -161,10 +162,15 @@ class Tracker:
     def apply_many(self, bodies: Iterable[bytes | str | object]) -> list[Result]:
         """Apply bodies in order in one transaction: the outcomes of applying them one by one,
         for one commit."""
+        return self._apply_many(bodies)
+
+    def _apply_many(
+        self, bodies: Iterable[bytes | str | object], origin: str | None = None
+    ) -> list[Result]:
         self._check_schema()
         deliveries = [parsing.read(body, self._max_body_bytes) for body in bodies]
         received_at = datetime.now(UTC)
-        return self._in_transaction(lambda c: apply_deliveries(c, deliveries, received_at))
+        return self._in_transaction(lambda c: apply_deliveries(c, deliveries, received_at, origin))
 
     def _in_transaction(
         self, work: Callable[[Connection], T], *, subject: str = "this delivery"
@@ -307,6 +313,35 @@ class Tracker:
 
     # --- housekeeping -----------------------------------------------------------------------
 
+    def sweep(
+        self,
+        older_than: timedelta,
+        *,
+        now: datetime | None = None,
+        resolve: housekeeping.Resolve | None = None,
+        batch_size: int = 200,
+    ) -> SweepReport:
+        """End every live call (`initiated` or `answered`, placeholders included) last heard of
+        more than `older_than` before `now` (default: the current time): its terminal event was
+        lost. Each becomes `disconnected`, disposition `expired`, no cause, `swept_at` set, with
+        a history step and a log entry of its own; a real terminal event arriving later replaces
+        the sweep entirely. `resolve(call)` may return a body (built, say, from Bandwidth's call
+        state API) to apply instead, logged with origin `sweep`; None lets the sweep expire the
+        call. Safe while other processes apply (see `tracker.housekeeping.sweep`)."""
+        self._check_schema()
+        run = partial(self._in_transaction, subject="this batch of the sweep")
+        with _database_errors():
+            return housekeeping.sweep(
+                self.engine,
+                run,
+                self.get_call,
+                partial(self._apply_many, origin=parsing.SWEEP_ORIGIN),
+                older_than,
+                now=datetime.now(UTC) if now is None else now,
+                resolve=resolve,
+                batch_size=batch_size,
+            )
+
     def prune(self, before: datetime, *, batch_size: int = 1000) -> int:
         """Delete the log entries received before `before` (an aware datetime); how many were
         deleted. Calls, their history and transfer attempts stay; deliveries applied meanwhile
@@ -359,7 +394,21 @@ class Tracker:
         ):
             scratch.upgrade()
             write = partial(self._in_transaction, subject="this batch of the rebuild")
-            return rebuilding.rebuild(self.engine, scratch, write if apply else None)
+            return rebuilding.rebuild(
+                self.engine, scratch, scratch._replay_sweep, write if apply else None
+            )
+
+    def _replay_sweep(self, entry: parsing.SweepEntry) -> None:
+        """Replay one sweep's log entry here (a rebuild's scratch tracker)."""
+        self._in_transaction(
+            partial(
+                expire_calls,
+                call_ids=[entry.call_id],
+                swept_at=entry.swept_at,
+                cutoff=None,
+                replaying=True,
+            )
+        )
 
 
 def _snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) -> list[Call]:
@@ -401,6 +450,7 @@ def _snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) 
             diversion=record.diversion,
             caller_display_name=record.caller_display_name,
             transfers=tuple(transfers.get(record.call_id, ())),
+            swept_at=record.swept_at,
         )
         for record in records
     ]
