@@ -118,3 +118,18 @@ def sqlite_tracker(tmp_path: Path) -> Iterator[Tracker]:
     with Tracker(f"sqlite:///{tmp_path / 'tracker.db'}") as instance:
         instance.upgrade()
         yield instance
+
+
+@pytest.fixture
+def two_trackers(
+    database_url: str, backend: str, tmp_path: Path
+) -> Iterator[tuple[Tracker, Tracker]]:
+    """One database fed in order, one fed shuffled, on each backend; each example uses call ids
+    of its own, so examples never meet."""
+    second = tmp_path / "shuffled"
+    second.mkdir()
+    for shuffled_url in fresh_database(backend, second):
+        with Tracker(database_url) as in_order, Tracker(shuffled_url) as shuffled:
+            in_order.upgrade()
+            shuffled.upgrade()
+            yield in_order, shuffled

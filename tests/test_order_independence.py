@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import fresh_database
 from tests.factories import (
     BASE_TIME,
     answer,
@@ -236,21 +232,6 @@ def ids_of(bodies: list[dict[str, Any]]) -> set[str]:
     return {b["callId"] for b in bodies} | {
         b["parentCallId"] for b in bodies if "parentCallId" in b
     }
-
-
-@pytest.fixture
-def two_trackers(
-    database_url: str, backend: str, tmp_path: Path
-) -> Iterator[tuple[Tracker, Tracker]]:
-    """One database fed in order, one fed shuffled, on each backend; each example uses call ids
-    of its own, so examples never meet."""
-    second = tmp_path / "shuffled"
-    second.mkdir()
-    for shuffled_url in fresh_database(backend, second):
-        with Tracker(database_url) as in_order, Tracker(shuffled_url) as shuffled:
-            in_order.upgrade()
-            shuffled.upgrade()
-            yield in_order, shuffled
 
 
 @st.composite
