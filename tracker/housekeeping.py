@@ -81,13 +81,15 @@ def sweep(
         checked += len(page)
         due = [record.call_id for record in page if lifecycle.sweepable(record, cutoff)]
         if resolve is not None:
-            due = [
-                call_id
-                for call_id in due
-                if _resolved(
-                    engine, call_id, get_call, apply_resolved, resolve, cutoff, resolved, kept
-                )
-            ]
+            offered, due = due, []
+            for call_id in offered:
+                verdict = _offer(engine, call_id, get_call, apply_resolved, resolve, cutoff)
+                if verdict == "due":
+                    due.append(call_id)
+                elif verdict == "resolved":
+                    resolved.append(call_id)
+                elif verdict == "kept":
+                    kept.append(call_id)
         if due:
             expired += run(
                 partial(applying.expire_calls, call_ids=due, swept_at=now, cutoff=cutoff)
@@ -95,34 +97,29 @@ def sweep(
     return SweepReport(checked, tuple(expired), tuple(resolved), tuple(kept))
 
 
-def _resolved(
+def _offer(
     engine: Engine,
     call_id: str,
     get_call: Callable[[str], Call | None],
     apply_resolved: Callable[[list[Body]], list[Result]],
     resolve: Resolve,
     cutoff: datetime,
-    resolved: list[str],
-    kept: list[str],
-) -> bool:
-    """Offer one call to `resolve` and apply its body; whether the call is still due for
-    expiry afterwards (True), or was ended (`resolved`) or shown alive (`kept`) by the body."""
+) -> str:
+    """Offer one call to `resolve` and apply the body it returns. What the call is then: `due`
+    (still live and old: expire it), `resolved` (the body ended it), `kept` (the body showed
+    it alive lately) or `gone` (it ended before it was offered)."""
     call = get_call(call_id)
     if call is None or not call.live:
-        return False  # ended since the page was read
+        return "gone"
     body = resolve(call)
     if body is None:
-        return True
+        return "due"
     apply_resolved([body])
     with engine.connect() as connection:
         after = storage.find_call(connection, call_id)
     if after is None or after.state == lifecycle.DISCONNECTED:
-        resolved.append(call_id)
-        return False
-    if not lifecycle.sweepable(after, cutoff):
-        kept.append(call_id)
-        return False
-    return True
+        return "resolved"
+    return "due" if lifecycle.sweepable(after, cutoff) else "kept"
 
 
 def prune(engine: Engine, run: Run, before: datetime, *, batch_size: int) -> int:
