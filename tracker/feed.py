@@ -40,12 +40,14 @@ that it can never fill:
   given again, and a cursor past them skips the new entries until the ids pass it (the README
   says so). PostgreSQL sequences and MariaDB 10.2.4+ AUTO_INCREMENT never give an id again.
 
-At each read, the transactions of the tokens still running are looked up first (before the
-read, so that one which committed meanwhile is visible to the read); a token loses the ones that
-ended; a gap still missing from the read whose token has emptied is dropped, its transactions
-having ended without committing it. A token is at most the transactions that were writing the
-log at one instant, and shrinks to those still running, so the cursor stays small unless
-transactions that wrote the log stay open for long.
+At each read, the transactions of the tokens are looked up first, before the read, so that one
+which committed meanwhile is visible to it; a token loses the transactions that ended, and a gap
+the read still misses whose token is empty is dropped: every transaction that could have
+committed it ended without doing so. New gaps get their token just after the read that found
+them, and are dropped at the earliest by the next read (a writer may commit one between the read
+and the lookup). A token is at most the transactions writing the log at one instant, and shrinks
+to those still running, so the cursor stays small unless transactions that wrote the log stay
+open for long; gaps are kept as ranges, so a burst of burned ids costs a few characters.
 
 Pruning: the entries pruned before a consumer read them are not returned (their ids are gaps
 that no running transaction holds, dropped at the next read); the feed goes on with the entries
@@ -141,9 +143,13 @@ def changes(engine: Engine, after: str | None, limit: int, snapshots: Snapshots)
         gaps = _settled(gaps, {row.id for row in rows}, checked_through)
         new_ids = [row.id for row in rows if row.id > position.high]
         opened = _opened(position.high, new_ids)
-        if opened:
-            token = _writers(connection, dialect)  # after the read: see the module's docstring
-            opened = [] if token == () else [replace(gap, token=token) for gap in opened]
+        if dialect == "sqlite":
+            opened = []  # one writer at a time: a gap below a visible id never fills
+        elif opened:
+            # Taken after the read. A token found empty does not drop its gaps yet: a writer may
+            # have committed one between the read and now, so the next read must look again.
+            token = _writers(connection, dialect)
+            opened = [replace(gap, token=token) for gap in opened]
     found: list[Change] = []
     filled: set[int] = set()  # gap ids read so far: the rows below the old mark come first
     below = _without(gaps, filled)
@@ -233,7 +239,8 @@ def _without(gaps: Sequence[_Gap], ids: set[int]) -> tuple[_Gap, ...]:
 
 def _writers(connection: Connection, dialect: str) -> Token | None:
     """The transactions that may hold an id of the log they have not committed, at this
-    instant: () on SQLite, where none can; None when MariaDB's list could not be read fresh."""
+    instant: () on SQLite, where none can; None when MariaDB's list could not be read fresh.
+    A transaction that holds such an id now stays in the answer until it ends."""
     if dialect == "postgresql":
         return _postgresql_writers(connection)
     if dialect in ("mysql", "mariadb"):
