@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, text
 
 from tests.factories import disconnect, new_call_id
 from tests.workers import Crew, apply_rounds, record_figure
 from tests.workloads import realistic_bodies
-from tracker import Change, ChangesPage, Outcome, Tracker, feed, storage
+from tracker import Change, ChangesPage, Outcome, StorageError, Tracker, feed, storage
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -261,6 +262,29 @@ def test_an_id_rolled_back_is_a_gap_dropped_once_its_transaction_ended(
     assert feed.decode(cursor) == feed.decode(drain(tracker, None)[1])
 
 
+def test_on_mariadb_a_user_without_the_process_privilege_is_told_to_get_it(
+    tracker: Tracker, backend: str
+) -> None:
+    if backend != "mariadb":
+        pytest.skip("only MariaDB/MySQL needs a privilege to list transactions")
+    url = tracker.engine.url
+    user = f"feed_{uuid.uuid4().hex[:8]}"
+    with tracker.engine.begin() as connection:
+        connection.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'secret'"))
+        connection.execute(text(f"GRANT ALL ON `{url.database}`.* TO '{user}'@'%'"))
+    try:
+        with Tracker(url.set(username=user, password="secret")) as unprivileged:
+            call_id = new_call_id()
+            tracker.apply(json.dumps(disconnect(call_id)))
+            with open_transaction_with_a_log_entry(tracker, call_id):
+                tracker.apply(json.dumps(disconnect(new_call_id())))
+                with pytest.raises(StorageError, match=r"needs the PROCESS privilege: GRANT"):
+                    unprivileged.changes()
+    finally:
+        with tracker.engine.begin() as connection:
+            connection.execute(text(f"DROP USER '{user}'@'%'"))
+
+
 # --- many writers at once -----------------------------------------------------------------------
 
 WRITERS = 4
@@ -275,11 +299,13 @@ def follow(url: str, stop: threading.Event, report: dict[str, Any]) -> None:
     cursor: str | None = None
     with Tracker(url) as tracker:
         quiet_rounds = 0
+        longest = 0
         while quiet_rounds < 3:
             stopping = stop.is_set()
             page = tracker.changes(after=cursor, limit=50)
             seen.extend(change.id for change in page.changes)
             cursor = page.cursor
+            longest = max(longest, len(cursor))
             with tracker.engine.connect() as connection:
                 rows = connection.execute(
                     select(storage.events.c.id, storage.events.c.outcome)
@@ -293,7 +319,7 @@ def follow(url: str, stop: threading.Event, report: dict[str, Any]) -> None:
                 time.sleep(0.15)
             else:
                 time.sleep(0.005)
-        report.update(seen=seen, naive=naive_seen, cursor=cursor)
+        report.update(seen=seen, naive=naive_seen, cursor=cursor, longest=longest)
 
 
 def test_a_follower_sees_every_delivery_of_four_writers_committing_out_of_order(
@@ -328,7 +354,7 @@ def test_a_follower_sees_every_delivery_of_four_writers_committing_out_of_order(
     record_figure(
         f"[{backend} feed] writers={WRITERS} applied={len(expected)} log ids={last_id} "
         f"seen={len(seen)} duplicates={sum(seen.values()) - len(seen)} missed={len(missed)} "
-        f"naive follower missed={len(naive_missed)} cursor chars={len(report['cursor'])}"
+        f"naive follower missed={len(naive_missed)} longest cursor={report['longest']} chars"
     )
     assert len(expected) == len(bodies)
     assert missed == []
