@@ -49,6 +49,16 @@ and the lookup). A token is at most the transactions writing the log at one inst
 to those still running, so the cursor stays small unless transactions that wrote the log stay
 open for long; gaps are kept as ranges, so a burst of burned ids costs a few characters.
 
+Why not the transaction horizon. PostgreSQL's `pg_snapshot_xmin` says every transaction older
+than it has ended, but a transaction gets its xid at its first write, a moment after the INSERT
+took its id: one that took an id before the read may get an xid above the one recorded then, and
+be missed. The horizon is also the whole server's: any long transaction, in any database, would
+hold every gap. Ordering the log by a per-row xid column (`WHERE xid < pg_snapshot_xmin`) is exact
+but needs an index on it, one more page written per delivery, and holds every delivery back
+behind the oldest transaction running anywhere; here only a transaction that wrote the log holds
+anything, and only its own gaps. On MariaDB, `trx_started` has whole seconds and follows the
+wall clock; the list of transactions itself needs neither.
+
 Pruning: the entries pruned before a consumer read them are not returned (their ids are gaps
 that no running transaction holds, dropped at the next read); the feed goes on with the entries
 kept.
