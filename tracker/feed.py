@@ -32,7 +32,9 @@ that it can never fill:
   and start time), read just after the read. INNODB_TRX needs the PROCESS privilege. InnoDB
   serves it from a copy refreshed only after 100 ms without a reader, so the list is trusted
   only when it shows this very query (a marker in its text); a copy older than that is retried,
-  and when none comes fresh, the gaps wait for the next read to take their token.
+  and when none comes fresh, the gaps wait for the next read to take their token. The list is
+  the whole server's (it cannot tell which table a transaction will write): a gap waits for
+  every transaction running on the server when it was found.
 - SQLite: one writer at a time, and a new row takes one more than the largest id, inside the
   write lock: ids are visible in id order and a gap never fills (the token is always empty, so a
   gap is dropped at once). The log's `id` is SQLite's rowid without AUTOINCREMENT, so once the
