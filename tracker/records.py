@@ -276,3 +276,31 @@ class RebuildReport:
     written: tuple[str, ...] = ()
     moved: tuple[str, ...] = ()
     stopped: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One applied delivery of the change feed (`Tracker.changes`). `call` is the call as it
+    was when the feed read it, not as this delivery left it: several changes of one call in a
+    page carry the same snapshot. `origin` is None for a body handed to `apply`, `sweep` for an
+    entry the housekeeping sweep wrote. `cursor` resumes the feed just after this change."""
+
+    id: int
+    received_at: datetime
+    outcome: Outcome
+    event_type: str | None
+    origin: str | None
+    call_id: str | None
+    call: Call | None
+    cursor: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesPage:
+    """What one `Tracker.changes` call read: the changes in the order they became visible, the
+    cursor to pass next time, and `more`: the read stopped at its limit, so call again at once
+    rather than after a pause."""
+
+    changes: tuple[Change, ...]
+    cursor: str
+    more: bool

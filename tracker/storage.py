@@ -1022,6 +1022,30 @@ def _event(row: Any) -> Event:
     )
 
 
+def where_log_entries(
+    connection: Connection, ranges: Sequence[tuple[int, int]], after_id: int, limit: int
+) -> list[Any]:
+    """The first `limit` log entries, in id order, whose id is in one of the closed `ranges` or
+    above `after_id`: the change feed's read (`tracker.feed`), ranges of the primary key only.
+    Each row has the entry's id, outcome, received_at, call_id, event_type and origin."""
+    wanted = [events.c.id > after_id]
+    wanted += [events.c.id.between(first, last) for first, last in ranges]
+    query = (
+        select(
+            events.c.id,
+            events.c.outcome,
+            events.c.received_at,
+            events.c.call_id,
+            events.c.event_type,
+            events.c.origin,
+        )
+        .where(or_(*wanted))
+        .order_by(events.c.id)
+        .limit(limit)
+    )
+    return list(connection.execute(query))
+
+
 def where_log_page(connection: Connection, after_id: int, size: int) -> list[tuple[int, datetime]]:
     """(id, received at) of the next `size` log entries after id `after_id`, in id order: a
     range of the primary key, so a page costs the same anywhere in the log (the log has no

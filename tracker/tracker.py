@@ -17,11 +17,12 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from tracker import driver, housekeeping, lifecycle, parsing, rebuilding, storage
+from tracker import driver, feed, housekeeping, lifecycle, parsing, rebuilding, storage
 from tracker.applying import apply_deliveries, expire_calls
 from tracker.errors import StorageError
 from tracker.records import (
     Call,
+    ChangesPage,
     Event,
     RebuildReport,
     RedriveReport,
@@ -310,6 +311,16 @@ class Tracker:
         self._check_schema()
         with _database_errors(), self.engine.connect() as connection:
             return storage.where_events(connection, call_id=call_id, outcome=outcome, limit=limit)
+
+    def changes(self, after: str | None = None, limit: int = 1000) -> ChangesPage:
+        """The applied deliveries after the cursor `after` (None: from the beginning of the
+        log), at most `limit` of them, each with its call, and the cursor to pass next time.
+        Keeping the cursor, a consumer sees every applied delivery at least once and never skips
+        one, however many workers commit in whatever order (see `tracker.feed`). A cursor this
+        tracker did not give raises `ValueError`."""
+        self._check_schema()
+        with _database_errors():
+            return feed.changes(self.engine, after, limit, _snapshots)
 
     # --- housekeeping -----------------------------------------------------------------------
 
