@@ -141,6 +141,7 @@ class Run:
     per: str
     rows: int
     seconds: float
+    cpu_seconds: float  # the export process's own, user and system: what load elsewhere hides
     peak_rss_mb: float
     file_mb: float
 
@@ -148,10 +149,14 @@ class Run:
     def rows_per_second(self) -> float:
         return self.rows / self.seconds
 
+    @property
+    def rows_per_cpu_second(self) -> float:
+        return self.rows / self.cpu_seconds
+
 
 def export(url: str, file_format: str, per: str, output: Path) -> Run:
-    """Run `tracker export` in a child process: its wall time, rows and peak RSS (from the
-    child's own resource usage, reported when it is reaped)."""
+    """Run `tracker export` in a child process: its wall time, rows, CPU time and peak RSS
+    (the child's own resource usage, reported when it is reaped)."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     command = [
         sys.executable, "-m", "tracker.cli", "--db", url, "export",
@@ -174,7 +179,8 @@ def export(url: str, file_format: str, per: str, output: Path) -> Run:
     peak = usage.ru_maxrss / 2**20 if sys.platform == "darwin" else usage.ru_maxrss / 2**10
     size = output.stat().st_size / 2**20
     output.unlink()
-    return Run(file_format, per, rows, seconds, peak, size)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(file_format, per, rows, seconds, cpu, peak, size)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,6 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="where the SQLite file and the exports go (default: the system's temporary directory)",
     )
+    parser.add_argument(
+        "--database",
+        type=Path,
+        metavar="FILE",
+        help="keep the loaded SQLite database in FILE, and use it as it is when it exists "
+        "(to measure again without loading again)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     formats = [name.strip() for name in args.formats.split(",") if name.strip()]
@@ -204,44 +217,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line, file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="tracker-export-", dir=args.sqlite_dir) as directory:
-        url = f"sqlite:///{Path(directory) / 'calls.db'}"
-        loading = load(url, args.legs, args.seed, progress)
-        progress(f"loaded {args.legs:,} legs in {loading:.0f} s")
+        database = args.database or Path(directory) / "calls.db"
+        url = f"sqlite:///{database.resolve()}"
+        loading = None
+        if not database.exists():
+            loading = load(url, args.legs, args.seed, progress)
+            progress(f"loaded {args.legs:,} legs in {loading:.0f} s")
         runs = []
         for file_format in formats:
             for per in ("leg", "conversation"):
                 run = export(url, file_format, per, Path(directory) / f"out.{file_format}")
                 progress(f"{file_format} per {per}: {run.rows:,} rows, {run.seconds:.1f} s")
                 runs.append(run)
+    legs = runs[0].rows
     report = {
-        "legs": args.legs,
+        "legs": legs,
         "load_seconds": loading,
         "sqlite": sqlite3.sqlite_version,
         "python": sys.version.split()[0],
-        "runs": [{**asdict(run), "rows_per_second": run.rows_per_second} for run in runs],
-        "targets": {
-            "rows_per_second": TARGET_ROWS_PER_SECOND,
-            "peak_rss_mb": TARGET_PEAK_RSS_MB,
-        },
+        "runs": [
+            {
+                **asdict(run),
+                "rows_per_second": run.rows_per_second,
+                "rows_per_cpu_second": run.rows_per_cpu_second,
+            }
+            for run in runs
+        ],
+        "targets": {"rows_per_second": TARGET_ROWS_PER_SECOND, "peak_rss_mb": TARGET_PEAK_RSS_MB},
     }
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{args.legs:,} legs on SQLite {sqlite3.sqlite_version}, loaded in {loading:.0f} s")
-    print("| format | per | rows | seconds | rows/s | peak RSS (MB) | file (MB) |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    loaded = "" if loading is None else f", loaded in {loading:.0f} s"
+    print(f"{legs:,} legs on SQLite {sqlite3.sqlite_version}{loaded}")
+    print("| format | per | rows | seconds | rows/s | rows/CPU s | peak RSS (MB) | file (MB) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for run in runs:
         print(
             f"| {run.file_format} | {run.per} | {run.rows:,} | {run.seconds:.1f} | "
-            f"{run.rows_per_second:,.0f} | {run.peak_rss_mb:.0f} | {run.file_mb:.0f} |"
+            f"{run.rows_per_second:,.0f} | {run.rows_per_cpu_second:,.0f} | "
+            f"{run.peak_rss_mb:.0f} | {run.file_mb:.0f} |"
         )
     leg_csv = next((run for run in runs if (run.file_format, run.per) == ("csv", "leg")), None)
     if leg_csv is not None:
         fast = leg_csv.rows_per_second >= TARGET_ROWS_PER_SECOND
         small = max(run.peak_rss_mb for run in runs) < TARGET_PEAK_RSS_MB
         print(
-            f"targets (leg CSV): >= {TARGET_ROWS_PER_SECOND:,} rows/s "
-            f"{'met' if fast else 'missed'}; peak RSS < {TARGET_PEAK_RSS_MB} MB (every run) "
+            f"targets: leg CSV >= {TARGET_ROWS_PER_SECOND:,} rows/s {'met' if fast else 'missed'}"
+            f" ({leg_csv.rows_per_second:,.0f}); peak RSS < {TARGET_PEAK_RSS_MB} MB in every run "
             f"{'met' if small else 'missed'}"
         )
     return 0

@@ -9,7 +9,6 @@ import io
 import json
 import re
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from click.testing import CliRunner, Result
 from sqlalchemy import event, text
 
 from tests.factories import (
-    ACCOUNT,
     BASE_TIME,
     disconnect,
     initiate,
@@ -349,7 +347,6 @@ def test_the_export_reads_a_page_at_a_time_with_a_few_statements_each(
         assert len(first) == 10
         remaining = sum(1 for _ in rows)
         pages = (10 + remaining) // 10 + 1
-        print(per, read_for_one_page, len(statements), pages, statements[:12])
         assert len(statements) <= 8 * pages
 
 
@@ -499,3 +496,22 @@ def test_cli_export_of_an_unmigrated_database_exits_2_naming_upgrade(tmp_path: P
     result = run("--db", f"sqlite:///{tmp_path / 'empty.db'}", "export")
     assert result.exit_code == 2
     assert "upgrade" in result.stderr
+
+
+# --- the benchmark ------------------------------------------------------------------------------
+
+
+def test_benchmark_exports_every_loaded_leg_and_reports_its_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A smoke test of `python -m benchmarks.export`, not a timing."""
+    from benchmarks import export as benchmark
+
+    benchmark.main(["--legs", "60", "--sqlite-dir", str(tmp_path), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    runs = {(run["file_format"], run["per"]): run for run in report["runs"]}
+    assert set(runs) == {("csv", "leg"), ("csv", "conversation")}
+    assert runs["csv", "leg"]["rows"] == 60
+    assert 0 < runs["csv", "conversation"]["rows"] < 60  # some calls were transferred
+    assert all(run["rows_per_second"] > 0 and run["peak_rss_mb"] > 0 for run in runs.values())
+    assert list(tmp_path.iterdir()) == []  # the database and the exports are gone

@@ -1067,8 +1067,8 @@ def export(
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
-    shown = "conversation" if per == PER_CONVERSATION else "leg"
-    click.echo(f"Wrote {_count(written, shown) or f'0 {shown}s'} to {output}.")
+    noun = "conversation" if per == PER_CONVERSATION else "leg"
+    click.echo(f"Wrote {written:,} {noun}{'' if written == 1 else 's'} to {output}.")
 
 
 def _write_text(

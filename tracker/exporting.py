@@ -2,11 +2,11 @@
 conversation (an original call with every leg of its transfer tree folded in), written as CSV,
 JSON Lines or Parquet.
 
-The calls are read in keyset pages of `batch_size` (`storage.where_calls_page`), each page in a
-short read of its own that costs a few statements for the whole page (legs, transfer attempts,
-inherited applications, and for conversations their legs, one level of the trees at a time).
-Memory follows `batch_size`, never the number of calls, and workers applying meanwhile are not
-held up by a long export.
+The calls are read in keyset pages of `batch_size` (`storage.where_calls_page`, which counts
+each call's legs and transfer attempts in the same statement), each page in a short read of its
+own that adds a statement per level of inherited applications and, for conversations, per level
+of their transfer trees: a few for the whole page, none per call. Memory follows `batch_size`,
+never the number of calls, and workers applying meanwhile are not held up by a long export.
 
 The columns are a contract: `LEG_COLUMNS` and `CONVERSATION_COLUMNS` name them in order with
 their kind, and the README's table says what each means (tests/test_export.py keeps the two in
@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from itertools import islice
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -38,8 +39,9 @@ FORMATS: Final = ("csv", "jsonl", "parquet")
 
 # Rows per Parquet row group: a reader's unit of work, and what the writer holds at most (as
 # Arrow columns, a few hundred bytes a row), converted from rows in slices of `_ARROW_SLICE`.
-PARQUET_ROW_GROUP: Final = 100_000
-_ARROW_SLICE: Final = 10_000
+# With pyarrow's own 40 MB, 25,000 rows keep an export under 200 MB (benchmarks/export.py).
+PARQUET_ROW_GROUP: Final = 25_000
+_ARROW_SLICE: Final = 5_000
 
 Row = dict[str, Any]
 
@@ -197,12 +199,13 @@ def _leg_rows(connection: Connection, page: Sequence[ExportedCall]) -> list[Row]
 
 
 def _conversation_rows(connection: Connection, originals: Sequence[ExportedCall]) -> list[Row]:
-    """Each original call's row with its legs folded in: the trees are walked one level at a
-    time for the whole page, so a page costs as many statements as its deepest tree has
-    levels."""
+    """Each original call's row with its legs folded in. The trees are walked one level at a
+    time for the whole page, and only below the calls that have legs (each row counts its
+    own), so a page costs as many statements as its deepest tree has levels, none for calls
+    never transferred."""
     original_of = {call.call_id: call.call_id for call in originals}
     legs_of: dict[str, list[LegAnswer]] = {}
-    level = list(original_of)
+    level = [call.call_id for call in originals if call.legs]
     while level:
         next_level: list[str] = []
         for leg in storage.where_leg_answers(connection, level):
@@ -210,12 +213,18 @@ def _conversation_rows(connection: Connection, originals: Sequence[ExportedCall]
                 continue
             original = original_of[leg.call_id] = original_of[leg.parent_call_id]
             legs_of.setdefault(original, []).append(leg)
-            next_level.append(leg.call_id)
+            if leg.legs:
+                next_level.append(leg.call_id)
         level = next_level
     applications = storage.where_applications(connection, originals)
     rows: list[Row] = []
     for call in originals:
-        legs = legs_of.get(call.call_id, [])
+        legs = legs_of.get(call.call_id)
+        if not legs:
+            row = _row(call, applications[call.call_id], call.transfer_attempts, 0)
+            row.update(_NO_LEGS)
+            rows.append(row)
+            continue
         attempts = call.transfer_attempts + sum(leg.transfer_attempts for leg in legs)
         row = _row(call, applications[call.call_id], attempts, len(legs))
         answered = [leg for leg in legs if leg.answer_time is not None]
@@ -230,6 +239,13 @@ def _conversation_rows(connection: Connection, originals: Sequence[ExportedCall]
         row["legs_talk_duration"] = sum(talks, timedelta()).total_seconds() if talks else None
         rows.append(row)
     return rows
+
+
+_NO_LEGS: Final[Row] = {
+    "answered_leg_id": None,
+    "answered_leg_to": None,
+    "legs_talk_duration": None,
+}
 
 
 def _row(call: ExportedCall, application_id: str | None, transfer_attempts: int, legs: int) -> Row:
@@ -278,17 +294,24 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 
 def _iso(instant: datetime) -> str:
     """ISO 8601 in UTC, always with microseconds and `Z`: one width, sortable as text. (Every
-    instant read is in UTC: `storage.UTCDateTime`.)"""
-    return instant.isoformat("T", "microseconds")[:-6] + "Z"  # positional: see `from_text`
+    instant read is in UTC: `storage.UTCDateTime`.) The arguments are positional: a C method's
+    keyword arguments cost more than the formatting."""
+    return instant.isoformat("T", "microseconds")[:-6] + "Z"
 
 
-# How CSV writes the kinds `csv` would not write as the README says (it writes None as an
-# empty cell, a str as is and an int in digits by itself).
-_CSV_TEXT: Final[dict[Kind, Callable[[Any], str]]] = {
-    Kind.TIME: _iso,
-    Kind.SECONDS: lambda seconds: f"{seconds:.6f}",
-    Kind.BOOLEAN: lambda flag: "true" if flag else "false",
+# How CSV writes a column of the kinds the `csv` module would not write as the README says
+# (it writes None as an empty cell, a str as it is and an int in digits by itself). A whole
+# column of a slice of rows at a time: a comprehension costs less per value than a call.
+_CSV_COLUMN: Final[dict[Kind, Callable[[Sequence[Any]], list[Any]]]] = {
+    Kind.TIME: lambda values: [
+        None if value is None else value.isoformat("T", "microseconds")[:-6] + "Z"
+        for value in values
+    ],
+    Kind.SECONDS: lambda values: [None if value is None else f"{value:.6f}" for value in values],
+    Kind.BOOLEAN: lambda values: ["true" if value else "false" for value in values],
 }
+# Rows written at a time by `write_csv`: a reader of stdout (`| head`) gets them this often.
+_CSV_SLICE: Final = 500
 
 
 def write_csv(rows: Iterable[Row], columns: Sequence[Column], stream: TextIO) -> int:
@@ -298,18 +321,18 @@ def write_csv(rows: Iterable[Row], columns: Sequence[Column], stream: TextIO) ->
     writer = csv.writer(stream)
     writer.writerow([column.name for column in columns])
     converted = [
-        (index, _CSV_TEXT[column.kind])
+        (index, _CSV_COLUMN[column.kind])
         for index, column in enumerate(columns)
-        if column.kind in _CSV_TEXT
+        if column.kind in _CSV_COLUMN
     ]
     count = 0
-    for row in rows:
-        cells = list(row.values())
+    remaining = iter(rows)
+    while rows_slice := list(islice(remaining, _CSV_SLICE)):
+        cells: list[Sequence[Any]] = list(zip(*(row.values() for row in rows_slice), strict=True))
         for index, text in converted:
-            if (value := cells[index]) is not None:
-                cells[index] = text(value)
-        writer.writerow(cells)
-        count += 1
+            cells[index] = text(cells[index])
+        writer.writerows(zip(*cells, strict=True))
+        count += len(rows_slice)
     return count
 
 

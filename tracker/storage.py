@@ -1259,6 +1259,7 @@ _SELECT_LEG_ANSWERS: Final = select(
     calls.c.answer_time,
     calls.c.end_time,
     _TRANSFERS_OF_CALL,
+    _LEGS_OF_CALL,
 ).where(calls.c.parent_call_id.in_(bindparam("call_ids", expanding=True)))
 
 
@@ -1271,6 +1272,7 @@ class LegAnswer(NamedTuple):
     answer_time: datetime | None
     end_time: datetime | None
     transfer_attempts: int
+    legs: int
 
 
 def where_leg_answers(connection: Connection, parent_ids: Sequence[str]) -> list[LegAnswer]:
