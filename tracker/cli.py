@@ -7,6 +7,7 @@ and an exit code a script can test, never in a traceback.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import os
@@ -23,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from itertools import islice
-from typing import IO, Any, Final, NoReturn
+from pathlib import Path
+from typing import IO, Any, Final, NoReturn, TextIO
 
 import click
 from rich.console import Console
@@ -56,6 +58,18 @@ from tracker import (
     Tracker,
 )
 from tracker.asgi import BODY_TIMEOUT, MAX_BODY_BYTES
+from tracker.exporting import (
+    FORMATS,
+    PER_CONVERSATION,
+    PER_LEG,
+    PERS,
+    Column,
+    columns,
+    require_pyarrow,
+    write_csv,
+    write_jsonl,
+    write_parquet,
+)
 from tracker.storage import DEFAULT_TIMEOUT
 
 EXIT_NOT_FOUND: Final = 1
@@ -1022,6 +1036,130 @@ def prune(session: _Session, before: datetime, batch_size: int, as_json: bool) -
     else:
         entries = "log entry" if deleted == 1 else "log entries"
         click.echo(f"Deleted {deleted:,} {entries} received before {_when(before)}.")
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(FORMATS),
+    default="csv",
+    show_default=True,
+    help="CSV, JSON Lines, or Parquet (needs the extra: pip install 'tracker[parquet]').",
+)
+@click.option(
+    "--per",
+    type=click.Choice(PERS),
+    default=PER_LEG,
+    show_default=True,
+    help="One row per leg (every call), or per conversation (an original call, legs folded in).",
+)
+@click.option(
+    "--since",
+    metavar="DATETIME",
+    callback=_instant,
+    help="Only calls (conversations: original calls) that started at or after this instant.",
+)
+@click.option(
+    "--until", metavar="DATETIME", callback=_instant, help="Only calls that started before it."
+)
+@click.option("--account", "account_id", metavar="ID", help="Only calls of this account.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    metavar="FILE",
+    help="Write to FILE (replaced only once the export is whole); stdout when left out.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    metavar="N",
+    help="Calls read per statement.",
+)
+@click.pass_obj
+def export(
+    session: _Session,
+    file_format: str,
+    per: str,
+    since: datetime | None,
+    until: datetime | None,
+    account_id: str | None,
+    output: str | None,
+    batch_size: int,
+) -> None:
+    """Write call detail records, oldest start first.
+
+    One row per leg, or with --per conversation one per original call with its transfer legs
+    folded in (which leg answered, the legs' talk time, transfer attempts, legs). --since and
+    --until take ISO 8601 dates or datetimes; one without a zone is UTC. Placeholders (parents
+    known only through their legs) have no start time and come last, only when neither bound is
+    given. The columns are in the README. Memory stays bounded whatever the number of calls.
+    """
+    if file_format == "parquet":
+        if output is None:
+            raise click.UsageError(
+                "--format parquet needs -o FILE: a Parquet file ends with a footer that points "
+                "back into it, so it cannot be streamed to stdout"
+            )
+        try:
+            require_pyarrow()
+        except ImportError as error:
+            raise click.UsageError(str(error)) from error
+    try:
+        rows = session.tracker.export(
+            per=per, since=since, until=until, account_id=account_id, batch_size=batch_size
+        )
+    except ValueError as error:  # checked before any row is read
+        raise click.UsageError(str(error)) from error
+    names = columns(per)
+    if output is None:
+        _export_to_stdout(rows, names, file_format)
+        return
+    target = Path(output)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        if file_format == "parquet":
+            written = write_parquet(rows, names, partial)
+        else:
+            with partial.open("w", encoding="utf-8", newline="") as stream:
+                written = _write_text(rows, names, file_format, stream)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    noun = "conversation" if per == PER_CONVERSATION else "leg"
+    click.echo(f"Wrote {written:,} {noun}{'' if written == 1 else 's'} to {output}.")
+
+
+def _write_text(
+    rows: Iterable[dict[str, Any]], names: tuple[Column, ...], file_format: str, stream: TextIO
+) -> int:
+    if file_format == "csv":
+        return write_csv(rows, names, stream)
+    return write_jsonl(rows, names, stream)
+
+
+def _export_to_stdout(
+    rows: Iterable[dict[str, Any]], names: tuple[Column, ...], file_format: str
+) -> int:
+    """Write to stdout as UTF-8 whatever the locale; a reader that stops early (`| head`) ends
+    the export quietly."""
+    stream = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
+    try:
+        written = _write_text(rows, names, file_format, stream)
+        stream.flush()
+    except BrokenPipeError:
+        # Python flushes stdout once more at exit and would fail again: point it at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        raise click.exceptions.Exit(0) from None
+    finally:
+        stream.detach()  # leave sys.stdout's buffer open
+    return written
 
 
 # --- serve ------------------------------------------------------------------------------------

@@ -10,14 +10,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from tracker import driver, feed, housekeeping, lifecycle, parsing, rebuilding, storage
+from tracker import driver, exporting, feed, housekeeping, lifecycle, parsing, rebuilding, storage
 from tracker.applying import apply_deliveries, expire_calls
 from tracker.errors import StorageError
 from tracker.records import (
@@ -312,6 +312,35 @@ class Tracker:
         with _database_errors(), self.engine.connect() as connection:
             return storage.where_events(connection, call_id=call_id, outcome=outcome, limit=limit)
 
+    # --- calls out ------------------------------------------------------------------------
+
+    def export(
+        self,
+        *,
+        per: str = exporting.PER_LEG,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        account_id: str | None = None,
+        batch_size: int = 1000,
+    ) -> Iterator[dict[str, Any]]:
+        """Call detail records: one dict per call (`per="leg"`) or per original call with its
+        transfer legs folded in (`per="conversation"`), keys in the order of
+        `tracker.exporting.columns(per)`, by start time then id. Only calls that started in
+        [since, until) (aware datetimes) and of `account_id` when given; placeholders (no start
+        time yet) come last, and only when neither bound is given. Read `batch_size` calls at a
+        time, each page in a short read of its own, so memory stays bounded whatever the number
+        of calls (see `tracker.exporting`). Bad arguments raise ValueError at once."""
+        self._check_schema()
+        rows = exporting.export(
+            self.engine,
+            per=per,
+            since=since,
+            until=until,
+            account_id=account_id,
+            batch_size=batch_size,
+        )
+        return _read_with_database_errors(rows)
+
     def changes(self, after: str | None = None, limit: int = 1000) -> ChangesPage:
         """The applied deliveries after the cursor `after` (None: from the beginning of the
         log), at most `limit` of them, each with its call, and the cursor to pass next time.
@@ -465,6 +494,12 @@ def _snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) 
         )
         for record in records
     ]
+
+
+def _read_with_database_errors(items: Iterator[T]) -> Iterator[T]:
+    """`items`, read lazily, failing as `StorageError` as a read does (`_database_errors`)."""
+    with _database_errors():
+        yield from items
 
 
 @contextmanager
