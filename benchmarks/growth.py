@@ -92,7 +92,7 @@ def workload(calls: int, seed: int, repeated: float) -> list[bytes]:
         taken: list[bytes] = []
         for body in realistic_bodies(count, seed):
             ids = _call_ids(body)
-            if len(seen | ids) > calls:
+            if len(seen | ids) > calls and taken:
                 break
             seen |= ids
             taken.append(body)
