@@ -24,6 +24,7 @@ def test_growth_prints_positive_sizes_for_every_table_and_index_on_sqlite(
     (sqlite,) = report["backends"]
     assert sqlite["backend"] == "sqlite" and sqlite["version"]
     assert sqlite["rows"]["tracker_calls"] == 150
+    assert sqlite["rows"]["tracker_transfers"] > 0  # so that bytes per attempt are measured
     assert sqlite["outcomes"]["duplicate"] > 0  # the repeated deliveries were logged too
     for figure in ("per_call", "per_delivery", "per_transfer", "body_bytes", "history_bytes"):
         assert sqlite[figure] > 0, figure
