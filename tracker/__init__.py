@@ -8,7 +8,7 @@ correlated with their transfer legs, and persisted.
     result = tracker.apply(body)
 """
 
-from tracker.errors import SchemaError, StorageError, TrackerError
+from tracker.errors import ConflictError, SchemaError, StorageError, TrackerError
 from tracker.lifecycle import ALL_DISPOSITIONS, DISPOSITIONS, LIVE_STATES, STATES, TRANSITIONS
 from tracker.records import (
     REDRIVEN_OUTCOMES,
@@ -43,6 +43,7 @@ __all__ = [
     "CallDifference",
     "Change",
     "ChangesPage",
+    "ConflictError",
     "Event",
     "IgnoredReason",
     "InvalidReason",

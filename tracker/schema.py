@@ -143,11 +143,17 @@ def _unlock(connection: Connection) -> None:
 def check_current(engine: Engine) -> None:
     """Raise `SchemaError` unless the database is at the schema this code was written for."""
     with engine.connect() as connection:
-        found = current_revision(connection)
+        check_current_on(connection)
+
+
+def check_current_on(connection: Connection) -> None:
+    """`check_current` through a connection the caller holds, inside its transaction if any (a
+    host's, for `apply(..., connection=...)`)."""
+    found = current_revision(connection)
     expected = head_revision()
     if found == expected:
         return
-    url = engine.url.render_as_string(hide_password=True)
+    url = connection.engine.url.render_as_string(hide_password=True)
     fix = f"run `tracker --db '{url}' upgrade` (or call Tracker.upgrade())"
     if found is None:
         raise SchemaError(f"the database {url} has no tracker schema yet; {fix}")

@@ -749,6 +749,13 @@ def _prepare_sqlite(engine: Engine, *, durable: bool, timeout: float | None) -> 
         driver.run(connection, _BEGIN_IMMEDIATE if writing else _BEGIN, {})
 
 
+def has_sqlite_setup(connection: Connection) -> bool:
+    """True when this SQLite connection got the tracker's setup (`_prepare_sqlite`): pysqlite's
+    own transaction handling, which would let a SAVEPOINT begin (and its RELEASE commit) a
+    transaction of its own, is replaced there by an explicit BEGIN."""
+    return bool(connection.connection.info.get(_SET_UP))
+
+
 _BEGIN: Final = driver.plain("BEGIN")
 _BEGIN_IMMEDIATE: Final = driver.plain("BEGIN IMMEDIATE")
 

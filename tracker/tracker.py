@@ -16,8 +16,19 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm import Session
 
-from tracker import driver, exporting, feed, housekeeping, lifecycle, parsing, rebuilding, storage
+from tracker import (
+    driver,
+    exporting,
+    feed,
+    housekeeping,
+    joining,
+    lifecycle,
+    parsing,
+    rebuilding,
+    storage,
+)
 from tracker.applying import apply_deliveries, expire_calls
 from tracker.errors import StorageError
 from tracker.records import (
@@ -152,18 +163,46 @@ class Tracker:
 
     # --- writing --------------------------------------------------------------------------
 
-    def apply(self, body: bytes | str | object) -> Result:
+    def apply(
+        self, body: bytes | str | object, *, connection: Connection | Session | None = None
+    ) -> Result:
         """Apply one callback body. Never raises for bad input; raises `StorageError` only when
-        the database failed, and then nothing of the body was written."""
+        the database failed, and then nothing of the body was written.
+
+        `connection`: write inside the host's transaction on this Connection or Session instead,
+        to commit or roll back with the host's rows; nothing is committed or retried, and a lost
+        race raises `ConflictError` (see `tracker.joining`)."""
+        if connection is not None:
+            return self._in_host_transaction(connection, [body])[0]
         self._check_schema()
         delivery = parsing.read(body, self._max_body_bytes)
         received_at = datetime.now(UTC)
         return self._in_transaction(lambda c: apply_deliveries(c, [delivery], received_at)[0])
 
-    def apply_many(self, bodies: Iterable[bytes | str | object]) -> list[Result]:
+    def apply_many(
+        self,
+        bodies: Iterable[bytes | str | object],
+        *,
+        connection: Connection | Session | None = None,
+    ) -> list[Result]:
         """Apply bodies in order in one transaction: the outcomes of applying them one by one,
-        for one commit."""
+        for one commit. `connection`: in the host's transaction, as for `apply`."""
+        if connection is not None:
+            return self._in_host_transaction(connection, bodies)
         return self._apply_many(bodies)
+
+    def _in_host_transaction(
+        self, given: Connection | Session, bodies: Iterable[bytes | str | object]
+    ) -> list[Result]:
+        connection = joining.host_connection(given, self.engine)
+        deliveries = [parsing.read(body, self._max_body_bytes) for body in bodies]
+        received_at = datetime.now(UTC)
+        return joining.apply_in_savepoint(
+            connection,
+            lambda c: apply_deliveries(c, deliveries, received_at),
+            is_lost_race=_is_transient,
+            subject="these deliveries" if len(deliveries) > 1 else "this delivery",
+        )
 
     def _apply_many(
         self, bodies: Iterable[bytes | str | object], origin: str | None = None
