@@ -261,11 +261,10 @@ def test_a_database_without_the_trackers_schema_is_refused(
     assert order_ids(host_engine) == ["kept", "kept too"]
 
 
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])  # SQLite: see the next test
 def test_an_engine_of_the_same_url_serves_as_well(
     tracker: Tracker, database_url: str, backend: str
 ) -> None:
-    if backend == "sqlite":
-        pytest.skip("SQLite needs the tracker's setup on the host's engine: see the next test")
     own = Tracker(database_url)
     host = create_engine(database_url)
     call_id = new_call_id()
@@ -428,11 +427,10 @@ LOCK_BOUNDS = {
 }
 
 
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])  # SQLite: a conflict, see the races
 def test_a_lock_wait_that_timed_out_is_a_storage_error_and_the_transaction_goes_on(
     tracker: Tracker, host_engine: Engine, backend: str
 ) -> None:
-    if backend == "sqlite":
-        pytest.skip("SQLite refuses a second writer at once, a conflict: see the race tests")
     call_id = new_call_id()
     tracker.apply(initiate(call_id))
     with host_engine.connect() as holder, holder.begin():
@@ -453,14 +451,13 @@ def test_a_lock_wait_that_timed_out_is_a_storage_error_and_the_transaction_goes_
     ]
 
 
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])  # SQLite: one writer, no deadlock
 def test_a_deadlock_is_a_conflict_and_says_whether_the_transaction_survived(
     tracker: Tracker, host_engine: Engine, backend: str
 ) -> None:
     """The victim's tracker statement closes a cycle with a host statement of another
     transaction. PostgreSQL rolls back the victim's savepoint alone; InnoDB rolls back the
     victim's whole transaction, and then the tracker makes the Connection say so."""
-    if backend == "sqlite":
-        pytest.skip("SQLite has one writer at a time, so no deadlock")
     call_id = new_call_id()
     tracker.apply(initiate(call_id))
     with host_engine.begin() as connection:
