@@ -17,11 +17,12 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from tracker import driver, housekeeping, lifecycle, parsing, rebuilding, storage
+from tracker import driver, housekeeping, lifecycle, parsing, rebuilding, statistics, storage
 from tracker.applying import apply_deliveries, expire_calls
 from tracker.errors import StorageError
 from tracker.records import (
     Call,
+    CallStatistics,
     Event,
     RebuildReport,
     RedriveReport,
@@ -310,6 +311,28 @@ class Tracker:
         self._check_schema()
         with _database_errors(), self.engine.connect() as connection:
             return storage.where_events(connection, call_id=call_id, outcome=outcome, limit=limit)
+
+    def stats(
+        self,
+        *,
+        by: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        account_id: str | None = None,
+        now: datetime | None = None,
+    ) -> list[CallStatistics]:
+        """Attempts, answers, ASR, ACD, ring time, dispositions, causes and peak concurrency of
+        the calls that started in `since <= start_time < until` (aware datetimes; None leaves
+        that side open), of `account_id` when given, in one bucket, or one per UTC `hour` or
+        `day` or per `account` (`by`), counted by the database. Buckets without an attempt are
+        left out. Live calls count as up until `now` (default: the current time). What each
+        figure counts is in the README ("Statistics")."""
+        window = statistics.Window(
+            by, since, until, account_id, datetime.now(UTC) if now is None else now
+        )
+        self._check_schema()
+        with _database_errors(), self.engine.connect() as connection:
+            return statistics.statistics(connection, window)
 
     # --- housekeeping -----------------------------------------------------------------------
 
