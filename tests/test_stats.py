@@ -342,17 +342,22 @@ def test_an_expired_call_is_an_attempt_of_its_own_disposition_with_no_talk_time(
     assert tracker.stats(since=T0 + timedelta(seconds=5), now=NOW)[0].peak_concurrent_calls == 0
 
 
-def test_a_call_still_up_when_an_hour_starts_counts_in_that_hours_peak(tracker: Tracker) -> None:
+def test_calls_still_up_when_an_hour_starts_count_in_that_hours_peak(tracker: Tracker) -> None:
     ten = T0.replace(hour=10)
-    long_call = disconnect_between(ten + timedelta(minutes=50), ten + timedelta(minutes=80))
-    short = disconnect_between(ten + timedelta(minutes=70), ten + timedelta(minutes=75))
-    later = disconnect_between(ten + timedelta(minutes=130), ten + timedelta(minutes=131))
-    load(tracker, [long_call, short, later])
+    minutes = [(50, 80), (55, 65), (90, 91), (130, 131)]  # from ten o'clock
+    load(
+        tracker,
+        [
+            disconnect_between(ten + timedelta(minutes=up), ten + timedelta(minutes=down))
+            for up, down in minutes
+        ],
+    )
 
     rows = tracker.stats(by="hour", now=NOW)
 
+    # At 11:00 the first two calls are up; nothing starts in that hour before 11:30.
     assert [(row.start, row.attempts, row.peak_concurrent_calls) for row in rows] == [
-        (ten, 1, 1),
+        (ten, 2, 2),
         (ten + timedelta(hours=1), 1, 2),
         (ten + timedelta(hours=2), 1, 1),
     ]
