@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from tests.workloads import Stream
+from tests.workloads import EPOCH, Stream
 from tracker import Tracker
 
 BUCKETINGS: Final = ("day", "account", "hour", None)
@@ -66,11 +67,18 @@ class Report:
         return "\n".join(lines)
 
 
-def terminal_bodies(calls: int, seed: int) -> Iterator[bytes]:
+def daily(second: float) -> float:
+    """Calls a second on a working day's curve: about four at 15:00 UTC, a few a minute at
+    night (the stream starts at 19:00 UTC)."""
+    hour = (EPOCH.hour + second / 3600) % 24
+    return 0.05 + 4.0 * math.exp(-(((hour - 15) / 3.5) ** 2))
+
+
+def terminal_bodies(calls: int, seed: int, *, curve: bool = False) -> Iterator[bytes]:
     """The terminal callbacks of the realistic stream, `calls` of them (one per call or leg).
     The stream is drawn a chunk at a time; a call whose end falls past a chunk's last delivery
     loses its terminal callback, so a few parents are known only through their legs."""
-    stream = Stream(seed)
+    stream = Stream(seed, daily if curve else None)
     made = 0
     while True:
         for body in stream.bodies(_STREAM_CHUNK):
@@ -82,12 +90,18 @@ def terminal_bodies(calls: int, seed: int) -> Iterator[bytes]:
 
 
 def load(
-    tracker: Tracker, calls: int, seed: int, batch: int, progress: Callable[[str], None]
+    tracker: Tracker,
+    calls: int,
+    seed: int,
+    batch: int,
+    progress: Callable[[str], None],
+    *,
+    curve: bool = False,
 ) -> float:
     began = time.perf_counter()
     pending: list[bytes] = []
     applied = 0
-    for body in terminal_bodies(calls, seed):
+    for body in terminal_bodies(calls, seed, curve=curve):
         pending.append(body)
         if len(pending) == batch:
             tracker.apply_many(pending)
@@ -108,6 +122,7 @@ def measure(
     batch: int,
     seed: int,
     progress: Callable[[str], None],
+    curve: bool = False,
 ) -> Report:
     # durable=False: SQLite's synchronous=NORMAL for the load; no other backend reads it.
     with Tracker(url, durable=False, timeout=None) as tracker:
@@ -116,7 +131,7 @@ def measure(
         load_seconds = None
         if found == 0:
             progress(f"loading {calls:,} calls into {url}")
-            load_seconds = load(tracker, calls, seed, batch, progress)
+            load_seconds = load(tracker, calls, seed, batch, progress, curve=curve)
             found = tracker.count_calls()
         else:
             progress(f"{url} holds {found:,} calls already: measuring them as they are")
@@ -165,6 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="where the temporary SQLite file goes (default: the system's temporary directory)",
     )
+    parser.add_argument(
+        "--daily",
+        action="store_true",
+        help="calls start on a daily curve (busiest at 15:00 UTC, few at night) instead of a "
+        "steady two a second: the README's plot",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.repeat < 1 or args.batch < 1:
@@ -179,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch": args.batch,
         "seed": args.seed,
         "progress": progress,
+        "curve": args.daily,
     }
     if args.db:
         report = measure(args.db, **options)

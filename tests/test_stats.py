@@ -423,6 +423,23 @@ def test_legs_are_attempts_and_a_parent_known_only_through_them_is_not(tracker: 
     assert (row.acd, row.mean_ring_time) == (pytest.approx(30.0), pytest.approx(2.0))
 
 
+def test_means_keep_the_microseconds_of_the_times(tracker: Tracker) -> None:
+    def micro(at: datetime) -> str:
+        return at.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+    start = T0 + timedelta(microseconds=123_456)
+    answered = start + timedelta(seconds=1, microseconds=7)
+    end = answered + timedelta(seconds=2, microseconds=999_989)
+    body = disconnect_between(start, end, answered=answered)
+    body.update(startTime=micro(start), answerTime=micro(answered), endTime=micro(end))
+    load(tracker, [body])
+
+    (row,) = tracker.stats()
+
+    assert row.mean_ring_time == pytest.approx(1.000007, abs=1e-9)
+    assert row.acd == pytest.approx(2.999989, abs=1e-9)
+
+
 def test_an_empty_database_gives_one_empty_bucket_and_no_hours(tracker: Tracker) -> None:
     (row,) = tracker.stats()
 
