@@ -21,6 +21,7 @@ from click.testing import Result as CliResult
 
 from tests.factories import (
     answer,
+    call_url,
     disconnect_between,
     initiate,
     new_call_id,
@@ -57,11 +58,9 @@ def generated_bodies(seed: int, calls: int) -> tuple[list[dict[str, Any]], list[
         start = start.replace(microsecond=start.microsecond // 1000 * 1000)
         account = draw.choice((*ACCOUNTS, None))
         call_id = new_call_id()
-        identity: dict[str, Any] = {}
-        if account is None:
-            identity = {"accountId": ..., "callUrl": ..., "applicationId": ...}
-        else:
-            identity = {"accountId": account, "callUrl": _url(call_id, account)}
+        identity: dict[str, Any] = {"accountId": ..., "callUrl": ..., "applicationId": ...}
+        if account is not None:
+            identity = {"accountId": account, "callUrl": call_url(call_id, account)}
         kind = draw.random()
         if kind < 0.06:  # ringing now: its terminal event has not come (or was lost)
             bodies.append(initiate(call_id, start=start, **identity))
@@ -78,12 +77,12 @@ def generated_bodies(seed: int, calls: int) -> tuple[list[dict[str, Any]], list[
         )
         answered_at = None if answered is None else start + timedelta(seconds=answered)
         end = (answered_at or start) + timedelta(seconds=length)
-        parent = disconnect_between(
-            start, end, call_id, answered=answered_at, cause=cause, **identity
-        )
-        if draw.random() < 0.05:  # only its legs have reported: a parent without a start
-            parent = {}
-        bodies += [parent] if parent else []
+        if draw.random() < 0.95:  # else only its legs report: a parent without a start
+            bodies.append(
+                disconnect_between(
+                    start, end, call_id, answered=answered_at, cause=cause, **identity
+                )
+            )
         if answered_at is not None and draw.random() < 0.3:
             for _leg in range(draw.randint(1, 3)):
                 leg_id = new_call_id()
@@ -93,7 +92,7 @@ def generated_bodies(seed: int, calls: int) -> tuple[list[dict[str, Any]], list[
                 taken = draw.random() < 0.5
                 where = {"accountId": ..., "callUrl": ...}
                 if account is not None:
-                    where = {"accountId": account, "callUrl": _url(leg_id, account)}
+                    where = {"accountId": account, "callUrl": call_url(leg_id, account)}
                 bodies.append(
                     transfer_disconnect_between(
                         call_id,
@@ -106,10 +105,6 @@ def generated_bodies(seed: int, calls: int) -> tuple[list[dict[str, Any]], list[
                     )
                 )
     return bodies, stale
-
-
-def _url(call_id: str, account: str) -> str:
-    return f"https://voice.bandwidth.com/api/v2/accounts/{account}/calls/{call_id}"
 
 
 def load(tracker: Tracker, bodies: Iterable[dict[str, Any]]) -> list[Call]:
