@@ -10,8 +10,9 @@ batches (on SQLite with `durable=False`). Then `stats` is timed by day, by accou
 in one bucket, over all the calls, the median of `--repeat` runs each.
 
 `--db URL` keeps the database: a database that already holds calls is measured as it is, not
-loaded again, so one load serves many runs (and PostgreSQL or MariaDB can be measured on a
-database made for it).
+loaded again, so one load serves many runs. `--copy-from URL` fills an empty `--db` with the
+calls of a database loaded earlier (say the SQLite file of a first run), so PostgreSQL and
+MariaDB are measured on the same calls without a load through `apply_many` each.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from sqlalchemy import insert, select
+
 from tests.workloads import EPOCH, Stream
-from tracker import Tracker
+from tracker import Tracker, storage
 
 BUCKETINGS: Final = ("day", "account", "hour", None)
 # Bodies the stream is asked for at a time: bounded memory whatever --calls says.
@@ -42,6 +45,8 @@ class Report:
     database: str
     calls: int
     loaded: bool
+    # `apply_many`, or `copy` (--copy-from); None when the database held calls already.
+    loaded_by: str | None
     load_seconds: float | None
     calls_per_second_loaded: float | None
     first_start: str | None
@@ -59,7 +64,7 @@ class Report:
         if self.loaded and self.load_seconds is not None:
             lines.append(
                 f"loaded in {self.load_seconds:,.1f} s "
-                f"({self.calls_per_second_loaded:,.0f} calls/s, apply_many)"
+                f"({self.calls_per_second_loaded:,.0f} calls/s, {self.loaded_by})"
             )
         lines.append(f"Tracker.stats over all of them, median of {self.repeat}:")
         for by, seconds in self.seconds.items():
@@ -114,6 +119,42 @@ def load(
     return time.perf_counter() - began
 
 
+def copy_calls(
+    source: Tracker, target: Tracker, batch: int, progress: Callable[[str], None]
+) -> float:
+    """The call rows of another tracker database, copied as they are (parents first, for the
+    foreign key): a database for another backend in a minute instead of a load through
+    `apply_many`. `stats` reads nothing else."""
+    began = time.perf_counter()
+    table = storage.calls
+    copied = 0
+    with source.engine.connect() as reading:
+        for legs in (False, True):
+            after = ""
+            while True:
+                query = (
+                    select(table)
+                    .where(table.c.call_id > after)
+                    .where(
+                        table.c.parent_call_id.is_not(None)
+                        if legs
+                        else table.c.parent_call_id.is_(None)
+                    )
+                    .order_by(table.c.call_id)
+                    .limit(batch)
+                )
+                rows = [dict(row._mapping) for row in reading.execute(query)]
+                if not rows:
+                    break
+                with target.engine.begin() as writing:
+                    writing.execute(insert(table), rows)
+                after = rows[-1]["call_id"]
+                copied += len(rows)
+                if copied % (batch * 20) < batch:
+                    progress(f"copied {copied:,} calls")
+    return time.perf_counter() - began
+
+
 def measure(
     url: str,
     *,
@@ -123,13 +164,19 @@ def measure(
     seed: int,
     progress: Callable[[str], None],
     curve: bool = False,
+    copy_from: str | None = None,
 ) -> Report:
     # durable=False: SQLite's synchronous=NORMAL for the load; no other backend reads it.
     with Tracker(url, durable=False, timeout=None) as tracker:
         tracker.upgrade()
         found = tracker.count_calls()
         load_seconds = None
-        if found == 0:
+        if found == 0 and copy_from is not None:
+            progress(f"copying the calls of {copy_from} into {url}")
+            with Tracker(copy_from, timeout=None) as source:
+                load_seconds = copy_calls(source, tracker, batch, progress)
+            found = tracker.count_calls()
+        elif found == 0:
             progress(f"loading {calls:,} calls into {url}")
             load_seconds = load(tracker, calls, seed, batch, progress, curve=curve)
             found = tracker.count_calls()
@@ -141,6 +188,7 @@ def measure(
             database=tracker.engine.url.render_as_string(hide_password=True),
             calls=found,
             loaded=load_seconds is not None,
+            loaded_by=None if load_seconds is None else "copy" if copy_from else "apply_many",
             load_seconds=load_seconds,
             calls_per_second_loaded=found / load_seconds if load_seconds else None,
             first_start=first[0].start.date().isoformat() if first and first[0].start else None,
@@ -181,6 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="where the temporary SQLite file goes (default: the system's temporary directory)",
     )
     parser.add_argument(
+        "--copy-from",
+        metavar="URL",
+        help="with --db naming an empty database: copy the calls of this tracker database "
+        "(one loaded earlier) instead of loading N calls",
+    )
+    parser.add_argument(
         "--daily",
         action="store_true",
         help="calls start on a daily curve (busiest at 15:00 UTC, few at night) instead of a "
@@ -190,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.calls < 1 or args.repeat < 1 or args.batch < 1:
         parser.error("--calls, --repeat and --batch must be positive")
+    if args.copy_from and not args.db:
+        parser.error("--copy-from needs --db: the database to copy the calls into")
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -201,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seed": args.seed,
         "progress": progress,
         "curve": args.daily,
+        "copy_from": args.copy_from,
     }
     if args.db:
         report = measure(args.db, **options)

@@ -98,3 +98,9 @@ def test_stats_benchmark_times_every_bucketing_and_reuses_a_kept_database(
     again = json.loads(capsys.readouterr().out)
     assert (first["loaded"], again["loaded"]) == (True, False)
     assert again["calls"] == first["calls"]  # measured as it was, not loaded again
+
+    copy = f"sqlite:///{tmp_path / 'copy.db'}"
+    stats_bench.main([*arguments, "--db", copy, "--copy-from", kept])
+    copied = json.loads(capsys.readouterr().out)
+    assert (copied["loaded_by"], copied["calls"]) == ("copy", first["calls"])
+    assert copied["buckets"] == first["buckets"]
