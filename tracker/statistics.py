@@ -45,7 +45,6 @@ from sqlalchemy import (
     func,
     literal,
     literal_column,
-    or_,
     select,
     union_all,
 )
@@ -321,8 +320,8 @@ def _instant(value: datetime) -> ColumnElement[datetime]:
 
 def _peaks_query(window: Window) -> Select[Any]:
     """The peak concurrency of each bucket: a move of +1 at every start and -1 at every end,
-    summed per instant, a running sum of those in time order (the calls up after each
-    instant), and its maximum per bucket.
+    their running sum in time order (a window function: the calls up after each move), and its
+    maximum per bucket.
 
     Calls that started before `since` and were still up at it count from `since`: their +1
     moves there. Moves from `until` on are left out."""
@@ -358,46 +357,22 @@ def _peaks_query(window: Window) -> Select[Any]:
         downs = downs.where(span.down < window.until)
     moves = union_all(ups, downs).subquery("moves").c
 
-    # The net change at each instant, then the running count after it: the calls up from that
-    # instant on. A call ending as another starts is not counted with it. Each account has a
+    # The running count of calls up after each move, in time order; at one instant the ends
+    # come first, so a call ending as another starts is not counted with it. Each account has a
     # count of its own.
     per_account = window.by == "account"
-    accounts = (moves.account_id,) if per_account else ()
-    changes = (
-        select(*accounts, moves.at, func.sum(moves.change).label("change"))
-        .group_by(*accounts, moves.at)
-        .subquery("changes")
-        .c
+    level = func.sum(moves.change).over(
+        partition_by=moves.account_id if per_account else None,
+        order_by=(moves.at, moves.change),
+        rows=(None, 0),
     )
-    in_order: dict[str, Any] = {
-        "partition_by": changes.account_id if per_account else None,
-        "order_by": changes.at,
-    }
-    level = func.sum(changes.change).over(rows=(None, 0), **in_order)
-    if window.by not in _BUCKET_LENGTH:
-        own_counts = (changes.account_id,) if per_account else ()
-        count = select(*own_counts, level.label("level")).subquery("levels").c
-        account = count.account_id if per_account else None
-        return _grouped(select(func.max(count.level).label("peak")), account)
-
-    # A bucket of time also holds the calls already up when it starts: the count before its
-    # first instant (that instant's count less its change) is one the bucket saw.
-    levels = (
-        select(
-            changes.at,
-            changes.change,
-            level.label("level"),
-            func.lag(changes.at).over(**in_order).label("at_before"),
-        )
-        .subquery("levels")
-        .c
-    )
-    bucket = _bucket_of(window.by, levels.at)
-    bucket_before = _bucket_of(window.by, levels.at_before)
-    assert bucket is not None and bucket_before is not None
-    first_of_bucket = or_(levels.at_before.is_(None), bucket_before != bucket)
-    peak = case(
-        (and_(first_of_bucket, levels.change < 0), levels.level - levels.change),
-        else_=levels.level,
-    )
+    levels = select(moves.account_id, moves.at, moves.change, level.label("level"))
+    counts = levels.subquery("levels").c
+    # Between the moves of one instant the count may dip, never rise above the counts before
+    # and after it. Before a -1 the count was one more: for the first move of a bucket that is
+    # the calls already up when the bucket starts, which count in its peak; for any other, a
+    # count the bucket saw anyway. (The moves alike at one instant are interchangeable, so no
+    # order among them matters.)
+    peak = case((counts.change < 0, counts.level + 1), else_=counts.level)
+    bucket = _bucket_of(window.by, counts.at, counts.account_id)
     return _grouped(select(func.max(peak).label("peak")), bucket)
