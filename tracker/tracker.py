@@ -324,9 +324,10 @@ class Tracker:
         """Attempts, answers, ASR, ACD, ring time, dispositions, causes and peak concurrency of
         the calls that started in `since <= start_time < until` (aware datetimes; None leaves
         that side open), of `account_id` when given, in one bucket, or one per UTC `hour` or
-        `day` or per `account` (`by`), counted by the database. Buckets without an attempt are
-        left out. Live calls count as up until `now` (default: the current time). What each
-        figure counts is in the README ("Statistics")."""
+        `day` or per `account` (`by`), counted by the database. Hours, days and accounts without
+        an attempt are left out; `by=None` always gives one row. Live calls count as up until
+        `now` (default: the current time). What each figure counts is in the README
+        ("Statistics")."""
         window = statistics.Window(
             by, since, until, account_id, datetime.now(UTC) if now is None else now
         )
