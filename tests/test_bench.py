@@ -10,6 +10,8 @@ import pytest
 from pydantic import BaseModel
 
 from benchmarks import bench
+from benchmarks import stats as stats_bench
+from tests.workloads import ACCOUNTS
 from tracker.parsing import Disconnect, TransferDisconnect
 
 
@@ -74,3 +76,31 @@ def test_http_benchmark_drives_a_served_endpoint_with_1_and_32_clients(
     assert runs[32]["deliveries_per_commit"] >= 1.0
     assert runs[32]["target"] == bench.HTTP_TARGET
     assert list(tmp_path.iterdir()) == []  # every database and server log it made is gone
+
+
+def test_stats_benchmark_times_every_bucketing_and_reuses_a_kept_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = ["--calls", "300", "--repeat", "1", "--batch", "100", "--json"]
+    stats_bench.main([*arguments, "--sqlite-dir", str(tmp_path)])
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["loaded"] and report["calls"] >= 300
+    assert set(report["seconds"]) == {"day", "account", "hour", "None"}
+    assert all(seconds > 0 for seconds in report["seconds"].values())
+    assert report["buckets"]["account"] == len(ACCOUNTS)
+    assert list(tmp_path.iterdir()) == []  # the temporary database is gone
+
+    kept = f"sqlite:///{tmp_path / 'kept.db'}"
+    stats_bench.main([*arguments, "--db", kept])
+    first = json.loads(capsys.readouterr().out)
+    stats_bench.main([*arguments, "--calls", "600", "--db", kept])
+    again = json.loads(capsys.readouterr().out)
+    assert (first["loaded"], again["loaded"]) == (True, False)
+    assert again["calls"] == first["calls"]  # measured as it was, not loaded again
+
+    copy = f"sqlite:///{tmp_path / 'copy.db'}"
+    stats_bench.main([*arguments, "--db", copy, "--copy-from", kept])
+    copied = json.loads(capsys.readouterr().out)
+    assert (copied["loaded_by"], copied["calls"]) == ("copy", first["calls"])
+    assert copied["buckets"] == first["buckets"]

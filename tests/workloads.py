@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -101,14 +102,17 @@ class Stream:
     `transferComplete` when a transfer ends while the caller is still there, and the terminal
     events), delivered in the order they would arrive."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, calls_per_second: Callable[[float], float] | None = None) -> None:
+        """`calls_per_second(second)`: the rate calls start at, `second` seconds into the stream
+        (default: two a second throughout)."""
         self.random = random.Random(seed)
         self.clock = 0.0
+        self.calls_per_second = calls_per_second or (lambda _second: 2.0)
 
     def bodies(self, count: int) -> list[bytes]:
         deliveries: list[Delivery] = []
         while len(deliveries) < count:
-            self.clock += self.random.expovariate(2.0)
+            self.clock += self.random.expovariate(self.calls_per_second(self.clock))
             scenario = self.random.choices(
                 (self._single_call, self._transfer_to_one, self._transfer_to_several),
                 weights=(70, 20, 10),

@@ -304,3 +304,32 @@ class ChangesPage:
     changes: tuple[Change, ...]
     cursor: str
     more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CallStatistics:
+    """The numbers of one bucket of `Tracker.stats`: the calls (legs included) that started in
+    it. `start`/`end` bound the bucket (an hour or a day; the window asked for otherwise, None
+    where open); `account_id` is the bucket's account (`by="account"`; None there is the calls of
+    no known account) or the account asked for. Times are float seconds. How each figure is
+    counted is in the README ("Statistics") and in `tracker.statistics`."""
+
+    start: datetime | None
+    end: datetime | None
+    account_id: str | None
+    attempts: int
+    answered: int
+    # Attempts not ended yet: ringing or talking (the rest are counted in `dispositions`).
+    live: int
+    # Mean talk time (end - answer) of the answered calls that have an end time.
+    acd: float | None
+    # Mean ring time (answer - start) of the answered calls.
+    mean_ring_time: float | None
+    dispositions: Mapping[str, int]
+    causes: Mapping[str, int]
+    peak_concurrent_calls: int
+
+    @property
+    def asr(self) -> float | None:
+        """Answer-seizure ratio: answered / attempts (None without attempts)."""
+        return self.answered / self.attempts if self.attempts else None

@@ -27,12 +27,14 @@ from tracker import (
     lifecycle,
     parsing,
     rebuilding,
+    statistics,
     storage,
 )
 from tracker.applying import apply_deliveries, expire_calls
 from tracker.errors import StorageError
 from tracker.records import (
     Call,
+    CallStatistics,
     ChangesPage,
     Event,
     RebuildReport,
@@ -389,6 +391,29 @@ class Tracker:
         self._check_schema()
         with _database_errors():
             return feed.changes(self.engine, after, limit, _snapshots)
+
+    def stats(
+        self,
+        *,
+        by: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        account_id: str | None = None,
+        now: datetime | None = None,
+    ) -> list[CallStatistics]:
+        """Attempts, answers, ASR, ACD, ring time, dispositions, causes and peak concurrency of
+        the calls that started in `since <= start_time < until` (aware datetimes; None leaves
+        that side open), of `account_id` when given, in one bucket, or one per UTC `hour` or
+        `day` or per `account` (`by`), counted by the database. Hours, days and accounts without
+        an attempt are left out; `by=None` always gives one row. Live calls count as up until
+        `now` (default: the current time). What each figure counts is in the README
+        ("Statistics")."""
+        window = statistics.Window(
+            by, since, until, account_id, datetime.now(UTC) if now is None else now
+        )
+        self._check_schema()
+        with _database_errors(), self.engine.connect() as connection:
+            return statistics.statistics(connection, window)
 
     # --- housekeeping -----------------------------------------------------------------------
 

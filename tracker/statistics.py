@@ -1,0 +1,378 @@
+"""The numbers of the calls (`Tracker.stats`): attempts, answers, ASR, ACD, ring time,
+dispositions, causes and peak concurrency, per hour, day or account.
+
+Everything is counted by the database, so the cost grows with the database and not with this
+process: one grouped scan of the calls that started in the window, and one for concurrency,
+whose running count of calls up is a window function. The backends disagree on how to subtract
+two instants and how to cut one to its hour; `seconds_between`, `start_of_hour` and
+`start_of_day` say it once for each (SQLite keeps instants as text, see `storage.UTCDateTime`),
+and tests/test_stats.py holds every backend to the figures counted in Python from the `Call`
+snapshots.
+
+What counts as what (the README's "Statistics" says it for users):
+
+- An *attempt* is a call (a leg: a transferred leg is an attempt of its own, as it is a CDR of
+  its own) whose `start_time` falls in the window, `since <= start_time < until`. A parent known
+  only through its legs has no start time and is no attempt. A bucket is the UTC hour or day of
+  the attempts' start, or their account.
+- *answered*: attempts with an answer time; *live*: attempts not ended yet (no disposition);
+  every disposition, `expired` included, and every cause are counted as stored.
+- ACD is the mean of end - answer over the answered attempts that have an end time (calls
+  talking now and calls the sweep expired have none); the mean ring time is the mean of
+  answer - start over the answered attempts.
+- A call is *up* from its start to its end time; a live call to `now`; an expired call, whose
+  end nobody knows, to its last known time (its answer, else its start). The peak concurrency
+  of a bucket is the most calls up at one instant of the bucket (within the window), counting
+  calls that started before the bucket, or before the window, and were still up in it. A call
+  that ends at the instant another starts is not counted with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Float,
+    Integer,
+    Select,
+    and_,
+    case,
+    func,
+    literal,
+    literal_column,
+    select,
+    union_all,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from tracker import lifecycle
+from tracker.records import CallStatistics
+from tracker.storage import UTCDateTime, calls
+
+BY_CHOICES: Final = ("account", "hour", "day")
+_BUCKET_LENGTH: Final = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+
+
+# --- instants, per dialect --------------------------------------------------------------------
+
+
+class seconds_between(FunctionElement[float]):  # noqa: N801 (used like a SQL function)
+    """`later - earlier` in seconds, with their microseconds, as a float."""
+
+    type = Float()
+    name = "seconds_between"
+    inherit_cache = True
+
+
+@compiles(seconds_between, "sqlite")
+def _seconds_between_sqlite(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
+    # The text `YYYY-MM-DD HH:MM:SS.ffffff`: whole seconds from strftime, and the fraction read
+    # as a number from the 20th character on. julianday() would round to the millisecond.
+    earlier, later = (compiler.process(clause, **kw) for clause in element.clauses)
+    return (
+        f"((CAST(strftime('%s', {later}) AS INTEGER) - CAST(strftime('%s', {earlier}) AS INTEGER))"
+        f" + (CAST(substr({later}, 20) AS REAL) - CAST(substr({earlier}, 20) AS REAL)))"
+    )
+
+
+@compiles(seconds_between, "postgresql")
+def _seconds_between_postgresql(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
+    earlier, later = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"CAST(EXTRACT(EPOCH FROM ({later}) - ({earlier})) AS DOUBLE PRECISION)"
+
+
+@compiles(seconds_between, "mysql")
+@compiles(seconds_between, "mariadb")
+def _seconds_between_mysql(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
+    earlier, later = (compiler.process(clause, **kw) for clause in element.clauses)
+    # Times a DECIMAL of six places: exact. Divided by 1000000.0, MariaDB would keep only four.
+    return f"(TIMESTAMPDIFF(MICROSECOND, {earlier}, {later}) * 0.000001)"
+
+
+class start_of_hour(FunctionElement[datetime]):  # noqa: N801
+    """The instant cut to its UTC hour (instants are stored in UTC on every backend)."""
+
+    type = UTCDateTime()
+    name = "start_of_hour"
+    inherit_cache = True
+
+
+class start_of_day(FunctionElement[datetime]):  # noqa: N801
+    """The instant cut to its UTC day."""
+
+    type = UTCDateTime()
+    name = "start_of_day"
+    inherit_cache = True
+
+
+# No bound parameter inside: a bucket is selected and grouped by, and PostgreSQL takes two
+# placeholders for two different expressions. On SQLite, the leading characters of the instant's
+# text `YYYY-MM-DD HH:MM:SS.ffffff` (`storage.UTCDateTime`), which `UTCDateTime` reads back: a
+# cut costs far less than strftime's parse and print, on every row of the scan.
+_SQLITE_KEPT: Final = {start_of_hour: (13, ":00:00"), start_of_day: (10, " 00:00:00")}
+
+
+@compiles(start_of_hour, "sqlite")
+@compiles(start_of_day, "sqlite")
+def _start_of_sqlite(
+    element: start_of_hour | start_of_day, compiler: SQLCompiler, **kw: Any
+) -> str:
+    (instant,) = (compiler.process(clause, **kw) for clause in element.clauses)
+    kept, rest = _SQLITE_KEPT[type(element)]
+    return f"(substr({instant}, 1, {kept}) || '{rest}')"
+
+
+@compiles(start_of_hour, "postgresql")
+@compiles(start_of_day, "postgresql")
+def _start_of_postgresql(
+    element: start_of_hour | start_of_day, compiler: SQLCompiler, **kw: Any
+) -> str:
+    (instant,) = (compiler.process(clause, **kw) for clause in element.clauses)
+    unit = "hour" if isinstance(element, start_of_hour) else "day"
+    return f"date_trunc('{unit}', {instant})"
+
+
+@compiles(start_of_hour, "mysql")
+@compiles(start_of_hour, "mariadb")
+def _start_of_hour_mysql(element: start_of_hour, compiler: SQLCompiler, **kw: Any) -> str:
+    # No DATE_FORMAT: its `%` would have to be doubled for the driver's paramstyle.
+    (instant,) = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"(CAST(DATE({instant}) AS DATETIME) + INTERVAL HOUR({instant}) HOUR)"
+
+
+@compiles(start_of_day, "mysql")
+@compiles(start_of_day, "mariadb")
+def _start_of_day_mysql(element: start_of_day, compiler: SQLCompiler, **kw: Any) -> str:
+    (instant,) = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"CAST(DATE({instant}) AS DATETIME)"
+
+
+# --- the figures ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """What `Tracker.stats` was asked: checked, so the queries below can trust it."""
+
+    by: str | None
+    since: datetime | None
+    until: datetime | None
+    account_id: str | None
+    now: datetime
+
+    def __post_init__(self) -> None:
+        if self.by is not None and self.by not in BY_CHOICES:
+            raise ValueError(
+                f"by must be one of {', '.join(map(repr, BY_CHOICES))} or None; got {self.by!r}"
+            )
+        for name in ("since", "until", "now"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, datetime) or value.utcoffset() is None:
+                raise ValueError(
+                    f"{name} must be an aware datetime (a naive one is ambiguous), e.g. "
+                    f"datetime(2026, 3, 1, tzinfo=UTC); got {value!r}"
+                )
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise ValueError(
+                f"since ({self.since.isoformat()}) must be before until "
+                f"({self.until.isoformat()}): the window holds no instant"
+            )
+        if self.account_id is not None and not isinstance(self.account_id, str):
+            raise ValueError(f"account_id must be a string; got {self.account_id!r}")
+
+
+@dataclass
+class _Tally:
+    """One bucket's sums while the grouped rows are folded."""
+
+    attempts: int = 0
+    answered: int = 0
+    live: int = 0
+    talk_seconds: float = 0.0
+    talked: int = 0
+    ring_seconds: float = 0.0
+    rang: int = 0
+    dispositions: dict[str, int] = field(default_factory=dict)
+    causes: dict[str, int] = field(default_factory=dict)
+
+
+def statistics(connection: Connection, window: Window) -> list[CallStatistics]:
+    """The buckets of `window` that hold at least one attempt, in order (hours and days by
+    time, accounts by id, the unknown account last); with `by=None`, always one bucket."""
+    tallies: dict[Any, _Tally] = {}
+    for row in connection.execute(_figures_query(window)):
+        tally = tallies.setdefault(row.bucket, _Tally())
+        attempts = int(row.attempts)
+        tally.attempts += attempts
+        tally.answered += int(row.answered)
+        tally.talk_seconds += float(row.talk_seconds or 0)
+        tally.talked += int(row.talked)
+        tally.ring_seconds += float(row.ring_seconds or 0)
+        tally.rang += int(row.rang)
+        if row.disposition is None:
+            tally.live += attempts
+        else:
+            _add(tally.dispositions, row.disposition, attempts)
+        if row.cause is not None:
+            _add(tally.causes, row.cause, attempts)
+    if window.by is None and not tallies:
+        tallies[None] = _Tally()
+    peaks = {row.bucket: int(row.peak or 0) for row in connection.execute(_peaks_query(window))}
+    return [
+        _statistics(window, bucket, tallies[bucket], peaks.get(bucket, 0))
+        for bucket in _ordered(tallies)
+    ]
+
+
+def _add(counts: dict[str, int], key: str, count: int) -> None:
+    counts[key] = counts.get(key, 0) + count
+
+
+def _ordered(buckets: Iterable[Any]) -> list[Any]:
+    return sorted(buckets, key=lambda bucket: (bucket is None, bucket))
+
+
+def _statistics(window: Window, bucket: Any, tally: _Tally, peak: int) -> CallStatistics:
+    if window.by in _BUCKET_LENGTH:
+        start, end, account_id = bucket, bucket + _BUCKET_LENGTH[window.by], window.account_id
+    elif window.by == "account":
+        start, end, account_id = window.since, window.until, bucket
+    else:
+        start, end, account_id = window.since, window.until, window.account_id
+    return CallStatistics(
+        start=start,
+        end=end,
+        account_id=account_id,
+        attempts=tally.attempts,
+        answered=tally.answered,
+        live=tally.live,
+        acd=tally.talk_seconds / tally.talked if tally.talked else None,
+        mean_ring_time=tally.ring_seconds / tally.rang if tally.rang else None,
+        dispositions=dict(sorted(tally.dispositions.items())),
+        causes=dict(sorted(tally.causes.items())),
+        peak_concurrent_calls=peak,
+    )
+
+
+def _bucket_of(
+    by: str | None, instant: ColumnElement[Any], account: ColumnElement[Any] | None = None
+) -> ColumnElement[Any] | None:
+    """What a row is grouped by: its hour, day or account; None for one bucket of everything."""
+    if by == "hour":
+        return start_of_hour(instant)
+    if by == "day":
+        return start_of_day(instant)
+    if by == "account":
+        assert account is not None
+        return account
+    return None
+
+
+def _grouped(query: Select[Any], bucket: ColumnElement[Any] | None, *keys: Any) -> Select[Any]:
+    """`query` with a `bucket` column, grouped by it and `keys`. One bucket of everything has no
+    key of its own: PostgreSQL refuses `GROUP BY NULL`."""
+    if bucket is None:
+        return query.add_columns(literal_column("NULL").label("bucket")).group_by(*keys)
+    return query.add_columns(bucket.label("bucket")).group_by(bucket, *keys)
+
+
+def _figures_query(window: Window) -> Select[Any]:
+    """The attempts grouped by bucket, disposition and cause: one scan of the window's calls,
+    folded into buckets by `statistics` (a bucket has a few dozen such groups at most)."""
+    c = calls.c
+    answered = c.answer_time.is_not(None)
+    talk = case(
+        (and_(answered, c.end_time.is_not(None)), seconds_between(c.answer_time, c.end_time))
+    )
+    ring = case((answered, seconds_between(c.start_time, c.answer_time)))
+    query = select(
+        c.disposition,
+        c.cause,
+        func.count().label("attempts"),
+        func.count(c.answer_time).label("answered"),
+        func.sum(talk).label("talk_seconds"),
+        func.count(talk).label("talked"),
+        func.sum(ring).label("ring_seconds"),
+        func.count(ring).label("rang"),
+    ).where(c.start_time.is_not(None))
+    if window.since is not None:
+        query = query.where(c.start_time >= window.since)
+    if window.until is not None:
+        query = query.where(c.start_time < window.until)
+    if window.account_id is not None:
+        query = query.where(c.account_id == window.account_id)
+    bucket = _bucket_of(window.by, c.start_time, c.account_id)
+    return _grouped(query, bucket, c.disposition, c.cause)
+
+
+def _instant(value: datetime) -> ColumnElement[datetime]:
+    return literal(value, UTCDateTime())
+
+
+def _peaks_query(window: Window) -> Select[Any]:
+    """The peak concurrency of each bucket: a move of +1 at every start and -1 at every end,
+    their running sum in time order (a window function: the calls up after each move), and its
+    maximum per bucket.
+
+    Calls that started before `since` and were still up at it count from `since`: their +1
+    moves there. Moves from `until` on are left out."""
+    c = calls.c
+    now = _instant(window.now)
+    down = case(
+        (c.end_time.is_not(None), c.end_time),
+        # Live: up until now (a start after now, from a clock ahead of ours, makes it empty).
+        (c.state != lifecycle.DISCONNECTED, case((c.start_time < now, now), else_=c.start_time)),
+        # Expired by the sweep: known up until its last known time.
+        else_=func.coalesce(c.answer_time, c.start_time),
+    )
+    known = select(c.start_time.label("up"), down.label("down"), c.account_id).where(
+        c.start_time.is_not(None)
+    )
+    if window.until is not None:
+        known = known.where(c.start_time < window.until)
+    if window.account_id is not None:
+        known = known.where(c.account_id == window.account_id)
+    known_spans = known.subquery("known_spans")
+    spans = select(known_spans).where(known_spans.c.down > known_spans.c.up)
+    if window.since is not None:
+        spans = spans.where(known_spans.c.down > window.since)
+    span = spans.cte("spans").c
+
+    up: ColumnElement[Any] = span.up
+    if window.since is not None:
+        since = _instant(window.since)
+        up = case((span.up < since, since), else_=span.up)
+    ups = select(up.label("at"), literal(1, Integer()).label("change"), span.account_id)
+    downs = select(span.down.label("at"), literal(-1, Integer()).label("change"), span.account_id)
+    if window.until is not None:
+        downs = downs.where(span.down < window.until)
+    moves = union_all(ups, downs).subquery("moves").c
+
+    # The running count of calls up after each move, in time order; at one instant the ends
+    # come first, so a call ending as another starts is not counted with it. Each account has a
+    # count of its own.
+    per_account = window.by == "account"
+    level = func.sum(moves.change).over(
+        partition_by=moves.account_id if per_account else None,
+        order_by=(moves.at, moves.change),
+        rows=(None, 0),
+    )
+    levels = select(moves.account_id, moves.at, moves.change, level.label("level"))
+    counts = levels.subquery("levels").c
+    # Between the moves of one instant the count may dip, never rise above the counts before
+    # and after it. Before a -1 the count was one more: for the first move of a bucket that is
+    # the calls already up when the bucket starts, which count in its peak; for any other, a
+    # count the bucket saw anyway. (The moves alike at one instant are interchangeable, so no
+    # order among them matters.)
+    peak = case((counts.change < 0, counts.level + 1), else_=counts.level)
+    bucket = _bucket_of(window.by, counts.at, counts.account_id)
+    return _grouped(select(func.max(peak).label("peak")), bucket)
