@@ -194,7 +194,9 @@ class _Batch:
         if decision is None or call is None:
             if replaying:
                 detail = f"call {call_id} was not live where the replay met its sweep"
-                self._log(body, Result(Outcome.IGNORED, call_id, None, detail), event_type="sweep")
+                self._log(
+                    body, Result(Outcome.IGNORED, call_id, None, detail), event_type=lifecycle.SWEEP
+                )
             return False
         result = Result(Outcome.APPLIED, call_id, None, decision.detail)
         self._log(body, result, event_type=lifecycle.SWEEP)
