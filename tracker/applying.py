@@ -189,14 +189,15 @@ class _Batch:
     ) -> bool:
         call = self.record(call_id)
         decision = lifecycle.expire(call, swept_at, cutoff)
+        if decision is None and not replaying:
+            return False
         known = lifecycle.last_known_time(call) if call is not None else None
         body = parsing.sweep_body(call_id, swept_at, known)
-        if decision is None or call is None:
-            if replaying:
-                detail = f"call {call_id} was not live where the replay met its sweep"
-                self._log(
-                    body, Result(Outcome.IGNORED, call_id, None, detail), event_type=lifecycle.SWEEP
-                )
+        if decision is None:
+            detail = f"call {call_id} was not live where the replay met its sweep"
+            self._log(
+                body, Result(Outcome.IGNORED, call_id, None, detail), event_type=lifecycle.SWEEP
+            )
             return False
         result = Result(Outcome.APPLIED, call_id, None, decision.detail)
         self._log(body, result, event_type=lifecycle.SWEEP)

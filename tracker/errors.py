@@ -1,5 +1,9 @@
 """The errors `tracker` raises. Bad input never raises: it becomes an `invalid` result."""
 
+from __future__ import annotations
+
+from datetime import datetime
+
 
 class TrackerError(Exception):
     """Base class of every error the tracker raises on purpose."""
@@ -25,3 +29,15 @@ class ConflictError(StorageError):
     The tracker does not retry inside a transaction it does not own: roll back your transaction
     and run the whole of it again, the `apply` included.
     """
+
+
+def check_instant(name: str, value: object) -> None:
+    """Refuse an argument that does not name one instant: not a datetime, or one without a time
+    zone (a naive datetime is ambiguous). For the methods that take a time from their caller."""
+    if not isinstance(value, datetime):
+        raise ValueError(f"{name} must be a datetime or None; got {value!r}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"{name}={value.isoformat()} has no time zone, so the instant it names is unknown; "
+            "pass an aware datetime, e.g. datetime(2026, 3, 1, tzinfo=UTC)"
+        )

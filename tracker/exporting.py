@@ -28,6 +28,7 @@ from typing import Any, Final, TextIO
 from sqlalchemy import Connection, Engine
 
 from tracker import storage
+from tracker.errors import check_instant
 from tracker.storage import ExportedCall, LegAnswer
 
 PER_LEG: Final = "leg"
@@ -130,7 +131,8 @@ def export(
     The arguments are checked now; the database is read as the rows are consumed."""
     _check_per(per)
     for name, bound in (("since", since), ("until", until)):
-        _check_instant(name, bound)
+        if bound is not None:
+            check_instant(name, bound)
     if since is not None and until is not None and until <= since:
         raise ValueError(
             f"until ({until.isoformat()}) must be after since ({since.isoformat()}): the window "
@@ -146,18 +148,6 @@ def export(
 def _check_per(per: str) -> None:
     if per not in PERS:
         raise ValueError(f"per must be 'leg' or 'conversation'; got {per!r}")
-
-
-def _check_instant(name: str, value: datetime | None) -> None:
-    if value is None:
-        return
-    if not isinstance(value, datetime):
-        raise ValueError(f"{name} must be a datetime or None; got {value!r}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(
-            f"{name}={value.isoformat()} has no time zone, so the instant it names is unknown; "
-            "pass an aware datetime, e.g. datetime(2026, 3, 1, tzinfo=UTC)"
-        )
 
 
 def _rows(

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from tracker import applying, lifecycle, storage
-from tracker.errors import StorageError
+from tracker.errors import StorageError, check_instant
 from tracker.records import (
     REDRIVEN_OUTCOMES,
     Call,
@@ -59,13 +59,8 @@ def sweep(
         raise ValueError(
             f"older_than must be a positive timedelta, e.g. timedelta(hours=4); got {older_than!r}"
         )
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise ValueError(
-            f"now={now.isoformat()} has no time zone, so the instant it names is unknown; pass "
-            "an aware datetime, e.g. datetime.now(UTC)"
-        )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+    check_instant("now", now)
+    _check_batch_size(batch_size)
     cutoff = now - older_than
     checked = 0
     expired: list[str] = []
@@ -126,13 +121,8 @@ def prune(engine: Engine, run: Run, before: datetime, *, batch_size: int) -> int
     """Delete the log entries received before `before`; how many were deleted. The log is
     walked in id order `batch_size` entries at a time, each page's old entries deleted by `run`
     in a transaction of their own."""
-    if before.tzinfo is None or before.utcoffset() is None:
-        raise ValueError(
-            f"before={before.isoformat()} has no time zone, so the instant it names is "
-            "unknown; pass an aware datetime, e.g. datetime(2026, 3, 1, tzinfo=UTC)"
-        )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+    check_instant("before", before)
+    _check_batch_size(batch_size)
     with engine.connect() as connection:
         last = storage.last_event_id(connection)
     deleted = 0
@@ -182,8 +172,7 @@ def redrive(
             f"redrive takes the outcome {taken}, not {outcome!r}: deliveries applied, "
             "duplicate or ignored would only come back duplicate or ignored"
         )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    _check_batch_size(batch_size)
     with engine.connect() as connection:
         through_id = storage.last_event_id(connection)
         too_large = 0
@@ -231,3 +220,8 @@ def redrive(
         redriven += len(bodies)
         after_id = page[-1].id
     return RedriveReport(redriven, dict(outcomes), repeats, too_large)
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1; got {batch_size}")

@@ -342,9 +342,9 @@ def expire(call: CallRecord | None, at: datetime, cutoff: datetime | None) -> De
     was heard of at or after `cutoff` (None: no age check, as when a rebuild replays a sweep).
     A call no fact dates is swept: its age is unknown, and the sweep is undone by the real end
     when it comes (`_merge`), so ending it wrongly costs less than leaving it live for ever."""
-    if call is None or (cutoff is not None and not sweepable(call, cutoff)):
+    if call is None or call.state == DISCONNECTED:
         return None
-    if call.state == DISCONNECTED:
+    if cutoff is not None and not sweepable(call, cutoff):
         return None
     known = last_known_time(call)
     after = changed(call, {"swept_at": at, "disposition": EXPIRED})
