@@ -92,6 +92,25 @@ def test_prune_again_and_prune_of_nothing_old_delete_nothing(tracker: Tracker) -
     assert [entry.id for entry in tracker.events()] == kept_ids
 
 
+def test_ids_of_pruned_entries_are_never_given_again(tracker: Tracker) -> None:
+    """A prune that empties the log leaves the next entries no id it freed: a follower's cursor
+    past those ids would skip the new entries, and a history step naming a pruned entry would
+    name an unrelated one (revision 0008 for SQLite)."""
+    bodies = realistic_bodies(40)
+    _cutoff, first_ids = apply_in_two_ages(tracker, bodies[:10], bodies[10:25])
+    followed = tracker.changes()
+    assert [change.id for change in followed.changes] == [e.id for e in tracker.events()]
+    time.sleep(0.002)
+    assert tracker.prune(datetime.now(UTC)) == 25  # the log is empty: its newest entry went too
+
+    results = tracker.apply_many(bodies[25:])
+
+    assert {result.outcome for result in results} == {Outcome.APPLIED}
+    new_ids = [entry.id for entry in tracker.events()]
+    assert len(new_ids) == 15 and min(new_ids) > max(first_ids)
+    assert [change.id for change in tracker.changes(after=followed.cursor).changes] == new_ids
+
+
 def test_a_late_retry_of_a_pruned_delivery_changes_nothing_but_a_second_transfer_attempt(
     tracker: Tracker,
 ) -> None:

@@ -37,10 +37,10 @@ that it can never fill:
   every transaction running on the server when it was found.
 - SQLite: one writer at a time, and a new row takes one more than the largest id, inside the
   write lock: ids are visible in id order and a gap never fills (the token is always empty, so a
-  gap is dropped at once). The log's `id` is SQLite's rowid without AUTOINCREMENT, so once the
-  newest entries are deleted (a prune with `before` later than the newest entry) their ids are
-  given again, and a cursor past them skips the new entries until the ids pass it (the README
-  says so). PostgreSQL sequences and MariaDB 10.2.4+ AUTO_INCREMENT never give an id again.
+  gap is dropped at once).
+- No backend gives an id twice, even once the newest entries are pruned, so a cursor is never
+  past an id still to come: SQLite's log id is an AUTOINCREMENT rowid (revision 0008),
+  PostgreSQL's a sequence, InnoDB's AUTO_INCREMENT persistent (MariaDB 10.2.4+, MySQL 8.0+).
 
 At each read, the transactions of the tokens are looked up first, before the read, so that one
 which committed meanwhile is visible to it; a token loses the transactions that ended, and a gap

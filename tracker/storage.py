@@ -262,7 +262,10 @@ class EventRow(Base):
         # by the call id, the same index serves `events(call_id=...)` (revision 0005).
         UniqueConstraint("call_id", "dedup_key"),
         Index(None, "outcome", **_partial(NOT_APPLIED)),
-        _MYSQL_OPTIONS,
+        # An id is never given again, even after the newest entries are pruned: the change
+        # feed's cursor and the ids a history names depend on it (revision 0008). PostgreSQL's
+        # sequence and InnoDB's AUTO_INCREMENT behave so already.
+        {**_MYSQL_OPTIONS, "sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(
