@@ -301,6 +301,10 @@ class _ShareResult:
     seconds: float
     outcomes: dict[str, int]
     peak_rss_mb: float
+    # CPU spent in the timed part: by the process(es) applying, and by the PostgreSQL server when
+    # it runs on this machine (None otherwise, and on SQLite, which runs inside the client).
+    client_cpu_seconds: float
+    server_cpu_seconds: float | None
 
 
 def _run_share(
@@ -310,10 +314,14 @@ def _run_share(
     warmup: Sequence[bytes],
     batch: int,
     ready: Callable[[], None],
+    *,
+    alone: bool = True,
 ) -> _ShareResult:
     """Apply `warmup` (untimed: first connection, statement caches), call `ready`, then time the
-    application of `bodies` in `mode`. The database must already hold the right schema."""
+    application of `bodies` in `mode`. The database must already hold the right schema. `alone`:
+    no other process applies meanwhile, so the server's CPU in the timed part is this run's."""
     database = make_url(url)
+    server = _ServerCpu(database) if alone else None
     outcomes: Counter[str] = Counter()
     if mode in ("floor", "floor_batched"):
         size = 1 if mode == "floor" else batch
@@ -322,9 +330,9 @@ def _run_share(
             floor.run(warmup, size)
             ready()
             gc.collect()
-            started = time.perf_counter()
+            cpu = _CpuMark(server)
             floor.run(bodies, size)
-            seconds = time.perf_counter() - started
+            taken = cpu.taken()
         finally:
             floor.close()
         outcomes["applied"] = len(bodies)
@@ -333,10 +341,61 @@ def _run_share(
             _apply_with(tracker, mode, warmup, batch)
             ready()
             gc.collect()
-            started = time.perf_counter()
+            cpu = _CpuMark(server)
             outcomes.update(_apply_with(tracker, mode, bodies, batch))
-            seconds = time.perf_counter() - started
-    return _ShareResult(seconds, dict(outcomes), _peak_rss_mb(resource.RUSAGE_SELF))
+            taken = cpu.taken()
+    seconds, client, server_seconds = taken
+    return _ShareResult(
+        seconds, dict(outcomes), _peak_rss_mb(resource.RUSAGE_SELF), client, server_seconds
+    )
+
+
+class _ServerCpu:
+    """The CPU a PostgreSQL server on this machine has spent so far: every process named
+    `postgres` (its backends and its background workers), read from /proc. Unknown (None) for
+    SQLite, for a server elsewhere, or without /proc."""
+
+    def __init__(self, url: URL) -> None:
+        local = url.host in (None, "", "localhost", "127.0.0.1", "::1")
+        self.known = url.get_backend_name() == "postgresql" and local and Path("/proc").is_dir()
+
+    def seconds(self) -> float | None:
+        if not self.known:
+            return None
+        ticks = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with suppress(OSError):  # a process that ended meanwhile
+                text = stat.read_text()
+                name, rest = text[text.index("(") + 1 :].rsplit(")", 1)
+                if name.startswith("postgres"):
+                    # utime and stime, and cutime and cstime: a backend that exits (a worker's
+                    # connection closed) moves its CPU into the postmaster's reaped children's.
+                    ticks += sum(int(value) for value in rest.split()[11:15])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class _CpuMark:
+    """Wall time, this process's CPU and the server's from now on."""
+
+    def __init__(self, server: _ServerCpu | None) -> None:
+        self.server = server
+        self.server_started = server.seconds() if server is not None else None
+        self.client_started = _own_cpu_seconds()
+        self.started = time.perf_counter()
+
+    def taken(self) -> tuple[float, float, float | None]:
+        seconds = time.perf_counter() - self.started
+        client = _own_cpu_seconds() - self.client_started
+        server = None
+        if self.server is not None and self.server_started is not None:
+            now = self.server.seconds()
+            server = None if now is None else now - self.server_started
+        return seconds, client, server
 
 
 def _apply_with(tracker: Tracker, mode: Mode, bodies: Sequence[bytes], batch: int) -> Counter[str]:
@@ -367,7 +426,7 @@ def _worker(
         go.wait()
 
     try:
-        share = _run_share(mode, url, bodies, warmup, batch, ready)
+        share = _run_share(mode, url, bodies, warmup, batch, ready, alone=False)
         messages.put(asdict(share))
     except BaseException as error:
         messages.put({"error": f"{type(error).__name__}: {error}"})
@@ -391,12 +450,13 @@ def _run_parallel(
     ]
     for process in processes:
         process.start()
+    server = _ServerCpu(make_url(url))
     try:
         _receive(messages, processes, workers)  # every worker ready
         go.set()
-        started = time.perf_counter()
+        cpu = _CpuMark(server)
         shares = _receive(messages, processes, workers)
-        seconds = time.perf_counter() - started
+        seconds, _parent, server_seconds = cpu.taken()
     finally:
         for process in processes:
             if process.exitcode is None and not go.is_set():
@@ -406,7 +466,8 @@ def _run_parallel(
     for share in shares:
         outcomes.update(share["outcomes"])
     peak = max(float(share["peak_rss_mb"]) for share in shares)
-    return _ShareResult(seconds, dict(outcomes), peak)
+    client = sum(float(share["client_cpu_seconds"]) for share in shares)
+    return _ShareResult(seconds, dict(outcomes), peak, client, server_seconds)
 
 
 def _receive(
@@ -750,10 +811,20 @@ class Figure:
     mode: Mode
     rates: list[float] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
+    # CPU seconds per delivery in each repetition: of the applying processes, and of a local
+    # PostgreSQL server (none on SQLite). On a shared machine this, not the rate, says where
+    # the time goes: with 4 processes on 2 cores the rate is what the CPU allows.
+    client_cpu: list[float] = field(default_factory=list)
+    server_cpu: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
         return statistics.median(self.rates)
+
+    def cpu_us(self, side: str) -> float | None:
+        """Median CPU per delivery, µs, of the clients or of the server (None: not measured)."""
+        values = self.client_cpu if side == "client" else self.server_cpu
+        return 1e6 * statistics.median(values) if values else None
 
 
 @dataclass
@@ -804,6 +875,8 @@ class Report:
                     "target": target,
                     "passed": None if target is None or ratio is None else ratio >= target,
                     "outcomes": dict(figure.outcomes),
+                    "client_cpu_us": figure.cpu_us("client"),
+                    "server_cpu_us": figure.cpu_us("server"),
                 }
             )
         parse = None
@@ -842,16 +915,20 @@ class Report:
             "the tracker's rate over its floor's in the same repetition",
             "machine: " + ", ".join(f"{key} {value}" for key, value in self.machine.items()),
             "",
-            "| database | processes | run | deliveries/s (min-max) | of floor | target | |",
-            "|---|---:|---|---:|---:|---:|---|",
+            "| database | processes | run | deliveries/s (min-max) | client CPU µs "
+            "| server CPU µs | of floor | target | |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---|",
         ]
         for figure in self.figures:
             ratio = self.ratio(figure)
             target = TARGETS.get((figure.backend, figure.workers, figure.mode))
             verdict = "" if target is None or ratio is None else _verdict(ratio >= target)
+            client, server = figure.cpu_us("client"), figure.cpu_us("server")
             lines.append(
                 f"| {figure.backend} | {figure.workers} | {_MODE_LABELS[figure.mode](self.batch)} "
                 f"| {figure.median:,.0f} ({min(figure.rates):,.0f}-{max(figure.rates):,.0f}) "
+                f"| {'' if client is None else f'{client:,.0f}'} "
+                f"| {'' if server is None else f'{server:,.0f}'} "
                 f"| {'' if ratio is None else f'{ratio:.2f}'} "
                 f"| {'' if target is None else f'>= {target:.2f}'} | {verdict} |"
             )
@@ -956,6 +1033,9 @@ def run(
                 key = (databases.label, count, mode)
                 figure = figures.setdefault(key, Figure(databases.label, count, mode))
                 figure.rates.append(len(bodies) / result.seconds)
+                figure.client_cpu.append(result.client_cpu_seconds / len(bodies))
+                if result.server_cpu_seconds is not None:
+                    figure.server_cpu.append(result.server_cpu_seconds / len(bodies))
                 if repetition == 0:
                     figure.outcomes.update(result.outcomes)
                 progress(

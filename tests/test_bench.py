@@ -28,6 +28,8 @@ def test_benchmark_prints_figures_for_every_run_on_sqlite(
     assert runs["apply"]["ratio_to_floor"] > 0
     assert runs["apply"]["outcomes"] == {"applied": 60}
     assert runs["apply_many"]["outcomes"] == {"applied": 60}
+    assert all(run["client_cpu_us"] > 0 for run in runs.values())
+    assert all(run["server_cpu_us"] is None for run in runs.values())  # SQLite: no server
     assert report["parse"]["tracker_us"] > 0
     frames = report["wal_frames_per_delivery"]
     assert frames["deliveries"] == 60
