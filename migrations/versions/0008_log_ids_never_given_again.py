@@ -11,7 +11,8 @@ MySQL 8.0) already do; those backends are left as they are.
 
 SQLite cannot add AUTOINCREMENT in place: the table is rebuilt (batch mode), every row kept with
 its id; the copy sets `sqlite_sequence` to the largest id present. Ids given and deleted before
-this revision cannot be recovered.
+this revision cannot be recovered. The copy takes its time and the write lock: a log of 1.2
+million entries (1.1 GB) took 20 s on a 2-core VM, during which deliveries wait.
 
 Revision ID: 0008
 Revises: 0007
