@@ -316,7 +316,7 @@ def test_pages_of_any_size_give_the_rows_of_one_big_page(world: Tracker, per: st
         ),
         ({"per": "call"}, "per must be 'leg' or 'conversation'"),
         ({"batch_size": 0}, "batch_size must be a positive int"),
-        ({"account_id": 55555555}, "account_id must be a str"),
+        ({"account_id": 55555555}, "account_id must be a str or None"),
     ],
 )
 def test_bad_arguments_raise_value_error_before_anything_is_read(

@@ -41,3 +41,22 @@ def check_instant(name: str, value: object) -> None:
             f"{name}={value.isoformat()} has no time zone, so the instant it names is unknown; "
             "pass an aware datetime, e.g. datetime(2026, 3, 1, tzinfo=UTC)"
         )
+
+
+def check_window(since: object, until: object) -> None:
+    """Refuse a time window `[since, until)` that holds no instant, or whose bounds (each
+    optional) are not instants. For the reads filtered by start time (export, statistics)."""
+    for name, bound in (("since", since), ("until", until)):
+        if bound is not None:
+            check_instant(name, bound)
+    if isinstance(since, datetime) and isinstance(until, datetime) and until <= since:
+        raise ValueError(
+            f"until ({until.isoformat()}) must be after since ({since.isoformat()}): the window "
+            "[since, until) holds no instant"
+        )
+
+
+def check_account(account_id: object) -> None:
+    """Refuse an account filter that is neither None nor an account id."""
+    if account_id is not None and not isinstance(account_id, str):
+        raise ValueError(f"account_id must be a str or None; got {account_id!r}")

@@ -28,7 +28,7 @@ from typing import Any, Final, TextIO
 from sqlalchemy import Connection, Engine
 
 from tracker import storage
-from tracker.errors import check_instant
+from tracker.errors import check_account, check_window
 from tracker.storage import ExportedCall, LegAnswer
 
 PER_LEG: Final = "leg"
@@ -130,16 +130,8 @@ def export(
 
     The arguments are checked now; the database is read as the rows are consumed."""
     _check_per(per)
-    for name, bound in (("since", since), ("until", until)):
-        if bound is not None:
-            check_instant(name, bound)
-    if since is not None and until is not None and until <= since:
-        raise ValueError(
-            f"until ({until.isoformat()}) must be after since ({since.isoformat()}): the window "
-            "[since, until) holds no instant"
-        )
-    if account_id is not None and not isinstance(account_id, str):
-        raise ValueError(f"account_id must be a str; got {account_id!r}")
+    check_window(since, until)
+    check_account(account_id)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
     return _rows(engine, per, since, until, account_id, batch_size)

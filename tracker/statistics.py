@@ -53,6 +53,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from tracker import lifecycle
+from tracker.errors import check_account, check_instant, check_window
 from tracker.records import CallStatistics
 from tracker.storage import UTCDateTime, calls
 
@@ -172,22 +173,9 @@ class Window:
             raise ValueError(
                 f"by must be one of {', '.join(map(repr, BY_CHOICES))} or None; got {self.by!r}"
             )
-        for name in ("since", "until", "now"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if not isinstance(value, datetime) or value.utcoffset() is None:
-                raise ValueError(
-                    f"{name} must be an aware datetime (a naive one is ambiguous), e.g. "
-                    f"datetime(2026, 3, 1, tzinfo=UTC); got {value!r}"
-                )
-        if self.since is not None and self.until is not None and self.since >= self.until:
-            raise ValueError(
-                f"since ({self.since.isoformat()}) must be before until "
-                f"({self.until.isoformat()}): the window holds no instant"
-            )
-        if self.account_id is not None and not isinstance(self.account_id, str):
-            raise ValueError(f"account_id must be a string; got {self.account_id!r}")
+        check_window(self.since, self.until)
+        check_instant("now", self.now)
+        check_account(self.account_id)
 
 
 @dataclass
