@@ -58,6 +58,7 @@ from pydantic.alias_generators import to_camel
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 
+from benchmarks import wal
 from benchmarks.endpoint import (
     CLIENT_COUNTS,
     HTTP_TARGET,
@@ -691,10 +692,6 @@ def measure_per_event_type(
 
 # --- pages written per commit: WAL frames on SQLite ------------------------------------------
 
-# A WAL file is a header, then one frame per page a commit wrote: a frame header and the page.
-_WAL_HEADER_BYTES: Final = 32
-_WAL_FRAME_HEADER_BYTES: Final = 24
-
 
 @dataclass(frozen=True)
 class WalFrames:
@@ -710,52 +707,6 @@ class WalFrames:
         return self.tracker <= WAL_FRAMES_TARGET
 
 
-@dataclass(frozen=True)
-class _WalMark:
-    size: int
-    header: bytes
-
-
-def _wal_mark(database: str) -> _WalMark:
-    path = Path(f"{database}-wal")
-    with path.open("rb") as wal:
-        header = wal.read(_WAL_HEADER_BYTES)
-    return _WalMark(path.stat().st_size, header)
-
-
-def _frames_between(before: _WalMark, after: _WalMark) -> int:
-    """Frames appended to the WAL from `before` to `after`. A checkpoint that reset the WAL
-    would make new frames overwrite old ones and the count silently low: a reset changes the
-    header's checkpoint sequence and salts (bytes 12-24), so it is refused instead."""
-    if after.header[12:24] != before.header[12:24]:
-        raise RuntimeError(
-            "the WAL was checkpointed and reset while its frames were counted: something turned "
-            "wal_autocheckpoint back on (or checkpointed by hand) on the measured connection"
-        )
-    page_size = int.from_bytes(before.header[8:12], "big")
-    frame_bytes = _WAL_FRAME_HEADER_BYTES + (65536 if page_size == 1 else page_size)
-    frames, rest = divmod(after.size - before.size, frame_bytes)
-    if rest:
-        raise RuntimeError(f"the WAL grew by {after.size - before.size} bytes: not whole frames")
-    return frames
-
-
-def _no_auto_checkpoint(connection: Any, _record: Any = None) -> None:
-    """Without this, SQLite checkpoints once the WAL holds 1000 pages, and whichever commit
-    crosses that line does it: the WAL's growth would no longer count the pages written."""
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA wal_autocheckpoint=0")
-    cursor.close()
-
-
-def _check_no_auto_checkpoint(pages: object) -> None:
-    if pages != 0:
-        raise RuntimeError(
-            f"wal_autocheckpoint is {pages} on the measured connection, not 0: something set it "
-            "after the benchmark's connect listener, so the WAL frames cannot be counted"
-        )
-
-
 def measure_wal_frames(
     databases: _Databases, bodies: Sequence[bytes], warmup: Sequence[bytes]
 ) -> WalFrames:
@@ -769,15 +720,15 @@ def measure_wal_frames(
         assert database
         floor = _SqliteFloor(make_url(url))
         try:
-            _no_auto_checkpoint(floor.connection)
-            _check_no_auto_checkpoint(
+            wal.no_auto_checkpoint(floor.connection)
+            wal.check_no_auto_checkpoint(
                 floor.connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
             )
             floor.create_schema()
             floor.run(warmup, 1)
-            before = _wal_mark(database)
+            before = wal.mark(database)
             floor.run(sample, 1)
-            floor_frames = _frames_between(before, _wal_mark(database))
+            floor_frames = wal.frames_between(before, wal.mark(database))
         finally:
             floor.close()
     with databases.fresh() as url, Tracker(url) as tracker:
@@ -786,16 +737,16 @@ def measure_wal_frames(
         tracker.upgrade()
         # Added after the tracker's own connect listeners, so it runs after their pragmas; the
         # pool is emptied so that no connection made before it is used.
-        event.listen(tracker.engine, "connect", _no_auto_checkpoint)
+        event.listen(tracker.engine, "connect", wal.no_auto_checkpoint)
         tracker.engine.dispose()
         _apply_with(tracker, "apply", warmup, 1)
         with tracker.engine.connect() as connection:
-            _check_no_auto_checkpoint(
+            wal.check_no_auto_checkpoint(
                 connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
             )
-        before = _wal_mark(database)
+        before = wal.mark(database)
         _apply_with(tracker, "apply", sample, 1)
-        tracker_frames = _frames_between(before, _wal_mark(database))
+        tracker_frames = wal.frames_between(before, wal.mark(database))
     return WalFrames(len(sample), tracker_frames / len(sample), floor_frames / len(sample))
 
 

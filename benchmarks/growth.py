@@ -46,12 +46,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 
-from benchmarks.bench import (
-    _check_no_auto_checkpoint,
-    _frames_between,
-    _no_auto_checkpoint,
-    _wal_mark,
-)
+from benchmarks import wal
 from tests.workloads import realistic_bodies
 from tracker import storage
 from tracker.tracker import Tracker
@@ -451,10 +446,10 @@ def _wal_pages(
         with Tracker(url) as tracker:
             # After the tracker's own connect listeners, so it runs after their pragmas; the
             # pool is emptied so that no connection made before it is used.
-            event.listen(tracker.engine, "connect", _no_auto_checkpoint)
+            event.listen(tracker.engine, "connect", wal.no_auto_checkpoint)
             tracker.engine.dispose()
             with tracker.engine.connect() as connection:
-                _check_no_auto_checkpoint(
+                wal.check_no_auto_checkpoint(
                     connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
                 )
                 page_size = int(connection.exec_driver_sql("PRAGMA page_size").scalar_one())
@@ -463,10 +458,10 @@ def _wal_pages(
                 # header: the first commit on an empty one writes it (and new salts).
                 idle.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
                 idle.exec_driver_sql("PRAGMA user_version = 1")
-            start = _wal_mark(path)
+            start = wal.mark(path)
             for body in counted:
                 tracker.apply(body)
-            frames = _frames_between(start, _wal_mark(path))
+            frames = wal.frames_between(start, wal.mark(path))
     return frames / len(counted), page_size, indexes
 
 
