@@ -509,6 +509,21 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     return instant.astimezone(UTC)
 
 
+# The filters every read of calls by start time and account takes (calls, stats, export).
+_SINCE_OPTION: Final = click.option(
+    "--since",
+    metavar="DATETIME",
+    callback=_instant,
+    help="Only calls that started at or after this instant.",
+)
+_UNTIL_OPTION: Final = click.option(
+    "--until", metavar="DATETIME", callback=_instant, help="Only calls that started before it."
+)
+_ACCOUNT_OPTION: Final = click.option(
+    "--account", "account_id", metavar="ID", help="Only calls of this account."
+)
+
+
 @cli.command()
 @click.option("--state", type=click.Choice(STATES), help="Only calls in this state.")
 @click.option(
@@ -517,16 +532,9 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 @click.option(
     "--disposition", type=click.Choice(ALL_DISPOSITIONS), help="Only calls that ended so."
 )
-@click.option("--account", "account_id", metavar="ID", help="Only calls of this account.")
-@click.option(
-    "--since",
-    metavar="DATETIME",
-    callback=_instant,
-    help="Only calls that started at or after this instant.",
-)
-@click.option(
-    "--until", metavar="DATETIME", callback=_instant, help="Only calls that started before it."
-)
+@_ACCOUNT_OPTION
+@_SINCE_OPTION
+@_UNTIL_OPTION
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
@@ -670,16 +678,9 @@ def _event_json(event: Event) -> dict[str, Any]:
     type=click.Choice(["account", "hour", "day"]),
     help="One row per account, UTC hour or UTC day (default: one row; hour with --plot).",
 )
-@click.option(
-    "--since",
-    metavar="DATETIME",
-    callback=_instant,
-    help="Only calls that started at or after this instant.",
-)
-@click.option(
-    "--until", metavar="DATETIME", callback=_instant, help="Only calls that started before it."
-)
-@click.option("--account", "account_id", metavar="ID", help="Only calls of this account.")
+@_SINCE_OPTION
+@_UNTIL_OPTION
+@_ACCOUNT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per row.")
 @click.option(
     "--plot",
@@ -1208,10 +1209,8 @@ def prune(session: _Session, before: datetime, batch_size: int, as_json: bool) -
     callback=_instant,
     help="Only calls (conversations: original calls) that started at or after this instant.",
 )
-@click.option(
-    "--until", metavar="DATETIME", callback=_instant, help="Only calls that started before it."
-)
-@click.option("--account", "account_id", metavar="ID", help="Only calls of this account.")
+@_UNTIL_OPTION
+@_ACCOUNT_OPTION
 @click.option(
     "-o",
     "--output",
