@@ -217,6 +217,36 @@ def test_apply_on_a_mariadb_server_that_stopped_answering_fails_after_the_timeou
             relay.cut()
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # psycopg prepares; the others do not
+def test_a_batch_looks_its_calls_up_with_a_plan_made_for_them(
+    tracker: Tracker, backend: str
+) -> None:
+    """psycopg prepares a statement after five runs, and PostgreSQL may keep the generic plan it
+    made then. For a look-up of a batch's ids, made while the table was small, that plan scans
+    the whole table, and keeps doing so as the table grows until an ANALYZE (for good where
+    autovacuum is off: a bulk load slowed from 2,000 to 500 deliveries/s by 150,000 calls). So
+    the batch's look-ups are never prepared; one delivery's are."""
+    sessions: list[Any] = []
+
+    def remember(_connection: Any, cursor: Any, *_rest: Any) -> None:
+        sessions.append(cursor.connection)
+
+    event.listen(tracker.engine, "after_cursor_execute", remember)
+    for _ in range(8):  # more runs than psycopg needs to prepare a statement
+        tracker.apply_many([disconnect() for _ in range(3)])
+        tracker.apply(disconnect())
+    event.remove(tracker.engine, "after_cursor_execute", remember)
+
+    prepared = {
+        row[0]
+        for session in {id(session): session for session in sessions}.values()
+        for row in session.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+    }
+    looked_up = [statement for statement in prepared if statement.lstrip().startswith("SELECT")]
+    assert looked_up, "one delivery's look-up is prepared, as before"
+    assert not [statement for statement in looked_up if " IN (" in statement], looked_up
+
+
 def test_timeout_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="positive"):
         Tracker(f"sqlite:///{tmp_path / 'tracker.db'}", timeout=0)

@@ -23,7 +23,7 @@ from sqlalchemy.sql.elements import ClauseElement
 
 # The `Connection.info` entry counting the statements that reached the server in the current
 # transaction: a transaction whose connection was lost before any did can be run again on a new
-# connection with nothing to undo (see `Tracker._in_transaction`).
+# connection with nothing to undo (see `tracker.writing.Writer.run`).
 SENT: Final = "tracker_statements_sent"
 # The DBAPI connection's `info` entry holding the one cursor every statement runs on. Making a
 # cursor per statement costs psycopg about as much as sending a small statement; the entry goes
@@ -45,6 +45,8 @@ class Compiled:
     returns_rows: bool
     # The values the statement carries itself (the 1 of `version + 1`), by bind name.
     constants: Mapping[str, Any]
+    # False: planned anew at each run, never prepared by the driver (see `compile_for`).
+    prepare: bool = True
 
     def parameters(self, given: Mapping[str, Any]) -> Any:
         values = {**self.constants, **given} if self.constants else given
@@ -59,9 +61,17 @@ def plain(sql: str) -> Compiled:
     return Compiled(sql, (), True, (), (), False, {})
 
 
-def compile_for(dialect: Dialect, statement: ClauseElement, keys: Sequence[str]) -> Compiled:
+def compile_for(
+    dialect: Dialect, statement: ClauseElement, keys: Sequence[str], *, prepare: bool = True
+) -> Compiled:
     """`statement` compiled for `dialect`, taking the bind parameters (or, for an INSERT or an
-    UPDATE, the columns) named by `keys`."""
+    UPDATE, the columns) named by `keys`.
+
+    `prepare=False` for a statement whose best plan depends on the table's size, such as a
+    look-up of many ids: psycopg prepares a statement on the server after five runs, and
+    PostgreSQL may then keep one generic plan, made while the table was small (a scan of the
+    whole table), until an ANALYZE replaces it; where autovacuum is off, for good. Such a
+    statement is planned with its values at each run instead."""
     compiled = cast(SQLCompiler, statement.compile(dialect=dialect, column_keys=list(keys)))
     order = compiled.positiontup
     names = tuple(order) if order is not None else tuple(compiled.binds)
@@ -89,6 +99,7 @@ def compile_for(dialect: Dialect, statement: ClauseElement, keys: Sequence[str])
         converted_results,
         bool(shown),
         constants,
+        prepare,
     )
 
 
@@ -119,6 +130,8 @@ def run(
             statement, parameters = listener(connection, cursor, statement, parameters, None, many)
         if many:
             cursor.executemany(statement, parameters)
+        elif not compiled.prepare and connection.dialect.driver == "psycopg":
+            cast(Any, cursor).execute(statement, parameters, prepare=False)  # psycopg's own
         else:
             cursor.execute(statement, parameters)
         if dispatch.after_cursor_execute:

@@ -5,7 +5,7 @@ commits, retries and closes nothing of the host's: it writes in a SAVEPOINT of t
 transaction. A lost race or a database error rolls back the savepoint alone and leaves the host's
 transaction as it was, then raises: `ConflictError` for a race, `StorageError` for the rest.
 
-Why no retry here, as `Tracker._in_transaction` does: the host's transaction may have read or
+Why no retry here, as `tracker.writing.Writer.run` does: the host's transaction may have read or
 written rows that the race made stale, which only the host can redo; and at REPEATABLE READ or
 above (MariaDB's default) a retry inside the same transaction reads the same snapshot and loses
 again. So the host rolls back and runs its whole transaction again.

@@ -380,7 +380,8 @@ def _hot(
     compiled = known.get(name)
     if compiled is None:
         statement, keys = build(*arguments)
-        compiled = known[name] = driver.compile_for(dialect, statement, keys)
+        prepare = build not in _PLANNED_AT_EACH_RUN
+        compiled = known[name] = driver.compile_for(dialect, statement, keys, prepare=prepare)
     return compiled
 
 
@@ -426,6 +427,13 @@ def _select_applied_keys(count: int) -> tuple[ClauseElement, Sequence[str]]:
         )
     )
     return statement, [*call_ids, *keys]
+
+
+# The look-ups of a batch's calls and applied keys: lists of ids, whose best plan follows the
+# table's size, so the driver plans them at each run rather than preparing them once (see
+# `driver.compile_for`). One delivery's look-ups (`_select_calls_with_applied_key`) stay
+# prepared: each is by one id, and the hot path saves the planning.
+_PLANNED_AT_EACH_RUN: Final = frozenset({_select_calls_by_id, _select_applied_keys})
 
 
 _EVENT_VALUES: Final = (

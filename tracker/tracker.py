@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import random
 import tempfile
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -14,12 +12,11 @@ from typing import Any, Final, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
 from tracker import (
-    driver,
     exporting,
     feed,
     housekeeping,
@@ -44,24 +41,11 @@ from tracker.records import (
     SweepReport,
 )
 from tracker.schema import check_current, upgrade_schema
+from tracker.writing import Writer, is_transient
 
 DEFAULT_DATABASE_URL: Final = "sqlite:///tracker.db"
 
 T = TypeVar("T")
-
-# Connections kept for writing between deliveries, at most: as many as the writing threads of a
-# busy process, fewer than the pool holds, so that reads always find one.
-_KEPT_WRITERS: Final = 4
-
-# PostgreSQL serialization failure and deadlock; MySQL deadlock. Each means "the database chose
-# this transaction as the loser": nothing was written, try again. A lock wait that timed out
-# (MySQL 1205, PostgreSQL 55P03, SQLite's plain SQLITE_BUSY) is not among them: it waited the
-# whole `timeout` already, and retrying would multiply the bound by `max_attempts`.
-_TRANSIENT_SQLSTATES: Final = frozenset({"40001", "40P01"})
-_TRANSIENT_MYSQL_CODES: Final = frozenset({1213})
-# SQLITE_BUSY_RECOVERY and SQLITE_BUSY_SNAPSHOT: SQLite returns them at once, without waiting for
-# the busy timeout, when another connection is mid-recovery or wrote since this one's snapshot.
-_TRANSIENT_SQLITE_CODES: Final = frozenset({261, 517})
 
 
 class Tracker:
@@ -106,17 +90,13 @@ class Tracker:
         self._durable = durable
         self._timeout = timeout
         self._schema = schema
-        self._max_attempts = max_attempts
         self._max_body_bytes = max_body_bytes
         self._schema_checked = False
-        # Connections kept between deliveries (see `_writer`), and the process they belong to.
-        self._idle_writers: list[Connection] = []
-        self._writers_pid = os.getpid()
+        self._writer = Writer(self.engine, owns_engine=self._owns_engine, max_attempts=max_attempts)
 
     def close(self) -> None:
         """Close the engine's pooled connections, unless the engine is the host's."""
-        while self._idle_writers:
-            self._idle_writers.pop().close()
+        self._writer.close()
         if self._owns_engine:
             self.engine.dispose()
 
@@ -179,7 +159,7 @@ class Tracker:
         self._check_schema()
         delivery = parsing.read(body, self._max_body_bytes)
         received_at = datetime.now(UTC)
-        return self._in_transaction(lambda c: apply_deliveries(c, [delivery], received_at)[0])
+        return self._writer.run(lambda c: apply_deliveries(c, [delivery], received_at)[0])
 
     def apply_many(
         self,
@@ -202,7 +182,7 @@ class Tracker:
         return joining.apply_in_savepoint(
             connection,
             lambda c: apply_deliveries(c, deliveries, received_at),
-            is_lost_race=_is_transient,
+            is_lost_race=is_transient,
             subject="these deliveries" if len(deliveries) > 1 else "this delivery",
         )
 
@@ -212,97 +192,7 @@ class Tracker:
         self._check_schema()
         deliveries = [parsing.read(body, self._max_body_bytes) for body in bodies]
         received_at = datetime.now(UTC)
-        return self._in_transaction(lambda c: apply_deliveries(c, deliveries, received_at, origin))
-
-    def _in_transaction(
-        self, work: Callable[[Connection], T], *, subject: str = "this delivery"
-    ) -> T:
-        """Run `work` in one writing transaction; when it loses a race (a unique key taken, a
-        compare-and-set missed, a deadlock), roll back and run it again after a jittered pause.
-        A connection found dead before any statement of the transaction reached the server (a
-        kept connection the server dropped while idle) is replaced at once, once. Any other
-        failure, a broken constraint that is not a race included, is a `StorageError` at once:
-        retrying a bug only hides it."""
-        lost: Exception | None = None
-        replaced_dead_connection = False
-        attempt = 0
-        while attempt < self._max_attempts:
-            if lost is not None:
-                time.sleep(min(0.5, 0.002 * 2**attempt) * random.uniform(0.5, 1.5))
-            try:
-                connection = self._writer()
-            except PoolTimeoutError as error:
-                # Every pooled connection stayed busy for `pool_timeout`: the database is too
-                # slow to serve this delivery now, which the caller handles like a failure.
-                raise StorageError(
-                    f"no database connection became free in time; nothing of {subject} was "
-                    f"written: {error}"
-                ) from error
-            except DBAPIError as error:
-                raise StorageError(
-                    f"the database failed and nothing of {subject} was written: {error.orig}"
-                ) from error
-            sent = connection.info
-            sent[driver.SENT] = 0
-            try:
-                with connection.begin():
-                    result = work(connection)
-            except storage.LostRaceError as error:
-                self._release(connection)
-                lost = error
-            except IntegrityError as error:
-                connection.close()
-                if not storage.is_unique_violation(error):
-                    raise StorageError(
-                        f"a database constraint refused {subject}, which is a bug in the "
-                        f"tracker (please report it); nothing of it was written: {error.orig}"
-                    ) from error
-                lost = error
-            except DBAPIError as error:
-                connection.close()
-                if (
-                    error.connection_invalidated
-                    and sent.get(driver.SENT) == 0
-                    and not replaced_dead_connection
-                ):
-                    replaced_dead_connection = True
-                    continue  # not an attempt lost to a race: no pause, no count
-                if not _is_transient(error):
-                    raise StorageError(
-                        f"the database failed and nothing of {subject} was written: {error.orig}"
-                    ) from error
-                lost = error
-            except BaseException:
-                connection.close()
-                raise
-            else:
-                self._release(connection)
-                return result
-            attempt += 1
-        raise StorageError(
-            f"gave up after {self._max_attempts} attempts lost to concurrent writers; "
-            f"nothing of {subject} was written (last: {lost})"
-        ) from lost
-
-    def _writer(self) -> Connection:
-        """A connection to write on: one kept from an earlier delivery when there is one.
-        Checking a connection out of the pool and back in costs more than many a statement, and
-        the pool's pre-ping a round trip per delivery; a kept connection that died meanwhile is
-        noticed by its first statement instead, and replaced (`_in_transaction`)."""
-        if self._writers_pid != os.getpid():  # forked: the parent's connections are not ours
-            self._idle_writers = []
-            self._writers_pid = os.getpid()
-        try:
-            return self._idle_writers.pop()
-        except IndexError:
-            return self.engine.connect().execution_options(tracker_write=True)
-
-    def _release(self, connection: Connection) -> None:
-        # A host's engine gets its connections back at once: its pool is sized for its own use.
-        if self._owns_engine and len(self._idle_writers) < _KEPT_WRITERS:
-            self._idle_writers.append(connection)
-        else:
-            connection.close()
+        return self._writer.run(lambda c: apply_deliveries(c, deliveries, received_at, origin))
 
     # --- reading --------------------------------------------------------------------------
 
@@ -433,7 +323,7 @@ class Tracker:
         state API) to apply instead, logged with origin `sweep`; None lets the sweep expire the
         call. Safe while other processes apply (see `tracker.housekeeping.sweep`)."""
         self._check_schema()
-        run = partial(self._in_transaction, subject="this batch of the sweep")
+        run = partial(self._writer.run, subject="this batch of the sweep")
         with _database_errors():
             return housekeeping.sweep(
                 self.engine,
@@ -452,7 +342,7 @@ class Tracker:
         never wait long (see `tracker.housekeeping.prune`). What a pruned log can no longer do
         is in the README."""
         self._check_schema()
-        run = partial(self._in_transaction, subject="this batch of the prune")
+        run = partial(self._writer.run, subject="this batch of the prune")
         with _database_errors():
             return housekeeping.prune(self.engine, run, before, batch_size=batch_size)
 
@@ -497,14 +387,14 @@ class Tracker:
             ) as scratch,
         ):
             scratch.upgrade()
-            write = partial(self._in_transaction, subject="this batch of the rebuild")
+            write = partial(self._writer.run, subject="this batch of the rebuild")
             return rebuilding.rebuild(
                 self.engine, scratch, scratch._replay_sweep, write if apply else None
             )
 
     def _replay_sweep(self, entry: parsing.SweepEntry) -> None:
         """Replay one sweep's log entry here (a rebuild's scratch tracker)."""
-        self._in_transaction(
+        self._writer.run(
             partial(
                 expire_calls,
                 call_ids=[entry.call_id],
@@ -575,15 +465,3 @@ def _database_errors() -> Iterator[None]:
         raise StorageError(f"the database failed: {error.orig}") from error
     except PoolTimeoutError as error:
         raise StorageError(f"no database connection became free in time: {error}") from error
-
-
-def _is_transient(error: DBAPIError) -> bool:
-    if error.connection_invalidated:
-        return False
-    original = error.orig
-    if getattr(original, "sqlstate", None) in _TRANSIENT_SQLSTATES:
-        return True
-    arguments = getattr(original, "args", ())
-    if arguments and arguments[0] in _TRANSIENT_MYSQL_CODES:
-        return True
-    return getattr(original, "sqlite_errorcode", None) in _TRANSIENT_SQLITE_CODES

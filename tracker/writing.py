@@ -1,0 +1,158 @@
+"""The tracker's writing transactions: connections kept between deliveries, and a transaction
+run again when it loses a race.
+
+Part of the storage stage, used by the `Tracker` facade alone. Every write of the tracker's own
+(a delivery, a batch, a batch of the sweep, the prune or the rebuild) runs through
+`Writer.run`; a write inside the host's transaction does not (see `tracker.joining`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Final, TypeVar
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from tracker import driver, storage
+from tracker.errors import StorageError
+
+T = TypeVar("T")
+
+# Connections kept for writing between deliveries, at most: as many as the writing threads of a
+# busy process, fewer than the pool holds, so that reads always find one.
+_KEPT_WRITERS: Final = 4
+
+# PostgreSQL serialization failure and deadlock; MySQL deadlock. Each means "the database chose
+# this transaction as the loser": nothing was written, try again. A lock wait that timed out
+# (MySQL 1205, PostgreSQL 55P03, SQLite's plain SQLITE_BUSY) is not among them: it waited the
+# whole `timeout` already, and retrying would multiply the bound by `max_attempts`.
+_TRANSIENT_SQLSTATES: Final = frozenset({"40001", "40P01"})
+_TRANSIENT_MYSQL_CODES: Final = frozenset({1213})
+# SQLITE_BUSY_RECOVERY and SQLITE_BUSY_SNAPSHOT: SQLite returns them at once, without waiting for
+# the busy timeout, when another connection is mid-recovery or wrote since this one's snapshot.
+_TRANSIENT_SQLITE_CODES: Final = frozenset({261, 517})
+
+
+class Writer:
+    """Runs writing transactions on `engine`. `owns_engine`: the tracker made the engine, so it
+    may keep connections out of its pool; a host's engine gets each back at once."""
+
+    def __init__(self, engine: Engine, *, owns_engine: bool, max_attempts: int) -> None:
+        self.engine = engine
+        self._owns_engine = owns_engine
+        self._max_attempts = max_attempts
+        # Connections kept between deliveries (see `_connection`), and the process they belong to.
+        self._idle: list[Connection] = []
+        self._pid = os.getpid()
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+    def run(self, work: Callable[[Connection], T], *, subject: str = "this delivery") -> T:
+        """Run `work` in one writing transaction; when it loses a race (a unique key taken, a
+        compare-and-set missed, a deadlock), roll back and run it again after a jittered pause.
+        A connection found dead before any statement of the transaction reached the server (a
+        kept connection the server dropped while idle) is replaced at once, once. Any other
+        failure, a broken constraint that is not a race included, is a `StorageError` at once:
+        retrying a bug only hides it."""
+        lost: Exception | None = None
+        replaced_dead_connection = False
+        attempt = 0
+        while attempt < self._max_attempts:
+            if lost is not None:
+                time.sleep(min(0.5, 0.002 * 2**attempt) * random.uniform(0.5, 1.5))
+            try:
+                connection = self._connection()
+            except PoolTimeoutError as error:
+                # Every pooled connection stayed busy for `pool_timeout`: the database is too
+                # slow to serve this delivery now, which the caller handles like a failure.
+                raise StorageError(
+                    f"no database connection became free in time; nothing of {subject} was "
+                    f"written: {error}"
+                ) from error
+            except DBAPIError as error:
+                raise StorageError(
+                    f"the database failed and nothing of {subject} was written: {error.orig}"
+                ) from error
+            sent = connection.info
+            sent[driver.SENT] = 0
+            try:
+                with connection.begin():
+                    result = work(connection)
+            except storage.LostRaceError as error:
+                self._release(connection)
+                lost = error
+            except IntegrityError as error:
+                connection.close()
+                if not storage.is_unique_violation(error):
+                    raise StorageError(
+                        f"a database constraint refused {subject}, which is a bug in the "
+                        f"tracker (please report it); nothing of it was written: {error.orig}"
+                    ) from error
+                lost = error
+            except DBAPIError as error:
+                connection.close()
+                if (
+                    error.connection_invalidated
+                    and sent.get(driver.SENT) == 0
+                    and not replaced_dead_connection
+                ):
+                    replaced_dead_connection = True
+                    continue  # not an attempt lost to a race: no pause, no count
+                if not is_transient(error):
+                    raise StorageError(
+                        f"the database failed and nothing of {subject} was written: {error.orig}"
+                    ) from error
+                lost = error
+            except BaseException:
+                connection.close()
+                raise
+            else:
+                self._release(connection)
+                return result
+            attempt += 1
+        raise StorageError(
+            f"gave up after {self._max_attempts} attempts lost to concurrent writers; "
+            f"nothing of {subject} was written (last: {lost})"
+        ) from lost
+
+    def _connection(self) -> Connection:
+        """A connection to write on: one kept from an earlier delivery when there is one.
+        Checking a connection out of the pool and back in costs more than many a statement, and
+        the pool's pre-ping a round trip per delivery; a kept connection that died meanwhile is
+        noticed by its first statement instead, and replaced (`run`)."""
+        if self._pid != os.getpid():  # forked: the parent's connections are not ours
+            self._idle = []
+            self._pid = os.getpid()
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return self.engine.connect().execution_options(tracker_write=True)
+
+    def _release(self, connection: Connection) -> None:
+        # A host's engine gets its connections back at once: its pool is sized for its own use.
+        if self._owns_engine and len(self._idle) < _KEPT_WRITERS:
+            self._idle.append(connection)
+        else:
+            connection.close()
+
+
+def is_transient(error: DBAPIError) -> bool:
+    """Whether the database refused `error`'s transaction as the loser of a race (a deadlock,
+    a serialization failure, a snapshot moved on): nothing was written, and running it again may
+    succeed."""
+    if error.connection_invalidated:
+        return False
+    original = error.orig
+    if getattr(original, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+        return True
+    arguments = getattr(original, "args", ())
+    if arguments and arguments[0] in _TRANSIENT_MYSQL_CODES:
+        return True
+    return getattr(original, "sqlite_errorcode", None) in _TRANSIENT_SQLITE_CODES
