@@ -203,7 +203,7 @@ def test_only_rejected_and_invalid_deliveries_can_be_redriven(
 
 
 def test_a_batch_size_below_one_is_refused(sqlite_tracker: Tracker) -> None:
-    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+    with pytest.raises(ValueError, match="batch_size must be a positive int; got 0"):
         sqlite_tracker.redrive("rejected", batch_size=0)
 
 

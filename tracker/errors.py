@@ -60,3 +60,9 @@ def check_account(account_id: object) -> None:
     """Refuse an account filter that is neither None nor an account id."""
     if account_id is not None and not isinstance(account_id, str):
         raise ValueError(f"account_id must be a str or None; got {account_id!r}")
+
+
+def check_batch_size(batch_size: object) -> None:
+    """Refuse a batch size that is not a whole number of at least 1 (a bool is not one)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")

@@ -28,7 +28,7 @@ from typing import Any, Final, TextIO
 from sqlalchemy import Connection, Engine
 
 from tracker import storage
-from tracker.errors import check_account, check_window
+from tracker.errors import check_account, check_batch_size, check_window
 from tracker.storage import ExportedCall, LegAnswer
 
 PER_LEG: Final = "leg"
@@ -132,8 +132,7 @@ def export(
     _check_per(per)
     check_window(since, until)
     check_account(account_id)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    check_batch_size(batch_size)
     return _rows(engine, per, since, until, account_id, batch_size)
 
 

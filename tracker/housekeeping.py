@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from tracker import applying, lifecycle, storage
-from tracker.errors import StorageError, check_instant
+from tracker.errors import StorageError, check_batch_size, check_instant
 from tracker.records import (
     REDRIVEN_OUTCOMES,
     Call,
@@ -60,7 +60,7 @@ def sweep(
             f"older_than must be a positive timedelta, e.g. timedelta(hours=4); got {older_than!r}"
         )
     check_instant("now", now)
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     cutoff = now - older_than
     checked = 0
     expired: list[str] = []
@@ -122,7 +122,7 @@ def prune(engine: Engine, run: Run, before: datetime, *, batch_size: int) -> int
     walked in id order `batch_size` entries at a time, each page's old entries deleted by `run`
     in a transaction of their own."""
     check_instant("before", before)
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     with engine.connect() as connection:
         last = storage.last_event_id(connection)
     deleted = 0
@@ -172,7 +172,7 @@ def redrive(
             f"redrive takes the outcome {taken}, not {outcome!r}: deliveries applied, "
             "duplicate or ignored would only come back duplicate or ignored"
         )
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     with engine.connect() as connection:
         through_id = storage.last_event_id(connection)
         too_large = 0
@@ -220,8 +220,3 @@ def redrive(
         redriven += len(bodies)
         after_id = page[-1].id
     return RedriveReport(redriven, dict(outcomes), repeats, too_large)
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1; got {batch_size}")
