@@ -18,7 +18,7 @@ import stat
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -507,6 +507,21 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     if instant.tzinfo is None:
         return instant.replace(tzinfo=UTC)
     return instant.astimezone(UTC)
+
+
+def _batch_size_option(
+    default: int, help: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--batch-size N` of the commands that work in batches (sweep, prune, export); `default`
+    is the library's own."""
+    return click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=True,
+        metavar="N",
+        help=help,
+    )
 
 
 # The filters every read of calls by start time and account takes (calls, stats, export).
@@ -1102,14 +1117,7 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> timed
     callback=_instant,
     help="Measure ages from this instant instead of the current time.",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=200,
-    show_default=True,
-    metavar="N",
-    help="Calls ended per transaction.",
-)
+@_batch_size_option(200, "Calls ended per transaction.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.pass_obj
 def sweep(
@@ -1158,14 +1166,7 @@ def sweep(
     callback=_instant,
     help="Delete the log entries received before this instant.",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    metavar="N",
-    help="Entries looked at, and at most deleted, per transaction.",
-)
+@_batch_size_option(1000, "Entries looked at, and at most deleted, per transaction.")
 @click.option("--json", "as_json", is_flag=True, help="Print the count as one JSON object.")
 @click.pass_obj
 def prune(session: _Session, before: datetime, batch_size: int, as_json: bool) -> None:
@@ -1218,14 +1219,7 @@ def prune(session: _Session, before: datetime, batch_size: int, as_json: bool) -
     metavar="FILE",
     help="Write to FILE (replaced only once the export is whole); stdout when left out.",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    metavar="N",
-    help="Calls read per statement.",
-)
+@_batch_size_option(1000, "Calls read per statement.")
 @click.pass_obj
 def export(
     session: _Session,
