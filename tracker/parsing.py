@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal, Union, cast
 from urllib.parse import unquote, urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,7 +31,7 @@ from pydantic import (
     create_model,
 )
 from pydantic.alias_generators import to_camel
-from pydantic_core import CoreSchema, from_json
+from pydantic_core import CoreSchema, PydanticCustomError, from_json, to_json
 from pydantic_core.core_schema import DatetimeSchema
 
 from tracker.records import MAX_ID_LENGTH, InvalidReason
@@ -37,6 +39,11 @@ from tracker.records import MAX_ID_LENGTH, InvalidReason
 # Column sizes of the storage layer; a longer value is refused here, with a clear error, rather
 # than failing (or being truncated) inside the database.
 MAX_TEXT_LENGTH: Final = 4096
+# A JSON object field (`diversion`, `sipHeaders`) is stored as compact UTF-8 JSON text: at most
+# this many bytes, what a text field's 4,096 characters take at most in UTF-8, and a quarter of
+# the 65,535 bytes MariaDB's TEXT holds. Counted on the text written (`to_json` of the parsed
+# value, as the storage writes it), so escapes and spacing in the body do not count.
+MAX_JSON_BYTES: Final = 4 * MAX_TEXT_LENGTH
 
 # A callback is a few hundred bytes. A body over this limit is not parsed: it is `invalid`
 # (`too_large`) and the log keeps its first `TOO_LARGE_PREFIX` bytes, with its length and hash in
@@ -70,6 +77,20 @@ _AnyZoneTimestamp = Annotated[datetime, Strict()]
 _TIMESTAMPS: Final = ("event_time", "enqueued_time", "start_time", "answer_time", "end_time")
 Identifier = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_ID_LENGTH)]
 Text = Annotated[str, Strict(), Field(max_length=MAX_TEXT_LENGTH)]
+
+
+def _bounded_json(value: dict[str, Any]) -> dict[str, Any]:
+    size = len(to_json(value))
+    if size > MAX_JSON_BYTES:
+        raise PydanticCustomError(
+            "json_too_large",
+            "should be at most {limit} bytes written as compact JSON (UTF-8), not {size}",
+            {"limit": f"{MAX_JSON_BYTES:,}", "size": f"{size:,}"},
+        )
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], Strict(), AfterValidator(_bounded_json)]
 
 
 class _Model(BaseModel):
@@ -213,11 +234,11 @@ class Initiate(_NoParent, _Ongoing, _Callback):
 
     event_type: Literal["initiate"]
     start_time: Timestamp
-    diversion: dict[str, Any] | None = None
+    diversion: JsonObject | None = None
     stir_shaken: StirShaken | None = None
     caller_display_name: Text | None = None
     uui: Text | None = None
-    sip_headers: dict[str, Any] | None = None
+    sip_headers: JsonObject | None = None
 
 
 class Answer(_NoParent, _Ongoing, _Callback):
@@ -380,9 +401,16 @@ def read(body: object, max_body_bytes: int = MAX_BODY_BYTES) -> Delivery:
         raw = body.encode("utf-8", "surrogatepass")
     elif isinstance(body, Mapping):
         try:
-            text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            text = json.dumps(
+                body,
+                ensure_ascii=False,
+                separators=(",", ":"),
+                allow_nan=False,
+                default=_as_dict,
+            )
         except (TypeError, ValueError, RecursionError) as error:
-            # ValueError: NaN, or an integer too long to write; RecursionError: deep nesting.
+            # ValueError: NaN or an infinity (not JSON, RFC 8259), or an integer too long to
+            # write; RecursionError: deep nesting.
             return Delivery(
                 _shown_object(body),
                 Unreadable(
@@ -403,6 +431,14 @@ def read(body: object, max_body_bytes: int = MAX_BODY_BYTES) -> Delivery:
     if len(raw) > max_body_bytes:
         return Delivery(raw[:TOO_LARGE_PREFIX], _too_large(raw, max_body_bytes))
     return Delivery(raw, _parse(raw))
+
+
+def _as_dict(value: object) -> dict[Any, Any]:
+    """A Mapping that is not a dict (`MappingProxyType`, `UserDict`), at any depth, is written
+    as the JSON object it stands for; anything else the JSON encoder cannot write is refused."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def _too_large(raw: bytes, limit: int) -> Unreadable:
@@ -448,9 +484,13 @@ def _parse_refused(raw: bytes, error: ValidationError) -> Event | Untracked | Un
     """A body the models refused: an untracked type, a stamp not in UTC, or no callback."""
     if error.errors(include_url=False)[0]["type"] in _UNTRACKED_TAG:
         try:
-            return Untracked.model_validate_json(raw)
+            untracked = Untracked.model_validate_json(raw)
         except ValidationError as untracked_error:
             return _explain(raw, untracked_error)
+        found = _non_finite(untracked.call_id, ("callId",)) or _non_finite(
+            untracked.__pydantic_extra__, ()
+        )
+        return untracked if found is None else _not_finite(found, untracked.call_id)
     try:
         event = _read_any_zone(raw)
     except ValidationError as any_zone_error:
@@ -460,6 +500,9 @@ def _parse_refused(raw: bytes, error: ValidationError) -> Event | Untracked | Un
 
 def _refusal(raw: bytes, event: Event) -> Unreadable | None:
     """Why a body the models read is refused all the same, if it is."""
+    refusal = _non_finite_in_event(event)
+    if refusal is not None:
+        return refusal
     if _BACKSLASH in raw and _NUL_ESCAPE.search(raw):
         # Only the declared fields are stored in columns; an unknown key may hold anything,
         # it lives on in the body alone.
@@ -487,6 +530,79 @@ def _holds_nul(value: object) -> bool:
     if isinstance(value, list):
         return any(_holds_nul(item) for item in value)
     return False
+
+
+# The fields whose values are JSON objects: free-form (`diversion`, `sipHeaders`) or models that
+# keep unknown keys (`stirShaken`, `machineDetectionResult`). With the body's unknown keys, the
+# only places a value of any JSON type (a float, an object with keys in any order) can be.
+_NESTED: Final = ("diversion", "sip_headers", "stir_shaken", "machine_detection_result")
+_NESTED_OF: Final[dict[type[BaseModel], tuple[tuple[str, str], ...]]] = {
+    model: tuple(
+        (name, model.model_fields[name].alias or name)
+        for name in _NESTED
+        if name in model.model_fields
+    )
+    for model in (*Event.__args__, *_AnyZone)
+}
+# What a walk for floats or nested objects need not enter.
+_FLAT: Final = frozenset({str, int, bool, type(None)})
+_Path = tuple[str | int, ...]
+
+
+def _non_finite_in_event(event: Event) -> Unreadable | None:
+    """pydantic-core reads `NaN`, `Infinity` and `-Infinity`, and a number past a double's range
+    as an infinity; none is JSON (RFC 8259), and JSON output could not carry one. A float can only
+    be where any JSON value is taken: the unknown keys and the nested objects."""
+    found = None
+    extra = event.__pydantic_extra__
+    if extra:
+        for value in extra.values():
+            if type(value) not in _FLAT:
+                found = _non_finite(extra, ())
+                break
+    if found is None:
+        for name, alias in _NESTED_OF[type(event)]:
+            value = getattr(event, name)
+            if value is None:
+                continue
+            if type(value) is not dict:
+                value = value.__pydantic_extra__  # a model: its declared fields are typed
+            if value:
+                found = _non_finite(value, (alias,))
+                if found is not None:
+                    break
+    return None if found is None else _not_finite(found, event.call_id)
+
+
+def _non_finite(value: object, path: _Path) -> tuple[_Path, float] | None:
+    """Where in `value` (a parsed JSON value) the first NaN or infinity is, and which it is."""
+    kind = type(value)
+    if kind is float:
+        return None if math.isfinite(cast(float, value)) else (path, cast(float, value))
+    if kind is dict:
+        items: Any = cast(dict[str, Any], value).items()
+    elif kind is list:
+        items = enumerate(cast(list[Any], value))
+    else:
+        return None
+    for key, item in items:
+        if type(item) not in _FLAT:
+            found = _non_finite(item, (*path, key))
+            if found is not None:
+                return found
+    return None
+
+
+def _not_finite(found: tuple[_Path, float], call_id: object) -> Unreadable:
+    path, number = found
+    where = f" at '{'.'.join(map(str, path))}'" if path else ""
+    spelled = "NaN" if math.isnan(number) else "Infinity" if number > 0 else "-Infinity"
+    return Unreadable(
+        InvalidReason.NOT_JSON,
+        f"the body is not valid JSON (RFC 8259): {spelled}{where}; JSON has no NaN or Infinity "
+        "(and a number past ±1.8e308 reads as Infinity): send a finite number or null",
+        identifier(call_id),
+    )
 
 
 def _check_call_url(event: Event, text: str) -> Unreadable | None:
@@ -572,6 +688,9 @@ def _explain(raw: bytes, error: ValidationError) -> Unreadable:
     # pydantic has just read it, so this cannot fail (and the same reader cannot meet a number
     # or a nesting the standard library's would refuse).
     document = from_json(raw)
+    found = _non_finite(document, ())
+    if found is not None:
+        return _not_finite(found, document.get("callId") if isinstance(document, dict) else None)
     if not isinstance(document, dict):
         kind = _JSON_TYPE_NAMES.get(type(document), type(document).__name__)
         return Unreadable(
@@ -622,23 +741,74 @@ def untracked_detail(event_type: str) -> str:
 def content_key(event: Event) -> str:
     """The identity of a delivery: the parsed content, whatever its spelling.
 
-    Two bodies share a key when they differ only in key order, whitespace, explicit nulls for
-    absent keys, or the spelling of an instant (offset, fraction digits): the ways a relay
-    re-serializes a body. Timestamps are compared to the microsecond.
+    Two bodies share a key when they differ only in key order (at any depth), whitespace,
+    explicit nulls for absent keys (at any depth, in objects: a null in an array is a value), or
+    the spelling of an instant (offset, fraction digits): the ways a relay re-serializes a body.
+    Timestamps are compared to the microsecond.
     """
     # Declared fields serialise in declaration order, so only unknown keys need sorting. The
     # bytes are those of `model_dump_json(...).encode()` and `json.dumps(...)`, which stored keys
     # were made of; the serializer and the encoder are called directly because their wrappers
-    # cost as much as the work.
+    # cost as much as the work. Nested objects are put in canonical form only when the body
+    # has one that may need it, so a flat body costs what it did and keeps its key; a nested
+    # one already canonical (keys sorted, no null) keeps the key it had too.
     unknown = event.__pydantic_extra__
-    canonical = event.__pydantic_serializer__.to_json(
-        event, by_alias=True, exclude_none=True, exclude=set(unknown) if unknown else None
-    )
+    exclude = set(unknown) if unknown else None
+    serializer = event.__pydantic_serializer__
+    nested = _canonical_nested(event)
+    if nested:
+        document = serializer.to_python(
+            event, mode="json", by_alias=True, exclude_none=True, exclude=exclude
+        )
+        document.update(nested)  # in place: each key keeps its position
+        canonical = to_json(document)
+    else:
+        canonical = serializer.to_json(event, by_alias=True, exclude_none=True, exclude=exclude)
     if unknown:
-        extras = {key: value for key, value in unknown.items() if value is not None}
+        extras = {
+            key: value if type(value) in _FLAT else _canonical(value)
+            for key, value in unknown.items()
+            if value is not None
+        }
         if extras:
             canonical += _EXTRAS_JSON.encode(extras).encode("utf-8", "surrogatepass")
     return hashlib.sha256(canonical).hexdigest()
+
+
+def _canonical_nested(event: Event) -> dict[str, Any] | None:
+    """The nested objects of `event` that the serializer would not write canonically, in
+    canonical form by alias: a free-form object, or a model with unknown keys (its declared
+    fields stay first, in declaration order, as the serializer writes them)."""
+    nested: dict[str, Any] | None = None
+    for name, alias in _NESTED_OF[type(event)]:
+        value = getattr(event, name)
+        if value is None:
+            continue
+        if type(value) is not dict:  # a model
+            extra = value.__pydantic_extra__
+            if not extra:
+                continue  # declared fields only: written in declaration order, nulls left out
+            canonical = value.__pydantic_serializer__.to_python(
+                value, mode="json", by_alias=True, exclude_none=True, exclude=set(extra)
+            )
+            canonical.update(_canonical(extra))
+        else:
+            canonical = _canonical(value)
+        if nested is None:
+            nested = {}
+        nested[alias] = canonical
+    return nested
+
+
+def _canonical(value: Any) -> Any:
+    """A parsed JSON value with the keys of its objects sorted and their nulls left out, at every
+    depth; arrays keep their order and their nulls."""
+    kind = type(value)
+    if kind is dict:
+        return {key: _canonical(value[key]) for key in sorted(value) if value[key] is not None}
+    if kind is list:
+        return [item if type(item) in _FLAT else _canonical(item) for item in value]
+    return value
 
 
 # `json.dumps(extras, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`, built once.
