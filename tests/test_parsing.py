@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections import UserDict
 from datetime import UTC, datetime, timedelta, timezone
+from types import MappingProxyType
+from typing import Any
 
 import pytest
 
-from tests.factories import disconnect, transfer_disconnect
+from tests.factories import answer, disconnect, initiate, transfer_disconnect
 from tracker.parsing import (
     Disconnect,
+    Event,
     TransferDisconnect,
     Unreadable,
     Untracked,
@@ -191,9 +195,166 @@ _PINNED_KEYS = [
 ]
 
 
+# Computed before the content key became canonical at every depth: a flat body, and nested ones
+# already canonical (keys sorted, no null in an object), keep the key they had.
+_PINNED_LIVE_KEYS = [
+    (
+        b'{"eventType":"transferComplete","callId":"c-tc","startTime":"2026-06-10T19:15:00Z",'
+        b'"eventTime":"2026-06-10T19:15:40.5+00:00","cause":"busy","transferTo":"+15556667777",'
+        b'"errorMessage":"Callee is busy","tag":"","extra":7,"other":"x"}',
+        "bef5163b5fafa6ed30c955f4a1092c1ca683f62225ba41ffac7c9eeba29b5256",
+    ),
+    (
+        b'{"eventType":"answer","callId":"c-ans","startTime":"2026-06-10T19:15:00Z",'
+        b'"answerTime":"2026-06-10T19:15:03Z",'
+        b'"machineDetectionResult":{"value":"human","duration":"PT4.5S"}}',
+        "9216eaa47215ef2d86370d91e80e7b5010c30f0b32060e4d4f63fe275a9ec53b",
+    ),
+    (
+        b'{"eventType":"initiate","callId":"c-init","startTime":"2026-06-10T19:15:00Z",'
+        b'"direction":"inbound","stirShaken":{"verstat":"TN-Validation-Passed",'
+        b'"attestationIndicator":"A"},"diversion":{"counter":1,"nested":{"a":[1,null,{"b":2}],'
+        b'"c":"\xc3\xa9"},"origTo":"+15550001111","privacy":"off","reason":"unconditional"},'
+        b'"callerDisplayName":"ALICE"}',
+        "8c82803eb79001a1cd675404abd4d8c5762915f06b78a6bfc344393213f60631",
+    ),
+]
+
+
 @pytest.mark.parametrize(("body", "key"), _PINNED_KEYS)
 def test_content_key_of_a_known_body_never_changes(body: bytes, key: str) -> None:
     assert content_key(parsed(body)) == key
+
+
+@pytest.mark.parametrize(("body", "key"), _PINNED_LIVE_KEYS)
+def test_content_key_of_a_known_live_body_never_changes(body: bytes, key: str) -> None:
+    assert content_key(tracked(body)) == key
+
+
+def tracked(body: object) -> Event:
+    content = read(body).content
+    assert not isinstance(content, Unreadable | Untracked), content
+    return content
+
+
+def reordered(value: Any) -> Any:
+    """`value` with the keys of every object reversed and a null added: a relay's spelling."""
+    if isinstance(value, dict):
+        return {key: reordered(value[key]) for key in reversed(value)} | {"zNull": None}
+    if isinstance(value, list):
+        return [reordered(item) for item in value]
+    return value
+
+
+NESTED_BODIES = {
+    "diversion": initiate(
+        "c-nested", diversion={"origTo": "+1555", "reason": "busy", "x": {"b": [1, {"d": 2}]}}
+    ),
+    "stirShaken with unknown keys": initiate(
+        "c-nested", stirShaken={"verstat": "v", "attestationIndicator": "A", "z": 1, "a": [2]}
+    ),
+    "machineDetectionResult with unknown keys": answer(
+        "c-nested", machineDetectionResult={"value": "human", "duration": "PT1S", "z": 1, "y": 2}
+    ),
+    "unknown nested key": dict(initiate("c-nested"), extra={"b": {"d": 1, "c": 2}, "a": 3}),
+}
+
+
+@pytest.mark.parametrize("name", list(NESTED_BODIES))
+def test_nested_objects_in_another_key_order_or_with_nulls_keep_the_content_key(name: str) -> None:
+    body = NESTED_BODIES[name]
+    assert content_key(tracked(body)) == content_key(tracked(reordered(body)))
+
+
+def test_arrays_keep_their_order_and_their_nulls_in_the_content_key() -> None:
+    def key(value: list[Any]) -> str:
+        return content_key(tracked(initiate("c-array", diversion={"list": value})))
+
+    assert len({key([1, 2]), key([2, 1]), key([1, None, 2]), key([1, 2, None])}) == 4
+
+
+def test_a_nested_value_that_differs_changes_the_content_key() -> None:
+    def key(**diversion: Any) -> str:
+        return content_key(tracked(initiate("c-diff", diversion=diversion)))
+
+    assert key(a={"b": 1}) != key(a={"b": 2}) != key(a={"c": 1})
+    assert key(a={"b": 1}) == key(a={"b": 1, "c": None})
+
+
+# --- NaN and Infinity are not JSON (RFC 8259) -------------------------------------------------
+
+NOT_FINITE = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"]
+
+
+def _spliced(template: dict[str, Any], number: str) -> str:
+    """`template` as JSON with the string "@" replaced by the bare token `number`."""
+    return json.dumps(template).replace('"@"', number)
+
+
+NOT_FINITE_PLACES = {
+    "a declared number": disconnect("c-nan", sipResponseCode="@"),
+    "a declared string": disconnect("c-nan", startTime="@"),
+    "an unknown key": disconnect("c-nan", extra="@"),
+    "deep in an unknown key": disconnect("c-nan", extra={"a": [1, {"b": "@"}]}),
+    "in diversion": initiate("c-nan", diversion={"a": ["@"]}),
+    "in stirShaken": initiate("c-nan", stirShaken={"verstat": "v", "x": "@"}),
+    "in machineDetectionResult": answer("c-nan", machineDetectionResult={"value": "h", "x": "@"}),
+    "an untracked body": {"eventType": "dtmf", "callId": "c-nan", "digit": "@"},
+    "an untracked body's callId": {"eventType": "dtmf", "callId": "@"},
+    "a body missing fields": {"eventType": "disconnect", "callId": "c-nan", "x": "@"},
+}
+
+
+@pytest.mark.parametrize("as_bytes", [True, False], ids=["bytes", "str"])
+@pytest.mark.parametrize("number", NOT_FINITE)
+@pytest.mark.parametrize("place", list(NOT_FINITE_PLACES))
+def test_nan_and_infinity_anywhere_are_not_json(place: str, number: str, as_bytes: bool) -> None:
+    text = _spliced(NOT_FINITE_PLACES[place], number)
+    problem = refusal(text.encode() if as_bytes else text)
+    assert problem.reason == "not_json"
+    assert "RFC 8259" in problem.detail and "NaN or Infinity" in problem.detail
+    expected_call = None if place == "an untracked body's callId" else "c-nan"
+    assert problem.call_id == expected_call
+
+
+@pytest.mark.parametrize("number", NOT_FINITE)
+def test_a_body_that_is_only_nan_or_infinity_is_not_json(number: str) -> None:
+    for text in (number, f"[1, {number}]"):
+        assert refusal(text).reason == "not_json"
+
+
+def test_finite_numbers_of_any_size_are_kept() -> None:
+    event = tracked(_spliced(initiate("c-big", diversion={"a": "@"}), "1.7e308"))
+    assert event.diversion == {"a": 1.7e308}  # type: ignore[union-attr]
+
+
+def test_a_mapping_holding_nan_or_infinity_is_not_json() -> None:
+    for number in (float("nan"), float("inf")):
+        assert refusal(dict(disconnect(), extra={"a": number})).reason == "not_json"
+
+
+# --- any Mapping is a body ------------------------------------------------------------------
+
+
+def test_any_mapping_at_any_depth_is_read_as_its_json() -> None:
+    body = disconnect("c-mapping")
+    expected = dict(body, extra={"a": {"b": [{"c": 1}]}})
+    given = UserDict(
+        MappingProxyType(dict(body, extra=UserDict(a=MappingProxyType({"b": [UserDict(c=1)]}))))
+    )
+    delivery = read(given)
+    assert json.loads(delivery.raw) == expected
+    assert delivery.raw == read(expected).raw
+    assert content_key(tracked(given)) == content_key(tracked(expected))
+
+
+@pytest.mark.parametrize("wrap", [MappingProxyType, UserDict], ids=["proxy", "userdict"])
+def test_a_mapping_that_is_not_a_dict_is_read(wrap: Any) -> None:
+    assert tracked(wrap(disconnect("c-wrapped"))).call_id == "c-wrapped"
+
+
+def test_a_mapping_holding_what_json_cannot_write_is_still_not_json() -> None:
+    assert refusal(dict(disconnect(), extra={1, 2})).reason == "not_json"
 
 
 def test_untracked_event_type_needs_only_a_string_event_type() -> None:
