@@ -8,6 +8,7 @@ from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -200,16 +201,30 @@ def live_calls(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 
 def reserialize(body: dict[str, Any], rng: random.Random) -> str:
-    """What a relay may do to a body: reorder keys, change whitespace, add explicit nulls,
-    respell an instant."""
-    items = list(body.items())
-    rng.shuffle(items)
-    copy = dict(items)
+    """What a relay may do to a body: reorder keys and add or drop explicit nulls in objects at
+    any depth, change whitespace, respell an instant."""
+    copy = respelled(body, rng)
     if rng.random() < 0.5:
         copy["errorId"] = copy.get("errorId")
     if rng.random() < 0.5:
         copy["startTime"] = copy["startTime"].replace("Z", "+00:00")
     return json.dumps(copy, indent=rng.choice([None, 1, 4]))
+
+
+def respelled(value: Any, rng: random.Random) -> Any:
+    """`value` with the keys of each object shuffled, an explicit null added for an absent key
+    or an explicit null left out; arrays keep their order and their nulls."""
+    if isinstance(value, list):
+        return [respelled(item, rng) for item in value]
+    if not isinstance(value, dict):
+        return value
+    items = [(key, respelled(item, rng)) for key, item in value.items()]
+    if rng.random() < 0.5:
+        items.append((f"absent{rng.randrange(1000)}", None))
+    if rng.random() < 0.5:
+        items = [(key, item) for key, item in items if item is not None]
+    rng.shuffle(items)
+    return dict(items)
 
 
 def snapshot(tracker: Tracker, call_ids: set[str]) -> dict[str, Any]:
@@ -298,3 +313,108 @@ def test_apply_many_gives_the_outcomes_of_one_by_one(
         "rejected",
         "rejected",
     ]
+
+
+# --- nested objects re-serialized ------------------------------------------------------------
+
+NESTED = {
+    "diversion": lambda: initiate(
+        new_call_id(), diversion={"origTo": "+1555", "reason": "busy", "x": {"b": [1, {"d": 2}]}}
+    ),
+    "diversion with a null inside": lambda: initiate(
+        new_call_id(), diversion={"origTo": "+1555", "gone": None, "x": {"b": None, "c": [None]}}
+    ),
+    "stirShaken with unknown keys": lambda: initiate(
+        new_call_id(), stirShaken={"verstat": "v", "attestationIndicator": "A", "z": 1, "a": {}}
+    ),
+    "machineDetectionResult reordered": lambda: answer(
+        new_call_id(), machineDetectionResult={"value": "human", "duration": "PT1S"}
+    ),
+    "machineDetectionResult with unknown keys": lambda: machine_detection_complete(
+        new_call_id(), machineDetectionResult={"value": "silence", "z": [1, {"b": 1, "a": 2}]}
+    ),
+    "an unknown nested key": lambda: dict(disconnect(), extra={"b": {"d": 1, "c": None}, "a": 3}),
+}
+
+
+def reversed_with_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {"zNull": None} | {key: reversed_with_nulls(value[key]) for key in reversed(value)}
+    if isinstance(value, list):
+        return [reversed_with_nulls(item) for item in value]
+    return value
+
+
+@pytest.mark.parametrize("name", list(NESTED))
+def test_a_body_with_nested_objects_reordered_or_null_padded_is_a_duplicate(
+    tracker: Tracker, name: str
+) -> None:
+    body = NESTED[name]()
+    assert tracker.apply(json.dumps(body)).outcome is Outcome.APPLIED
+    before = tracker.get_call(body["callId"])
+
+    again = tracker.apply(json.dumps(reversed_with_nulls(body), indent=2))
+
+    assert again.outcome is Outcome.DUPLICATE, again.detail
+    assert tracker.get_call(body["callId"]) == before
+    assert [entry.outcome for entry in tracker.events(call_id=body["callId"])] == [
+        Outcome.APPLIED,
+        Outcome.DUPLICATE,
+    ]
+
+
+# Values of any JSON type; keys that no nested model declares (a declared key has its own type).
+_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(exclude_characters="\x00"), max_size=8)
+)
+_keys = st.text(st.characters(exclude_characters="\x00"), max_size=6).map(lambda key: "k" + key)
+_values = st.recursive(
+    _leaves,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(_keys, children, max_size=3),
+    max_leaves=10,
+)
+_objects = st.dictionaries(_keys, _values, max_size=4)
+
+
+@st.composite
+def nested_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A tracked body of any type with nested objects wherever it may hold them."""
+    call_id = new_call_id()
+    kind = draw(st.sampled_from(["initiate", "answer", "machineDetectionComplete", "disconnect"]))
+    if kind == "initiate":
+        body = initiate(
+            call_id,
+            diversion=draw(_objects),
+            stirShaken={"verstat": "TN-Validation-Passed", **draw(_objects)},
+        )
+    elif kind == "answer":
+        body = answer(call_id, machineDetectionResult={"value": "human", **draw(_objects)})
+    elif kind == "machineDetectionComplete":
+        body = machine_detection_complete(
+            call_id, machineDetectionResult={"value": "human", **draw(_objects)}
+        )
+    else:
+        body = disconnect(call_id)
+    body.update(draw(_objects))
+    return body
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(body=nested_bodies(), seed=st.integers(0, 2**32 - 1))
+def test_any_reserialization_of_a_nested_body_is_a_duplicate(
+    tracker: Tracker, body: dict[str, Any], seed: int
+) -> None:
+    rng = random.Random(seed)
+    first = tracker.apply(json.dumps(body))
+    assert first.outcome is Outcome.APPLIED, first.detail
+    for _ in range(3):
+        again = tracker.apply(reserialize(body, rng))
+        assert again.outcome is Outcome.DUPLICATE, again.detail
