@@ -333,7 +333,10 @@ NESTED = {
     "machineDetectionResult with unknown keys": lambda: machine_detection_complete(
         new_call_id(), machineDetectionResult={"value": "silence", "z": [1, {"b": 1, "a": 2}]}
     ),
-    "an unknown nested key": lambda: dict(disconnect(), extra={"b": {"d": 1, "c": None}, "a": 3}),
+    # A live type: a terminal event saying what the first said is a duplicate whatever its key.
+    "an unknown nested key": lambda: dict(
+        transfer_complete(new_call_id()), extra={"b": {"d": 1, "c": None}, "a": 3}
+    ),
 }
 
 
@@ -384,7 +387,9 @@ _objects = st.dictionaries(_keys, _values, max_size=4)
 def nested_bodies(draw: st.DrawFn) -> dict[str, Any]:
     """A tracked body of any type with nested objects wherever it may hold them."""
     call_id = new_call_id()
-    kind = draw(st.sampled_from(["initiate", "answer", "machineDetectionComplete", "disconnect"]))
+    kind = draw(
+        st.sampled_from(["initiate", "answer", "machineDetectionComplete", "transferComplete"])
+    )
     if kind == "initiate":
         body = initiate(
             call_id,
@@ -397,8 +402,8 @@ def nested_bodies(draw: st.DrawFn) -> dict[str, Any]:
         body = machine_detection_complete(
             call_id, machineDetectionResult={"value": "human", **draw(_objects)}
         )
-    else:
-        body = disconnect(call_id)
+    else:  # not a terminal type, whose repeat is a duplicate whatever its key
+        body = transfer_complete(call_id)
     body.update(draw(_objects))
     return body
 
