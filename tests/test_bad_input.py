@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
+from collections import UserDict
+from types import MappingProxyType
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -18,7 +21,9 @@ from tests.factories import (
     transfer_complete,
     transfer_disconnect,
 )
-from tracker import Outcome, Result, Tracker
+from tests.test_cli import run as run_cli
+from tests.test_feed import start_follow
+from tracker import InvalidReason, Outcome, Result, Tracker
 from tracker.parsing import TRACKED_EVENT_TYPES, identifier
 
 FIELDS = [
@@ -139,3 +144,95 @@ def test_damaged_callbacks_never_raise_on_any_backend(
         assert call is not None
         if body.get("eventType") in ("disconnect", "transferDisconnect"):
             assert call.state == "disconnected"
+
+
+# --- NaN and Infinity are not JSON (RFC 8259) ---------------------------------------------------
+# pydantic-core reads them (and reads a number past a double's range as an infinity); a stored
+# one would come out of `show --json` and `follow` as output strict JSON readers refuse.
+
+NOT_FINITE = ["NaN", "Infinity", "-Infinity", "1e999"]
+
+
+def with_number(body: dict[str, Any], number: str) -> str:
+    """`body` as JSON with each string "@" replaced by the bare token `number`."""
+    return json.dumps(body, ensure_ascii=False).replace('"@"', number)
+
+
+def not_finite_bodies(call_id: str) -> list[dict[str, Any]]:
+    return [
+        disconnect(call_id, sipResponseCode="@"),
+        disconnect(call_id, extra="@"),
+        initiate(call_id, diversion={"origTo": "+1", "x": [1, {"y": "@"}]}),
+        initiate(call_id, stirShaken={"verstat": "v", "x": "@"}),
+        answer(call_id, machineDetectionResult={"value": "human", "x": "@"}),
+        {"eventType": "dtmf", "callId": call_id, "digit": "@"},
+        {"eventType": "disconnect", "callId": call_id, "x": "@"},  # missing fields too
+    ]
+
+
+def test_nan_or_infinity_anywhere_is_not_json_logged_and_stored_nowhere(tracker: Tracker) -> None:
+    for number in NOT_FINITE:
+        for as_bytes in (True, False):
+            for index, template in enumerate(not_finite_bodies(f"c-nan-{number}-{as_bytes}")):
+                call_id = f"c-nan-{number}-{as_bytes}-{index}"
+                text = with_number(dict(template, callId=call_id), number)
+                result = apply_logged_once(tracker, text.encode() if as_bytes else text)
+                assert (result.outcome, result.reason) == (Outcome.INVALID, InvalidReason.NOT_JSON)
+                assert "RFC 8259" in result.detail, result.detail
+                assert result.call_id == call_id
+                assert tracker.get_call(call_id) is None
+
+
+def strict_json(text: str) -> Any:
+    """`text` read as RFC 8259 JSON: NaN and Infinity refused."""
+
+    def refuse(constant: str) -> Any:
+        raise AssertionError(f"{constant} printed, which is not JSON: {text[:200]}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_show_calls_and_follow_print_only_strict_json(tracker: Tracker, database_url: str) -> None:
+    refused, kept = "c-printed-nan", "c-printed-finite"
+    tracker.apply(with_number(initiate(refused, diversion={"x": "@", "y": "@"}), "NaN"))
+    tracker.apply(with_number(initiate(refused + "-inf", diversion={"x": "@"}), "1e999"))
+    tracker.apply(json.dumps(initiate(kept, diversion={"big": 1.7e308, "tiny": 5e-324})))
+    applied = tracker.events(outcome=Outcome.APPLIED)
+
+    shown = run_cli("--db", database_url, "show", "--json", kept)
+    assert shown.exit_code == 0, shown.output
+    assert strict_json(shown.stdout)["diversion"] == {"big": 1.7e308, "tiny": 5e-324}
+    listed = run_cli("--db", database_url, "calls", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert [call["call_id"] for call in strict_json(listed.stdout)] == [kept]
+
+    follower = start_follow(database_url)
+    try:
+        assert follower.stdout is not None
+        lines = [follower.stdout.readline() for _ in applied]
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        follower.communicate(timeout=60)
+    assert [strict_json(line)["call_id"] for line in lines] == [kept]
+
+
+# --- any Mapping is a body ----------------------------------------------------------------------
+
+
+def test_mappings_that_are_not_dicts_are_applied_at_any_depth(tracker: Tracker) -> None:
+    plain = initiate("c-mapping", diversion={"origTo": "+1", "x": {"y": [{"z": 1}]}})
+    wrapped = UserDict(
+        dict(
+            plain,
+            diversion=MappingProxyType(
+                {"origTo": "+1", "x": UserDict(y=[MappingProxyType({"z": 1})])}
+            ),
+        )
+    )
+    for body in (MappingProxyType(plain), wrapped):
+        result = tracker.apply(body)
+        assert result.outcome in (Outcome.APPLIED, Outcome.DUPLICATE), result.detail
+    assert [entry.outcome for entry in tracker.events()] == [Outcome.APPLIED, Outcome.DUPLICATE]
+    assert [json.loads(entry.body) for entry in tracker.events()] == [plain, plain]
+    call = tracker.get_call("c-mapping")
+    assert call is not None and call.diversion == plain["diversion"]
