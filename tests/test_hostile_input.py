@@ -1,4 +1,4 @@
-"""Hostile bodies get the same answer on every backend, are logged, and never raise (SPEC 1).
+"""Hostile bodies get the same answer on every backend, are logged, and never raise.
 
 Each case was once an exception, a `StorageError`, or a body missing from the log on at least
 one backend: values read from a body reached the log's columns unchecked (a NUL PostgreSQL

@@ -330,7 +330,9 @@ def test_finite_numbers_of_any_size_are_kept() -> None:
 
 def test_a_mapping_holding_nan_or_infinity_is_not_json() -> None:
     for number in (float("nan"), float("inf")):
-        assert refusal(dict(disconnect(), extra={"a": number})).reason == "not_json"
+        problem = refusal(dict(disconnect(), extra={"a": [number]}))
+        assert problem.reason == "not_json"
+        assert "RFC 8259" in problem.detail
 
 
 # --- any Mapping is a body ------------------------------------------------------------------

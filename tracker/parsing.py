@@ -1,9 +1,11 @@
 """Stage 1 of the pipeline: a callback body as received becomes a typed event, or a reason why not.
 
 Nothing here knows about databases or lifecycles. The models follow what Bandwidth really sends
-(see shared/reference/bandwidth-callbacks.md): every documented field, unknown keys kept, causes
-left as free strings, `from`/`to` as opaque strings (`Anonymous`, SIP URIs), timestamps of any
-precision, and an explicit JSON `null` treated exactly like an absent key.
+(Bandwidth's callback documentation and live captures): every documented field, unknown keys
+kept, causes left as free strings, `from`/`to` as opaque strings (`Anonymous`, SIP URIs),
+timestamps of any precision, and an explicit JSON `null` treated exactly like an absent key.
+Every field that reaches a column has a bound checked here, so that no backend's column decides
+what is stored; NaN and infinities, which are not JSON, are refused wherever they are.
 """
 
 from __future__ import annotations
@@ -411,12 +413,14 @@ def read(body: object, max_body_bytes: int = MAX_BODY_BYTES) -> Delivery:
         except (TypeError, ValueError, RecursionError) as error:
             # ValueError: NaN or an infinity (not JSON, RFC 8259), or an integer too long to
             # write; RecursionError: deep nesting.
+            why = _first_line(error)
+            if why.startswith("Out of range float"):
+                why += ": JSON (RFC 8259) has no NaN or Infinity"
             return Delivery(
                 _shown_object(body),
                 Unreadable(
                     InvalidReason.NOT_JSON,
-                    f"the mapping cannot be written as JSON ({_first_line(error)}); "
-                    "pass plain JSON values",
+                    f"the mapping cannot be written as JSON ({why}); pass plain JSON values",
                 ),
             )
         raw = text.encode("utf-8", "surrogatepass")
