@@ -331,22 +331,22 @@ def _figures_query(window: Window) -> Select[Any]:
     folded into buckets by `statistics` (a bucket has a few dozen such groups at most)."""
     c = calls.c
     answered = c.answer_time.is_not(None)
-    talk = case(
-        (
-            and_(answered, c.end_time.is_not(None)),
-            microseconds_between(c.answer_time, c.end_time),
-        )
-    )
-    ring = case((answered, microseconds_between(c.start_time, c.answer_time)))
+    talked = and_(answered, c.end_time.is_not(None))
+    # Counted by their conditions: SQLite would work a duration out again for its count.
+    one: ColumnElement[int] = literal_column("1")
     query = select(
         c.disposition,
         c.cause,
         func.count().label("attempts"),
         func.count(c.answer_time).label("answered"),
-        func.sum(talk).label("talk_microseconds"),
-        func.count(talk).label("talked"),
-        func.sum(ring).label("ring_microseconds"),
-        func.count(ring).label("rang"),
+        func.sum(case((talked, microseconds_between(c.answer_time, c.end_time)))).label(
+            "talk_microseconds"
+        ),
+        func.count(case((talked, one))).label("talked"),
+        func.sum(case((answered, microseconds_between(c.start_time, c.answer_time)))).label(
+            "ring_microseconds"
+        ),
+        func.count(case((answered, one))).label("rang"),
     )
     bucket = _bucket_of(window.by, c.start_time, c.account_id)
     return _grouped(_of_attempts(query, window), bucket, c.disposition, c.cause)
@@ -370,9 +370,9 @@ def _instant(value: datetime) -> ColumnElement[datetime]:
 
 
 def _peaks_query(window: Window) -> Select[Any]:
-    """The peak concurrency of each bucket: a move of +1 at every start, -1 at every end and 0
-    at the start of every hour or day that has an attempt, their running sum in time order (a
-    window function: the calls up after each move), and its maximum per bucket.
+    """The peak concurrency of each bucket: a move of +1 at every start and -1 at every end,
+    their running sum in time order (a window function: the calls up after each move), and its
+    maximum per bucket.
 
     A call is up on [start, end). Calls that started before `since` and were still up after it
     count from `since`: their +1 moves there. Moves from `until` on are left out."""
@@ -385,17 +385,17 @@ def _peaks_query(window: Window) -> Select[Any]:
         # Expired by the sweep: known up until its last known time.
         else_=func.coalesce(c.answer_time, c.start_time),
     )
-    known = select(c.start_time.label("up"), down.label("down"), c.account_id).where(
+    # Calls up for no time are kept: their moves, +1 and -1 at one instant, put an attempt's
+    # bucket among the moves, with the count of the calls up through it.
+    spans = select(c.start_time.label("up"), down.label("down"), c.account_id).where(
         c.start_time.is_not(None)
     )
     if window.until is not None:
-        known = known.where(c.start_time < _instant(window.until))
+        spans = spans.where(c.start_time < _instant(window.until))
     if window.account_id is not None:
-        known = known.where(c.account_id == window.account_id)
-    known_spans = known.subquery("known_spans")
-    spans = select(known_spans).where(known_spans.c.down > known_spans.c.up)
+        spans = spans.where(c.account_id == window.account_id)
     if window.since is not None:
-        spans = spans.where(known_spans.c.down > _instant(window.since))
+        spans = spans.where(down > _instant(window.since))
     span = spans.cte("spans").c
 
     up: ColumnElement[Any] = span.up
@@ -406,27 +406,10 @@ def _peaks_query(window: Window) -> Select[Any]:
     downs = select(span.down.label("at"), literal(-1, Integer()).label("change"), span.account_id)
     if window.until is not None:
         downs = downs.where(span.down < _instant(window.until))
-    parts = [ups, downs]
-    if window.by in _BUCKET_LENGTH:
-        # The count at the first instant of each hour or day listed, with the calls that ended
-        # there gone: it belongs to that bucket even when no call starts or ends in it after.
-        # (Before `since` nothing moves, so a bucket starting before it gets a harmless 0.)
-        first_instant = _bucket_of(window.by, c.start_time)
-        assert first_instant is not None
-        parts.append(
-            _of_attempts(
-                select(
-                    first_instant.label("at"),
-                    literal(0, Integer()).label("change"),
-                    literal_column("NULL").label("account_id"),
-                ),
-                window,
-            ).group_by(first_instant)
-        )
-    moves = union_all(*parts).subquery("moves").c
+    moves = union_all(ups, downs).subquery("moves").c
 
     # The running count of calls up after each move, in time order; at one instant the ends
-    # come first, then the bucket's 0, then the starts. Each account has a count of its own.
+    # come first. Each account has a count of its own.
     per_account = window.by == "account"
     level = func.sum(moves.change).over(
         partition_by=moves.account_id if per_account else None,
@@ -435,10 +418,16 @@ def _peaks_query(window: Window) -> Select[Any]:
     )
     levels = select(moves.account_id, moves.at, moves.change, level.label("level"))
     counts = levels.subquery("levels").c
-    # Every count a bucket holds for a while is the level after the last move of one of its
-    # instants, and an instant of only ends lowers the count it follows: so the peak is the
-    # greatest level after a start or a bucket's 0. The level after an end is never it: after
-    # the first of two ends at 12:00 it is a count no instant of 12:00 had.
-    peak = case((counts.change >= 0, counts.level))
+    # Every count a bucket holds for a while is the count after a start or just before an end
+    # of the bucket, and no other move makes a count the bucket did not hold: between the moves
+    # of one instant the count may dip, never rise above the counts before and after it. Before
+    # an end at the bucket's very first instant (12:00 for the 12:00 bucket) the count was the
+    # bucket before's: that call is not up in this one. (No end is at `since`: those calls were
+    # left out above.)
+    before_end: ColumnElement[Any] = counts.level + 1
+    first_instant = _bucket_of(window.by, counts.at) if window.by in _BUCKET_LENGTH else None
+    if first_instant is not None:
+        before_end = case((counts.at > first_instant, before_end))
+    peak = case((counts.change > 0, counts.level), else_=before_end)
     bucket = _bucket_of(window.by, counts.at, counts.account_id)
     return _grouped(select(func.max(peak).label("peak")), bucket)
