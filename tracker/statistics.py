@@ -4,10 +4,10 @@ dispositions, causes and peak concurrency, per hour, day or account.
 Everything is counted by the database, so the cost grows with the database and not with this
 process: one grouped scan of the calls that started in the window, and one for concurrency,
 whose running count of calls up is a window function. The backends disagree on how to subtract
-two instants and how to cut one to its hour; `seconds_between`, `start_of_hour` and
-`start_of_day` say it once for each (SQLite keeps instants as text, see `storage.UTCDateTime`),
-and tests/test_stats.py holds every backend to the figures counted in Python from the `Call`
-snapshots.
+two instants, how to cut one to its hour and how to read a bound one; `microseconds_between`,
+`start_of_hour`, `start_of_day` and `bound_instant` say it once for each (SQLite keeps instants
+as text, see `storage.UTCDateTime`), and tests/test_stats.py holds every backend to the figures
+counted in Python, equal to the last bit.
 
 What counts as what (the README's "Statistics" says it for users):
 
@@ -19,12 +19,14 @@ What counts as what (the README's "Statistics" says it for users):
   every disposition, `expired` included, and every cause are counted as stored.
 - ACD is the mean of end - answer over the answered attempts that have an end time (calls
   talking now and calls the sweep expired have none); the mean ring time is the mean of
-  answer - start over the answered attempts.
-- A call is *up* from its start to its end time; a live call to `now`; an expired call, whose
-  end nobody knows, to its last known time (its answer, else its start). The peak concurrency
-  of a bucket is the most calls up at one instant of the bucket (within the window), counting
-  calls that started before the bucket, or before the window, and were still up in it. A call
-  that ends at the instant another starts is not counted with it.
+  answer - start over the answered attempts. Both are sums of whole microseconds, exact
+  integers in the database, divided once here: the same float on every backend.
+- A call is *up* on [start, end): from its start time, and no longer at its end time; a live
+  call until `now`; an expired call, whose end nobody knows, until its last known time (its
+  answer, else its start). The peak concurrency of a bucket is the most calls up at one instant
+  of the bucket (within the window), counting calls that started before the bucket, or before
+  the window, and were still up in it. A call that ends at the instant another starts, or a
+  bucket starts, or `since` is, is not counted with it, nor in it.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Connection,
-    Float,
     Integer,
     Select,
     and_,
@@ -64,37 +66,77 @@ _BUCKET_LENGTH: Final = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 # --- instants, per dialect --------------------------------------------------------------------
 
 
-class seconds_between(FunctionElement[float]):  # noqa: N801 (used like a SQL function)
-    """`later - earlier` in seconds, with their microseconds, as a float."""
+class microseconds_between(FunctionElement[int]):  # noqa: N801 (used like a SQL function)
+    """`later - earlier` in whole microseconds, an exact integer on every backend: the means
+    are sums of these divided once, so every backend gives the same float to the last bit."""
 
-    type = Float()
-    name = "seconds_between"
+    type = BigInteger()
+    name = "microseconds_between"
     inherit_cache = True
 
 
-@compiles(seconds_between, "sqlite")
-def _seconds_between_sqlite(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
-    # The text `YYYY-MM-DD HH:MM:SS.ffffff`: whole seconds from strftime, and the fraction read
-    # as a number from the 20th character on. julianday() would round to the millisecond.
+@compiles(microseconds_between, "sqlite")
+def _microseconds_between_sqlite(
+    element: microseconds_between, compiler: SQLCompiler, **kw: Any
+) -> str:
+    # The text `YYYY-MM-DD HH:MM:SS.ffffff` (`storage.UTCDateTime` always writes six digits):
+    # whole seconds from strftime of the first 19 characters, the fraction's digits from the
+    # 21st on, both integers. strftime of the whole text rounds a fraction of .9995 up to the
+    # next second, and julianday() keeps only milliseconds.
     earlier, later = (compiler.process(clause, **kw) for clause in element.clauses)
+
+    def seconds(instant: str) -> str:
+        return f"CAST(strftime('%s', substr({instant}, 1, 19)) AS INTEGER)"
+
+    def fraction(instant: str) -> str:
+        return f"CAST(substr({instant}, 21) AS INTEGER)"
+
     return (
-        f"((CAST(strftime('%s', {later}) AS INTEGER) - CAST(strftime('%s', {earlier}) AS INTEGER))"
-        f" + (CAST(substr({later}, 20) AS REAL) - CAST(substr({earlier}, 20) AS REAL)))"
+        f"(({seconds(later)} - {seconds(earlier)}) * 1000000"
+        f" + ({fraction(later)} - {fraction(earlier)}))"
     )
 
 
-@compiles(seconds_between, "postgresql")
-def _seconds_between_postgresql(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(microseconds_between, "postgresql")
+def _microseconds_between_postgresql(
+    element: microseconds_between, compiler: SQLCompiler, **kw: Any
+) -> str:
     earlier, later = (compiler.process(clause, **kw) for clause in element.clauses)
-    return f"CAST(EXTRACT(EPOCH FROM ({later}) - ({earlier})) AS DOUBLE PRECISION)"
+    # EXTRACT gives a numeric (exact) since PostgreSQL 14; ROUND keeps an older server's
+    # double precision from landing a microsecond short.
+    return f"CAST(ROUND(EXTRACT(EPOCH FROM ({later}) - ({earlier})) * 1000000) AS BIGINT)"
 
 
-@compiles(seconds_between, "mysql")
-@compiles(seconds_between, "mariadb")
-def _seconds_between_mysql(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(microseconds_between, "mysql")
+@compiles(microseconds_between, "mariadb")
+def _microseconds_between_mysql(
+    element: microseconds_between, compiler: SQLCompiler, **kw: Any
+) -> str:
     earlier, later = (compiler.process(clause, **kw) for clause in element.clauses)
-    # Times a DECIMAL of six places: exact. Divided by 1000000.0, MariaDB would keep only four.
-    return f"(TIMESTAMPDIFF(MICROSECOND, {earlier}, {later}) * 0.000001)"
+    return f"TIMESTAMPDIFF(MICROSECOND, {earlier}, {later})"
+
+
+class bound_instant(FunctionElement[datetime]):  # noqa: N801
+    """A bound instant of the columns' own type. MariaDB takes a bare parameter for text: in a
+    CASE beside a DATETIME column the result is text, compared and ordered as text
+    (`'...12:00:00.000000' > '...12:00:00'`), so an instant equal to a bound would be after it."""
+
+    type = UTCDateTime()
+    name = "bound_instant"
+    inherit_cache = True
+
+
+@compiles(bound_instant)
+def _bound_instant(element: bound_instant, compiler: SQLCompiler, **kw: Any) -> str:
+    (value,) = (compiler.process(clause, **kw) for clause in element.clauses)
+    return value
+
+
+@compiles(bound_instant, "mysql")
+@compiles(bound_instant, "mariadb")
+def _bound_instant_mysql(element: bound_instant, compiler: SQLCompiler, **kw: Any) -> str:
+    (value,) = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"CAST({value} AS DATETIME(6))"
 
 
 class start_of_hour(FunctionElement[datetime]):  # noqa: N801
@@ -116,8 +158,13 @@ class start_of_day(FunctionElement[datetime]):  # noqa: N801
 # No bound parameter inside: a bucket is selected and grouped by, and PostgreSQL takes two
 # placeholders for two different expressions. On SQLite, the leading characters of the instant's
 # text `YYYY-MM-DD HH:MM:SS.ffffff` (`storage.UTCDateTime`), which `UTCDateTime` reads back: a
-# cut costs far less than strftime's parse and print, on every row of the scan.
-_SQLITE_KEPT: Final = {start_of_hour: (13, ":00:00"), start_of_day: (10, " 00:00:00")}
+# cut costs far less than strftime's parse and print, on every row of the scan. The cut keeps
+# the six digits of the fraction: instants are compared and ordered as text there, and
+# `...12:00:00` would sort before the same instant stored as `...12:00:00.000000`.
+_SQLITE_KEPT: Final = {
+    start_of_hour: (13, ":00:00.000000"),
+    start_of_day: (10, " 00:00:00.000000"),
+}
 
 
 @compiles(start_of_hour, "sqlite")
@@ -185,9 +232,9 @@ class _Tally:
     attempts: int = 0
     answered: int = 0
     live: int = 0
-    talk_seconds: float = 0.0
+    talk_microseconds: int = 0
     talked: int = 0
-    ring_seconds: float = 0.0
+    ring_microseconds: int = 0
     rang: int = 0
     dispositions: dict[str, int] = field(default_factory=dict)
     causes: dict[str, int] = field(default_factory=dict)
@@ -202,9 +249,10 @@ def statistics(connection: Connection, window: Window) -> list[CallStatistics]:
         attempts = int(row.attempts)
         tally.attempts += attempts
         tally.answered += int(row.answered)
-        tally.talk_seconds += float(row.talk_seconds or 0)
+        # Exact integers (a DECIMAL or NUMERIC sum on the servers): divided once, below.
+        tally.talk_microseconds += int(row.talk_microseconds or 0)
         tally.talked += int(row.talked)
-        tally.ring_seconds += float(row.ring_seconds or 0)
+        tally.ring_microseconds += int(row.ring_microseconds or 0)
         tally.rang += int(row.rang)
         if row.disposition is None:
             tally.live += attempts
@@ -243,12 +291,17 @@ def _statistics(window: Window, bucket: Any, tally: _Tally, peak: int) -> CallSt
         attempts=tally.attempts,
         answered=tally.answered,
         live=tally.live,
-        acd=tally.talk_seconds / tally.talked if tally.talked else None,
-        mean_ring_time=tally.ring_seconds / tally.rang if tally.rang else None,
+        acd=_mean_seconds(tally.talk_microseconds, tally.talked),
+        mean_ring_time=_mean_seconds(tally.ring_microseconds, tally.rang),
         dispositions=dict(sorted(tally.dispositions.items())),
         causes=dict(sorted(tally.causes.items())),
         peak_concurrent_calls=peak,
     )
+
+
+def _mean_seconds(microseconds: int, count: int) -> float | None:
+    """One division of two integers, rounded once: the same float whatever summed them."""
+    return microseconds / (count * 1_000_000) if count else None
 
 
 def _bucket_of(
@@ -278,32 +331,42 @@ def _figures_query(window: Window) -> Select[Any]:
     folded into buckets by `statistics` (a bucket has a few dozen such groups at most)."""
     c = calls.c
     answered = c.answer_time.is_not(None)
-    talk = case(
-        (and_(answered, c.end_time.is_not(None)), seconds_between(c.answer_time, c.end_time))
-    )
-    ring = case((answered, seconds_between(c.start_time, c.answer_time)))
+    talked = and_(answered, c.end_time.is_not(None))
+    # Counted by their conditions: SQLite would work a duration out again for its count.
+    one: ColumnElement[int] = literal_column("1")
     query = select(
         c.disposition,
         c.cause,
         func.count().label("attempts"),
         func.count(c.answer_time).label("answered"),
-        func.sum(talk).label("talk_seconds"),
-        func.count(talk).label("talked"),
-        func.sum(ring).label("ring_seconds"),
-        func.count(ring).label("rang"),
-    ).where(c.start_time.is_not(None))
+        func.sum(case((talked, microseconds_between(c.answer_time, c.end_time)))).label(
+            "talk_microseconds"
+        ),
+        func.count(case((talked, one))).label("talked"),
+        func.sum(case((answered, microseconds_between(c.start_time, c.answer_time)))).label(
+            "ring_microseconds"
+        ),
+        func.count(case((answered, one))).label("rang"),
+    )
+    bucket = _bucket_of(window.by, c.start_time, c.account_id)
+    return _grouped(_of_attempts(query, window), bucket, c.disposition, c.cause)
+
+
+def _of_attempts(query: Select[Any], window: Window) -> Select[Any]:
+    """`query` over the calls that are attempts of `window`: started in it, of its account."""
+    c = calls.c
+    query = query.where(c.start_time.is_not(None))
     if window.since is not None:
-        query = query.where(c.start_time >= window.since)
+        query = query.where(c.start_time >= _instant(window.since))
     if window.until is not None:
-        query = query.where(c.start_time < window.until)
+        query = query.where(c.start_time < _instant(window.until))
     if window.account_id is not None:
         query = query.where(c.account_id == window.account_id)
-    bucket = _bucket_of(window.by, c.start_time, c.account_id)
-    return _grouped(query, bucket, c.disposition, c.cause)
+    return query
 
 
 def _instant(value: datetime) -> ColumnElement[datetime]:
-    return literal(value, UTCDateTime())
+    return bound_instant(literal(value, UTCDateTime()))
 
 
 def _peaks_query(window: Window) -> Select[Any]:
@@ -311,8 +374,8 @@ def _peaks_query(window: Window) -> Select[Any]:
     their running sum in time order (a window function: the calls up after each move), and its
     maximum per bucket.
 
-    Calls that started before `since` and were still up at it count from `since`: their +1
-    moves there. Moves from `until` on are left out."""
+    A call is up on [start, end). Calls that started before `since` and were still up after it
+    count from `since`: their +1 moves there. Moves from `until` on are left out."""
     c = calls.c
     now = _instant(window.now)
     down = case(
@@ -322,17 +385,17 @@ def _peaks_query(window: Window) -> Select[Any]:
         # Expired by the sweep: known up until its last known time.
         else_=func.coalesce(c.answer_time, c.start_time),
     )
-    known = select(c.start_time.label("up"), down.label("down"), c.account_id).where(
+    # Calls up for no time are kept: their moves, +1 and -1 at one instant, put an attempt's
+    # bucket among the moves, with the count of the calls up through it.
+    spans = select(c.start_time.label("up"), down.label("down"), c.account_id).where(
         c.start_time.is_not(None)
     )
     if window.until is not None:
-        known = known.where(c.start_time < window.until)
+        spans = spans.where(c.start_time < _instant(window.until))
     if window.account_id is not None:
-        known = known.where(c.account_id == window.account_id)
-    known_spans = known.subquery("known_spans")
-    spans = select(known_spans).where(known_spans.c.down > known_spans.c.up)
+        spans = spans.where(c.account_id == window.account_id)
     if window.since is not None:
-        spans = spans.where(known_spans.c.down > window.since)
+        spans = spans.where(down > _instant(window.since))
     span = spans.cte("spans").c
 
     up: ColumnElement[Any] = span.up
@@ -342,12 +405,11 @@ def _peaks_query(window: Window) -> Select[Any]:
     ups = select(up.label("at"), literal(1, Integer()).label("change"), span.account_id)
     downs = select(span.down.label("at"), literal(-1, Integer()).label("change"), span.account_id)
     if window.until is not None:
-        downs = downs.where(span.down < window.until)
+        downs = downs.where(span.down < _instant(window.until))
     moves = union_all(ups, downs).subquery("moves").c
 
     # The running count of calls up after each move, in time order; at one instant the ends
-    # come first, so a call ending as another starts is not counted with it. Each account has a
-    # count of its own.
+    # come first. Each account has a count of its own.
     per_account = window.by == "account"
     level = func.sum(moves.change).over(
         partition_by=moves.account_id if per_account else None,
@@ -356,11 +418,16 @@ def _peaks_query(window: Window) -> Select[Any]:
     )
     levels = select(moves.account_id, moves.at, moves.change, level.label("level"))
     counts = levels.subquery("levels").c
-    # Between the moves of one instant the count may dip, never rise above the counts before
-    # and after it. Before a -1 the count was one more: for the first move of a bucket that is
-    # the calls already up when the bucket starts, which count in its peak; for any other, a
-    # count the bucket saw anyway. (The moves alike at one instant are interchangeable, so no
-    # order among them matters.)
-    peak = case((counts.change < 0, counts.level + 1), else_=counts.level)
+    # Every count a bucket holds for a while is the count after a start or just before an end
+    # of the bucket, and no other move makes a count the bucket did not hold: between the moves
+    # of one instant the count may dip, never rise above the counts before and after it. Before
+    # an end at the bucket's very first instant (12:00 for the 12:00 bucket) the count was the
+    # bucket before's: that call is not up in this one. (No end is at `since`: those calls were
+    # left out above.)
+    before_end: ColumnElement[Any] = counts.level + 1
+    first_instant = _bucket_of(window.by, counts.at) if window.by in _BUCKET_LENGTH else None
+    if first_instant is not None:
+        before_end = case((counts.at > first_instant, before_end))
+    peak = case((counts.change > 0, counts.level), else_=before_end)
     bucket = _bucket_of(window.by, counts.at, counts.account_id)
     return _grouped(select(func.max(peak).label("peak")), bucket)
