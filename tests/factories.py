@@ -141,7 +141,7 @@ def _finish(
     return body
 
 
-# --- the live callbacks (SPEC section 6) ----------------------------------------------------
+# --- the live callbacks ----------------------------------------------------------------------
 
 
 def _common(event_type: str, call_id: str, start: datetime, **fields: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The command line (SPEC section 5): what a person sees and what a script can rely on."""
+"""The command line: what a person sees and what a script can rely on."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Call detail records out (SPEC section 8, Export): every row agrees with the `Call` snapshots,
+"""Call detail records out (the export): every row agrees with the `Call` snapshots,
 conversations fold in their whole transfer tree, filters and pages change nothing but what they
 promise, and the command line writes CSV, JSON Lines and Parquet."""
 

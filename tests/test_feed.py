@@ -1,5 +1,5 @@
 """The change feed: every applied delivery at least once, none skipped, whatever the order the
-writers commit in (SPEC section 8, `tracker.feed`)."""
+writers commit in (`tracker.feed`)."""
 
 from __future__ import annotations
 

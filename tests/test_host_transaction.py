@@ -1,4 +1,4 @@
-"""The host's transaction (SPEC section 8): `apply(..., connection=...)` writes inside a
+"""The host's transaction: `apply(..., connection=...)` writes inside a
 transaction the host holds, on a Connection or an ORM Session. The host's rows and the tracker's
 commit or roll back together; the tracker neither commits nor retries; a lost race raises
 `ConflictError` and leaves the host's transaction usable (where the database keeps it), for the

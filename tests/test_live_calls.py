@@ -1,4 +1,4 @@
-"""The whole lifecycle (SPEC section 6): live callbacks make calls ringing and talking now, any
+"""The whole lifecycle: live callbacks make calls ringing and talking now, any
 order of arrival gives the same records, and the new rules reject with their own codes."""
 
 from __future__ import annotations

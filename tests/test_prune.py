@@ -1,4 +1,4 @@
-"""Retention (SPEC section 9): `prune` deletes old log entries in short batches, and nothing else.
+"""Retention: `prune` deletes old log entries in short batches, and nothing else.
 
 Calls, their history and their transfer attempts stay exactly as they were; entries received at
 or after the instant stay; workers applying meanwhile lose nothing and never fail.

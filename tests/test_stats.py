@@ -1,4 +1,4 @@
-"""Statistics (SPEC section 8, "Numbers"): every figure the database counts equals the figure
+"""Statistics: every figure the database counts equals the figure
 counted here in plain Python from the `Call` snapshots, on every backend."""
 
 from __future__ import annotations

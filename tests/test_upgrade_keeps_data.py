@@ -1,4 +1,4 @@
-"""Upgrading keeps what is stored (SPEC section 6): a database filled under revision 0002, when
+"""Upgrading keeps what is stored: a database filled under revision 0002, when
 only terminal events were applied, reaches head with every call, history entry and logged body
 unchanged (the history entries moved into their calls' rows at revision 0005), and live events
 then apply to its calls."""

@@ -1,4 +1,4 @@
-"""The `tracker` command line: a thin shell over the `Tracker` facade (SPEC section 5).
+"""The `tracker` command line: a thin shell over the `Tracker` facade.
 
 People get rich tables, a leg tree and a progress bar; scripts get `--json`, which prints one
 JSON document and nothing else on stdout. The tracker's own failures end in one line on stderr
