@@ -203,7 +203,10 @@ NOT_APPLIED: Final = "outcome <> 'applied'"
 
 
 class CallRow(Base):
-    """One call (one leg). Inherited facts (account, application) are stored resolved."""
+    """One call (one leg). The account is stored resolved: a call whose events name none takes
+    its tree's when that becomes known (`fill_account`). The application is stored as the
+    call's own events gave it; a leg's inherited one is resolved when read
+    (`where_applications`), so a parent reporting after its legs never rewrites them."""
 
     __tablename__ = "tracker_calls"
     __table_args__ = (
