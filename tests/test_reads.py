@@ -9,12 +9,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import create_engine, event, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import StatementError
 
+from tests.conftest import SERVERS, fresh_database
 from tests.factories import (
     ACCOUNT,
     APPLICATION,
@@ -441,3 +444,63 @@ class count_connections:  # noqa: N801 - used as a context manager, named as a f
 
     def __exit__(self, *_exc: object) -> None:
         event.remove(self.engine, "engine_connect", self._checked_out)
+
+
+# --- one order of ids: code point, on every backend and in Python -----------------------------
+
+# In code point order. An ICU `en-US` collation orders them `c_a, c-A, C-a, c-b`.
+TIED_IDS = ("C-a", "c-A", "c-b", "c_a")
+
+
+@pytest.fixture
+def database_in_a_language_collation(backend: str, tmp_path: Path) -> Iterator[str]:
+    """An empty database on each backend; on PostgreSQL, one whose collation is ICU's `en-US`
+    (ignoring punctuation and case at first), the kind a server set up for people gets."""
+    if backend != "postgresql":
+        yield from fresh_database(backend, tmp_path)
+        return
+    for url in fresh_database(backend, tmp_path):  # for the server check and a name to drop
+        name = make_url(url).database
+        admin = create_engine(SERVERS["postgresql"], isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE "{name}"'))
+                connection.execute(
+                    text(
+                        f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING UTF8 '
+                        "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+                    )
+                )
+                # The database really does order ids the other way: the test proves something.
+                ordered = connection.execute(
+                    text(
+                        "SELECT id FROM (VALUES ('C-a'), ('c-A'), ('c-b'), ('c_a')) AS t(id) "
+                        'ORDER BY id COLLATE "en-US-x-icu"'
+                    )
+                ).scalars()
+                assert tuple(ordered) == ("c_a", "c-A", "C-a", "c-b")
+        finally:
+            admin.dispose()
+        yield url
+
+
+def test_calls_legs_and_the_export_order_tied_ids_by_code_point(
+    database_in_a_language_collation: str,
+) -> None:
+    parent = disconnect("c-parent", start=BASE_TIME - timedelta(minutes=1))
+    tied = BASE_TIME + timedelta(seconds=30)
+    legs = [transfer_disconnect("c-parent", call_id, start=tied) for call_id in TIED_IDS[::-1]]
+    originals = [disconnect(f"o{call_id}", start=tied) for call_id in TIED_IDS[::-1]]
+    with Tracker(database_in_a_language_collation) as tracker:
+        tracker.upgrade()
+        apply_all(tracker, [*legs, *originals, parent])
+        expected = ["c-parent", *TIED_IDS, *(f"o{call_id}" for call_id in TIED_IDS)]
+        assert sorted(expected[1:]) == expected[1:]  # Python's order is code point order
+        assert fetch(tracker, "c-parent").legs == TIED_IDS
+        assert [call.call_id for call in tracker.calls()] == expected
+        assert [call.call_id for call in tracker.iter_calls(page_size=3)] == expected
+        for batch_size in (1000, 3):
+            exported = tracker.export(batch_size=batch_size)
+            assert [row["call_id"] for row in exported] == expected
+        windowed = tracker.export(since=tied, account_id=ACCOUNT, batch_size=2)
+        assert [row["call_id"] for row in windowed] == expected[1:]

@@ -77,6 +77,11 @@ _MYSQL_OPTIONS: Final = {
 }
 
 ID: Final = String(MAX_ID_LENGTH)
+# A call's id orders calls (by start time, then id) and legs: by code point everywhere, as
+# Python's `sorted` orders `Call.legs`. SQLite's BINARY and MariaDB's `utf8mb4_nopad_bin` do;
+# PostgreSQL's own is the database's collation (an ICU `en-US` one sorts `c_a` before `C-a`),
+# so there the column is "C", bytes of UTF-8, which is code point order (revision 0009).
+CALL_ID: Final = ID.with_variant(String(MAX_ID_LENGTH, collation="C"), "postgresql")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -226,8 +231,8 @@ class CallRow(Base):
         _MYSQL_OPTIONS,
     )
 
-    call_id: Mapped[str] = mapped_column(ID, primary_key=True)
-    parent_call_id: Mapped[str | None] = mapped_column(ID, ForeignKey("tracker_calls.call_id"))
+    call_id: Mapped[str] = mapped_column(CALL_ID, primary_key=True)
+    parent_call_id: Mapped[str | None] = mapped_column(CALL_ID, ForeignKey("tracker_calls.call_id"))
     account_id: Mapped[str | None] = mapped_column(ID)
     application_id: Mapped[str | None] = mapped_column(ID)
     direction: Mapped[str | None] = mapped_column(String(16))
