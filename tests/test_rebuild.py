@@ -165,6 +165,44 @@ def test_a_tampered_call_is_reported_with_its_fields_and_repaired(loaded: Tracke
     assert loaded.rebuild().differences == ()
 
 
+def test_more_differences_than_a_report_lists_are_counted_and_all_written_in_batches(
+    loaded: Tracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With room for two calls in each list of the report and two calls per write, five
+    tampered calls are all counted, all written (three batches, read back from the scratch
+    file), and the next rebuild finds nothing."""
+    tampered = scalars(loaded, "SELECT call_id FROM tracker_calls ORDER BY call_id")[:5]
+    before = {call_id: loaded.get_call(call_id) for call_id in tampered}
+    for call_id in tampered:
+        execute(
+            loaded,
+            "UPDATE tracker_calls SET tag = 'tampered', version = version + 1 WHERE call_id = :c",
+            c=call_id,
+        )
+    monkeypatch.setattr(rebuilding, "REPORTED", 2)
+    monkeypatch.setattr(rebuilding, "WRITE_BATCH", 2)
+    batches: list[list[str]] = []
+    write_batch = rebuilding._write_batch
+
+    def counted(connection: Any, batch: Any, **rest: Any) -> Any:
+        batches.append([item.call_id for item in batch])
+        return write_batch(connection, batch, **rest)
+
+    monkeypatch.setattr(rebuilding, "_write_batch", counted)
+
+    found = loaded.rebuild()
+    assert (found.calls_differing, len(found.differences)) == (5, 2)
+    assert {d.call_id for d in found.differences} < set(tampered)
+    assert {d.fields for d in found.differences} == {("tag",)}
+
+    repaired = loaded.rebuild(apply=True)
+    assert (repaired.calls_written, len(repaired.written), repaired.calls_moved) == (5, 2, 0)
+    assert sorted(call_id for batch in batches for call_id in batch) == sorted(tampered)
+    assert [len(batch) for batch in batches] == [2, 2, 1]
+    assert {call_id: loaded.get_call(call_id) for call_id in tampered} == before
+    assert loaded.rebuild().calls_differing == 0
+
+
 def test_an_event_id_in_a_history_step_is_compared(loaded: Tracker) -> None:
     call_id = plain_call(loaded)
     call = loaded.get_call(call_id)

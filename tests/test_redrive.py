@@ -20,7 +20,16 @@ from click.testing import CliRunner
 from tests.factories import ACCOUNT, answer, call_url, disconnect, new_call_id
 from tests.workers import Crew, apply_many_rounds, print_figures, record_figure
 from tests.workloads import realistic_bodies
-from tracker import Event, InvalidReason, Outcome, Reason, RedriveReport, Tracker, lifecycle
+from tracker import (
+    Event,
+    InvalidReason,
+    Outcome,
+    Reason,
+    RedriveReport,
+    Tracker,
+    housekeeping,
+    lifecycle,
+)
 from tracker.cli import cli
 from tracker.parsing import MAX_BODY_BYTES
 
@@ -124,6 +133,30 @@ def test_a_second_run_applies_each_body_once_more_however_many_entries_hold_it(
     assert (again.redriven, again.repeats) == (1, 2)
     assert (third.redriven, third.repeats) == (1, 3)
     assert len(entries(tracker, "rejected")) == 5
+
+
+@pytest.mark.parametrize(("memory", "redriven", "repeats"), [(3, 3, 1), (2, 4, 0)])
+def test_the_bodies_a_run_remembers_are_bounded_and_every_entry_is_still_redriven(
+    tracker: Tracker, monkeypatch: pytest.MonkeyPatch, memory: int, redriven: int, repeats: int
+) -> None:
+    """A log A, B, C, A (the last a retry): remembering three bodies, the retry is a repeat;
+    remembering two, A was forgotten when C came, so it is applied again and refused again.
+    Either way every entry is read, a page at a time, and none is lost."""
+    refused = []
+    for _ in range(3):
+        _call_id, second = conflicting_ends(tracker)
+        tracker.apply(second)
+        refused.append(second)
+    tracker.apply(refused[0])
+    monkeypatch.setattr(housekeeping, "REDRIVE_MEMORY", memory)
+
+    report = tracker.redrive("rejected", batch_size=1)
+
+    assert (report.redriven, report.repeats) == (redriven, repeats)
+    assert report.outcomes == {(Outcome.REJECTED, Reason.CONFLICTING_TERMINAL_EVENT): redriven}
+    new_entries = entries(tracker, "rejected")[4:]
+    expected = [refused[0], refused[1], refused[2], refused[0]][:redriven]
+    assert [json.loads(entry.body) for entry in new_entries] == expected
 
 
 def test_entries_logged_while_it_runs_are_left_for_the_next_run(tracker: Tracker) -> None:

@@ -970,7 +970,12 @@ def rebuild(session: _Session, write: bool, as_json: bool) -> None:
         console.print(table)
     console.print(
         f"{report.calls_checked} calls checked against {report.deliveries_replayed} applied "
-        f"deliveries replayed: {len(report.differences)} differ."
+        f"deliveries replayed: {report.calls_differing} differ"
+        + (
+            f" (the first {len(report.differences)} are listed)."
+            if len(report.differences) < report.calls_differing
+            else "."
+        )
     )
     if report.not_reapplied:
         shown = ", ".join(str(event_id) for event_id in report.not_reapplied[:10])
@@ -979,10 +984,10 @@ def rebuild(session: _Session, write: bool, as_json: bool) -> None:
             f"replay (log ids {shown}{', ...' if len(report.not_reapplied) > 10 else ''})."
         )
     if report.applied:
-        console.print(f"{len(report.written)} calls written.")
-        if report.moved:
+        console.print(f"{report.calls_written} calls written.")
+        if report.calls_moved:
             console.print(
-                f"{len(report.moved)} calls changed by a delivery meanwhile were left alone."
+                f"{report.calls_moved} calls changed by a delivery meanwhile were left alone."
             )
     if report.stopped:
         console.print(f"Writing stopped: {report.stopped}.")

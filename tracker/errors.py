@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 
@@ -43,26 +44,70 @@ def check_instant(name: str, value: object) -> None:
         )
 
 
-def check_window(since: object, until: object) -> None:
+def check_window(since: object, until: object, names: tuple[str, str] = ("since", "until")) -> None:
     """Refuse a time window `[since, until)` that holds no instant, or whose bounds (each
-    optional) are not instants. For the reads filtered by start time (export, statistics)."""
-    for name, bound in (("since", since), ("until", until)):
+    optional) are not instants. For the reads filtered by start time (calls, export,
+    statistics); `names` are the caller's names for the two bounds."""
+    for name, bound in zip(names, (since, until), strict=True):
         if bound is not None:
             check_instant(name, bound)
     if isinstance(since, datetime) and isinstance(until, datetime) and until <= since:
+        first, last = names
         raise ValueError(
-            f"until ({until.isoformat()}) must be after since ({since.isoformat()}): the window "
-            "[since, until) holds no instant"
+            f"{last} ({until.isoformat()}) must be after {first} ({since.isoformat()}): the "
+            f"window [{first}, {last}) holds no instant"
         )
 
 
 def check_account(account_id: object) -> None:
     """Refuse an account filter that is neither None nor an account id."""
-    if account_id is not None and not isinstance(account_id, str):
-        raise ValueError(f"account_id must be a str or None; got {account_id!r}")
+    check_text("account_id", account_id)
 
 
 def check_batch_size(batch_size: object) -> None:
     """Refuse a batch size that is not a whole number of at least 1 (a bool is not one)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    check_positive("batch_size", batch_size)
+
+
+def check_positive(name: str, value: object) -> None:
+    """Refuse a count (a batch size, a limit) that is not a whole number of at least 1 (a bool
+    is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+
+
+def check_limit(limit: object) -> None:
+    """Refuse a limit that is neither None (no limit) nor a positive int."""
+    if limit is not None:
+        check_positive("limit", limit)
+
+
+def check_text(name: str, value: object) -> None:
+    """Refuse a filter that is neither None nor a str (an id: a call's, an account's)."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{name} must be a str or None; got {value!r}")
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    """Refuse a value that is not one of `choices` (None is for the caller to allow)."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_choices(name: str, value: object, choices: Sequence[str]) -> list[str] | None:
+    """A filter that takes one of `choices`, a sequence of them, or None (no filter): the
+    values as a list (None for no filter), or a ValueError naming the first that is unknown.
+    A sequence must hold at least one value: an empty one would match nothing."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        check_choice(name, value, choices)
+        return [value]
+    if not isinstance(value, Sequence) or not value:
+        raise ValueError(
+            f"{name} must be one of {', '.join(map(repr, choices))}, a non-empty list of "
+            f"them, or None; got {value!r}"
+        )
+    for each in value:
+        check_choice(name, each, choices)
+    return list(value)

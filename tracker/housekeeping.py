@@ -10,11 +10,11 @@ newest log entry that existed when they began: what is logged during the run is 
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -37,6 +37,13 @@ RunExpiry = Callable[[Callable[[Connection], list[str]]], list[str]]
 ApplyMany = Callable[[Iterable[bytes]], list[Result]]
 Body = bytes | str | Mapping[str, Any]
 Resolve = Callable[[Call], Body | None]
+
+# The distinct bodies a re-drive remembers having applied in its run (a digest each, about a
+# hundred bytes with its place in the order): a body met again within the last this many is
+# counted a repeat and not applied again. One met again after more than this many others is
+# applied again, which is harmless: it comes out `duplicate` (it was applied the first time) or
+# refused again, as the first time. Memory stays bounded however large the log.
+REDRIVE_MEMORY: Final = 100_000
 
 
 def sweep(
@@ -164,7 +171,8 @@ def redrive(
     Only entries logged before the re-drive started are read, so its own new entries are not
     re-driven again by the same run; they are `batch_size` at a time, each page applied in log
     order in one transaction, while other processes go on applying. A body held by several
-    entries (a retried delivery, an earlier re-drive's entry) is applied once per run. A
+    entries (a retried delivery, an earlier re-drive's entry) is applied once per run, unless
+    more than `REDRIVE_MEMORY` other bodies came between them (then once more, harmlessly). A
     `too_large` entry is skipped: only the first 64 KiB of its body were kept."""
     if outcome not in REDRIVEN_OUTCOMES:
         taken = " or ".join(repr(taken.value) for taken in REDRIVEN_OUTCOMES)
@@ -185,7 +193,7 @@ def redrive(
                 call_id=call_id,
             )
     outcomes: Counter[tuple[Outcome, str | None]] = Counter()
-    applied_bodies: set[bytes] = set()  # digests: 32 bytes a body, whatever its size
+    applied_bodies = _RecentBodies(REDRIVE_MEMORY)
     redriven = repeats = after_id = 0
     while reason != InvalidReason.TOO_LARGE:
         with engine.connect() as connection:
@@ -203,11 +211,9 @@ def redrive(
             break
         bodies = []
         for entry in page:
-            digest = hashlib.sha256(entry.body).digest()
-            if digest in applied_bodies:
+            if applied_bodies.seen(entry.body):
                 repeats += 1
             else:
-                applied_bodies.add(digest)
                 bodies.append(entry.body)
         try:
             results = apply_many(bodies) if bodies else []
@@ -220,3 +226,23 @@ def redrive(
         redriven += len(bodies)
         after_id = page[-1].id
     return RedriveReport(redriven, dict(outcomes), repeats, too_large)
+
+
+class _RecentBodies:
+    """The digests of the last `size` distinct bodies met (32 bytes each, whatever a body's
+    size), the least recently met forgotten first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.digests: OrderedDict[bytes, None] = OrderedDict()
+
+    def seen(self, body: bytes) -> bool:
+        """Whether `body` was met among the last `size` distinct bodies; it is remembered now."""
+        digest = hashlib.sha256(body).digest()
+        if digest in self.digests:
+            self.digests.move_to_end(digest)
+            return True
+        self.digests[digest] = None
+        if len(self.digests) > self.size:
+            self.digests.popitem(last=False)
+        return False

@@ -9,7 +9,9 @@ must equal. Only applied deliveries are replayed: the others changed no call whe
 replayed in another order than the one it met could be applied, reporting a difference that is
 not one. The scratch database is a temporary SQLite file, so memory stays bounded whatever the
 size of the log: the replay holds one chunk of bodies and the ids of the replayed deliveries
-(8 bytes each), the comparison one page of calls.
+(8 bytes each), the comparison one page of calls. The calls to write are kept in the scratch
+file too (`_PendingCalls`) and read back a batch at a time; the report lists at most `REPORTED`
+calls of each kind and counts the rest.
 
 Event ids are compared too, mapped back: a history step and a transfer attempt name the delivery
 that made them, and the scratch log numbers the replayed deliveries 1, 2, ... in replay order, so
@@ -23,12 +25,12 @@ delivery it names in the live database, and one that names another is a real dif
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 
 from tracker import lifecycle, parsing, storage
 from tracker.errors import TrackerError
@@ -43,6 +45,9 @@ if TYPE_CHECKING:
 REPLAY_CHUNK: Final = 500
 CALL_PAGE: Final = 500
 WRITE_BATCH: Final = 200
+# Calls a report names at most in each of its lists (differences, written, moved); its counts
+# cover every call.
+REPORTED: Final = 10_000
 
 _Transfers = list[tuple[TransferAttempt, int, str]]
 # The calls a batch wrote, and those it left because a delivery changed them meanwhile.
@@ -100,34 +105,122 @@ def rebuild(
         if storage.last_event_id(connection) != len(live_ids):
             raise TrackerError("the scratch log is not numbered 1, 2, ...: please report this")
         not_reapplied = tuple(live_ids(i) for i in storage.where_not_applied_ids(connection))
-    differences: list[CallDifference] = []
-    pending: list[_Pending] = []
+    differences = _Listed[CallDifference]()
+    pending = _PendingCalls(scratch.engine)
     checked = 0
     for page, found, rebuilt in _live_pages(live, scratch.engine, live_ids):
+        to_write: list[_Pending] = []
         for call_id in page:
             checked += 1
             record, transfers = found[call_id]
             if call_id not in rebuilt:
-                differences.append(CallDifference(call_id, "not_in_log"))
+                differences.add(CallDifference(call_id, "not_in_log"))
                 continue
             fields = _differing(record, transfers, *rebuilt[call_id])
             if fields:
-                differences.append(CallDifference(call_id, "differs", fields))
-                pending.append(_Pending(call_id, record.version, fields))
-    for call_id in _not_live(live, scratch.engine):
-        checked += 1
-        differences.append(CallDifference(call_id, "not_live"))
-        pending.append(_Pending(call_id, None, ()))
+                differences.add(CallDifference(call_id, "differs", fields))
+                to_write.append(_Pending(call_id, record.version, fields))
+        pending.add(to_write)
+    for not_live in _batches(_not_live(live, scratch.engine), CALL_PAGE):
+        checked += len(not_live)
+        differences.extend(CallDifference(call_id, "not_live") for call_id in not_live)
+        pending.add([_Pending(call_id, None, ()) for call_id in not_live])
     report = RebuildReport(
         calls_checked=checked,
         deliveries_replayed=len(live_ids),
-        differences=tuple(differences),
+        differences=tuple(differences.listed),
         not_reapplied=not_reapplied,
         applied=write is not None,
+        calls_differing=differences.count,
     )
-    if write is None or not pending:
+    if write is None or not pending.count:
         return report
     return _write(live, scratch.engine, write, report, pending, up_to, live_ids)
+
+
+T = TypeVar("T")
+
+
+class _Listed(Generic[T]):
+    """The first `REPORTED` items added, and how many were added in all."""
+
+    def __init__(self) -> None:
+        self.listed: list[T] = []
+        self.count = 0
+
+    def add(self, item: T) -> None:
+        self.extend([item])
+
+    def extend(self, items: Iterable[T]) -> None:
+        for item in items:
+            self.count += 1
+            if len(self.listed) < REPORTED:
+                self.listed.append(item)
+
+
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _PendingCalls:
+    """The differing calls to write, kept in a table of the scratch file rather than in memory
+    (one row per call, written a page at a time), and read back a batch at a time."""
+
+    def __init__(self, scratch: Engine) -> None:
+        self.scratch = scratch
+        self.count = 0
+        with scratch.begin() as connection:
+            connection.execute(
+                text(
+                    "CREATE TABLE rebuild_pending "
+                    "(call_id TEXT PRIMARY KEY, version INTEGER, fields TEXT NOT NULL)"
+                )
+            )
+
+    def add(self, items: Sequence[_Pending]) -> None:
+        if not items:
+            return
+        with self.scratch.begin() as connection:
+            connection.execute(
+                text("INSERT INTO rebuild_pending VALUES (:call_id, :version, :fields)"),
+                [
+                    {"call_id": i.call_id, "version": i.version, "fields": ",".join(i.fields)}
+                    for i in items
+                ],
+            )
+        self.count += len(items)
+
+    def batches(self, size: int) -> Iterator[list[_Pending]]:
+        """The calls without a live row first, all in one batch (a leg's parent must be in
+        before it: those are the calls deleted behind the tracker's back, few), then the
+        others `size` at a time, by id."""
+        absent = self._read("version IS NULL", None, None)
+        if absent:
+            yield absent
+        after = ""
+        while True:
+            batch = self._read("version IS NOT NULL AND call_id > :after", after, size)
+            if not batch:
+                return
+            yield batch
+            after = batch[-1].call_id
+
+    def _read(self, condition: str, after: str | None, size: int | None) -> list[_Pending]:
+        statement = f"SELECT call_id, version, fields FROM rebuild_pending WHERE {condition} "
+        statement += "ORDER BY call_id" + ("" if size is None else " LIMIT :size")
+        with self.scratch.connect() as connection:
+            rows = connection.execute(text(statement), {"after": after, "size": size})
+            return [
+                _Pending(call_id, version, tuple(fields.split(",")) if fields else ())
+                for call_id, version, fields in rows
+            ]
 
 
 def _replay(
@@ -245,7 +338,7 @@ def _write(
     scratch: Engine,
     write: Writer,
     report: RebuildReport,
-    pending: list[_Pending],
+    pending: _PendingCalls,
     up_to: int,
     live_ids: _LiveIds,
 ) -> RebuildReport:
@@ -261,25 +354,31 @@ def _write(
             connection, up_to
         ):
             return replace(report, stopped=_LOG_MOVED)
-    # Calls without a live row first and together: a leg's parent must be in before it.
-    absent = [item for item in pending if item.version is None]
-    batches = [absent] if absent else []
-    present = [item for item in pending if item.version is not None]
-    batches += [present[i : i + WRITE_BATCH] for i in range(0, len(present), WRITE_BATCH)]
-    written: list[str] = []
-    moved: list[str] = []
-    for batch in batches:
+    written = _Listed[str]()
+    moved = _Listed[str]()
+
+    def done(stopped: str | None = None) -> RebuildReport:
+        return replace(
+            report,
+            written=tuple(written.listed),
+            moved=tuple(moved.listed),
+            calls_written=written.count,
+            calls_moved=moved.count,
+            stopped=stopped,
+        )
+
+    for batch in pending.batches(WRITE_BATCH):
         with scratch.connect() as connection:
             rebuilt = _with_transfers(connection, [item.call_id for item in batch], live_ids)
         try:
-            done, changed_meanwhile = write(
+            wrote, changed_meanwhile = write(
                 partial(_write_batch, batch=batch, rebuilt=rebuilt, up_to=up_to)
             )
         except _LogMovedError:
-            return replace(report, written=tuple(written), moved=tuple(moved), stopped=_LOG_MOVED)
-        written += done
-        moved += changed_meanwhile
-    return replace(report, written=tuple(written), moved=tuple(moved))
+            return done(_LOG_MOVED)
+        written.extend(wrote)
+        moved.extend(changed_meanwhile)
+    return done()
 
 
 def _write_batch(

@@ -266,7 +266,11 @@ class RebuildReport:
     which the tracker's guarantees say cannot happen for one consistent workload);
     `written`: the calls whose recomputed record was written; `moved`: differing calls a
     delivery changed after the comparison, left as they are; `stopped`: why writing stopped
-    early (deliveries applied while the rebuild ran), None when it did not."""
+    early (deliveries applied while the rebuild ran), None when it did not.
+
+    So that a report stays small however much differs, `differences`, `written` and `moved`
+    list at most `tracker.rebuilding.REPORTED` calls each (the first by call id);
+    `calls_differing`, `calls_written` and `calls_moved` count them all."""
 
     calls_checked: int
     deliveries_replayed: int
@@ -276,6 +280,9 @@ class RebuildReport:
     written: tuple[str, ...] = ()
     moved: tuple[str, ...] = ()
     stopped: str | None = None
+    calls_differing: int = 0
+    calls_written: int = 0
+    calls_moved: int = 0
 
 
 @dataclass(frozen=True, slots=True)

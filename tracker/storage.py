@@ -60,6 +60,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ClauseElement
 
 from tracker import driver, lifecycle
+from tracker.errors import check_instant
 from tracker.lifecycle import CallRecord
 from tracker.records import MAX_ID_LENGTH, Event, Outcome, TransferAttempt, Transition
 
@@ -76,6 +77,11 @@ _MYSQL_OPTIONS: Final = {
 }
 
 ID: Final = String(MAX_ID_LENGTH)
+# A call's id orders calls (by start time, then id) and legs: by code point everywhere, as
+# Python's `sorted` orders `Call.legs`. SQLite's BINARY and MariaDB's `utf8mb4_nopad_bin` do;
+# PostgreSQL's own is the database's collation (an ICU `en-US` one sorts `c_a` before `C-a`),
+# so there the column is "C", bytes of UTF-8, which is code point order (revision 0009).
+CALL_ID: Final = ID.with_variant(String(MAX_ID_LENGTH, collation="C"), "postgresql")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -96,7 +102,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.astimezone(UTC).replace(tzinfo=None)
+        return _naive_utc(value)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
@@ -113,7 +119,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         def to_text(value: datetime | None) -> str | None:
             if value is None:
                 return None
-            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+            return _naive_utc(value).isoformat(" ", "microseconds")
 
         return to_text
 
@@ -129,6 +135,16 @@ class UTCDateTime(TypeDecorator[datetime]):
             return datetime.fromisoformat(value + "+00:00")
 
         return from_text
+
+
+def _naive_utc(value: datetime) -> datetime:
+    """The naive UTC datetime a column stores for the instant `value`. A naive `value` names no
+    instant: `astimezone` would read it as the host's local time, so a query's bound or a stored
+    time would move with the TZ variable. It is refused, by the one rule the public methods
+    check their arguments with (`check_instant`)."""
+    if not isinstance(value, datetime) or value.utcoffset() is None:
+        check_instant("a datetime compared with or stored in a tracker column", value)
+    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 class JSONText(TypeDecorator[Any]):
@@ -218,8 +234,8 @@ class CallRow(Base):
         _MYSQL_OPTIONS,
     )
 
-    call_id: Mapped[str] = mapped_column(ID, primary_key=True)
-    parent_call_id: Mapped[str | None] = mapped_column(ID, ForeignKey("tracker_calls.call_id"))
+    call_id: Mapped[str] = mapped_column(CALL_ID, primary_key=True)
+    parent_call_id: Mapped[str | None] = mapped_column(CALL_ID, ForeignKey("tracker_calls.call_id"))
     account_id: Mapped[str | None] = mapped_column(ID)
     application_id: Mapped[str | None] = mapped_column(ID)
     direction: Mapped[str | None] = mapped_column(String(16))
@@ -963,8 +979,12 @@ def where_events(
     *,
     call_id: str | None = None,
     outcome: str | None = None,
+    after_id: int | None = None,
     limit: int | None = None,
 ) -> list[Event]:
+    """The log entries matching the filters, oldest first. With `after_id`, the first `limit`
+    entries after that id (a page, read along the primary key); without it, the newest `limit`
+    entries (all of them when `limit` is None)."""
     query = select(events)
     if call_id is not None:
         query = query.where(events.c.call_id == call_id)
@@ -972,7 +992,10 @@ def where_events(
         query = query.where(events.c.outcome == outcome)
         if outcome != Outcome.APPLIED:
             query = query.where(text(NOT_APPLIED))
-    if limit is None:
+    if after_id is not None:
+        query = query.where(events.c.id > after_id).order_by(events.c.id)
+        rows = list(connection.execute(query if limit is None else query.limit(limit)))
+    elif limit is None:
         rows = list(connection.execute(query.order_by(events.c.id)))
     else:
         # The newest `limit` entries, still handed back oldest first.
@@ -1104,24 +1127,52 @@ def delete_events(connection: Connection, after_id: int, through_id: int, before
 def where_calls(
     connection: Connection,
     *,
-    state: str | Sequence[str] | None = None,
+    state: Sequence[str] | None = None,
     disposition: str | None = None,
     account_id: str | None = None,
     started_after: datetime | None = None,
     started_before: datetime | None = None,
+    after: tuple[datetime | None, str] | None = None,
     limit: int | None = None,
 ) -> list[CallRecord]:
-    query = _filtered(
-        select(*_CALL_COLUMNS).order_by(*BY_START_TIME),
-        state=state,
-        disposition=disposition,
-        account_id=account_id,
-        started_after=started_after,
-        started_before=started_before,
-    )
-    if limit is not None:
-        query = query.limit(limit)
-    return [_record(row) for row in connection.execute(query)]
+    """The calls matching every filter given, in `BY_START_TIME` order, at most `limit`.
+    `after`: the start time and id of the last call of the previous page, to read the next one
+    (keyset pagination, as `where_calls_page` does): the calls that started go along the
+    start-time index from there, then the placeholders (no start time) by id."""
+
+    def matching(query: Select[Any]) -> Select[Any]:
+        query = _filtered(
+            query,
+            state=state,
+            disposition=disposition,
+            account_id=account_id,
+            started_after=started_after,
+            started_before=started_before,
+        )
+        return query if limit is None else query.limit(limit - len(found))
+
+    found: list[CallRecord] = []
+    if after is None:
+        query = matching(select(*_CALL_COLUMNS).order_by(*BY_START_TIME))
+        return [_record(row) for row in connection.execute(query)]
+    after_start, after_id = after
+    if after_start is not None:
+        query = matching(
+            select(*_CALL_COLUMNS)
+            .where(
+                calls.c.start_time >= after_start,
+                or_(calls.c.start_time > after_start, calls.c.call_id > after_id),
+            )
+            .order_by(calls.c.start_time, calls.c.call_id)
+        )
+        found = [_record(row) for row in connection.execute(query)]
+        if len(found) == limit or started_after is not None or started_before is not None:
+            return found
+    placeholders = select(*_CALL_COLUMNS).where(calls.c.start_time.is_(None))
+    if after_start is None:
+        placeholders = placeholders.where(calls.c.call_id > after_id)
+    query = matching(placeholders.order_by(calls.c.call_id))
+    return found + [_record(row) for row in connection.execute(query)]
 
 
 def where_sweep_candidates(
@@ -1156,7 +1207,7 @@ def _filtered(
     started_after: datetime | None = None,
     started_before: datetime | None = None,
 ) -> Select[Any]:
-    states = [state] if isinstance(state, str) else None if state is None else list(state)
+    states = [state] if isinstance(state, str) else state
     if states is not None:
         query = query.where(calls.c.state.in_(states))
         if lifecycle.DISCONNECTED not in states:  # the partial index's own words: see `_partial`

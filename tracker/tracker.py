@@ -6,9 +6,10 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
@@ -28,12 +29,22 @@ from tracker import (
     storage,
 )
 from tracker.applying import apply_deliveries, expire_calls
-from tracker.errors import StorageError
+from tracker.errors import (
+    StorageError,
+    check_account,
+    check_choice,
+    check_choices,
+    check_limit,
+    check_positive,
+    check_text,
+    check_window,
+)
 from tracker.records import (
     Call,
     CallStatistics,
     ChangesPage,
     Event,
+    Outcome,
     RebuildReport,
     RedriveReport,
     Result,
@@ -44,6 +55,10 @@ from tracker.schema import check_current, upgrade_schema
 from tracker.writing import Writer, is_transient
 
 DEFAULT_DATABASE_URL: Final = "sqlite:///tracker.db"
+# The most entries `calls()` and `events()` list when given no limit: past it they refuse, and
+# `iter_calls`/`iter_events` read any number, `PAGE_SIZE` at a time.
+MAX_LISTED: Final = 10_000
+PAGE_SIZE: Final = 1000
 
 T = TypeVar("T")
 
@@ -212,36 +227,114 @@ class Tracker:
         started_before: datetime | None = None,
         limit: int | None = None,
     ) -> list[Call]:
-        """Calls matching every filter given, by start time (placeholders, with none, last).
-        `state` is one state or several: `calls(state=LIVE_STATES)` lists the calls ringing or
-        talking now."""
+        """Calls matching every filter given, by start time, then id (placeholders, with none,
+        last). `state` is one state or several: `calls(state=LIVE_STATES)` lists the calls
+        ringing or talking now. `started_after <= start_time < started_before` (aware
+        datetimes). At most `limit` calls; with no limit, every match, and a `ValueError` when
+        more than `MAX_LISTED` match, so a list never outgrows memory unnoticed: read those with
+        `iter_calls`, a page at a time. Bad arguments raise `ValueError` at once."""
+        filters = _CallFilters.checked(
+            state, disposition, account_id, started_after, started_before
+        )
+        check_limit(limit)
         self._check_schema()
         with _database_errors(), self.engine.connect() as connection:
             records = storage.where_calls(
-                connection,
-                state=state,
-                disposition=disposition,
-                account_id=account_id,
-                started_after=started_after,
-                started_before=started_before,
-                limit=limit,
+                connection, **filters.arguments(), limit=_within_cap(limit)
             )
+            _refuse_past_cap(records, limit, "calls", "iter_calls")
             return _snapshots(connection, records)
+
+    def iter_calls(
+        self,
+        *,
+        state: str | Sequence[str] | None = None,
+        disposition: str | None = None,
+        account_id: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        page_size: int = PAGE_SIZE,
+    ) -> Iterator[Call]:
+        """Every call `calls()` would list with these filters, in the same order, read
+        `page_size` calls at a time, each page in a short read of its own: memory follows
+        `page_size`, never the number of calls. Bad arguments raise `ValueError` at once."""
+        filters = _CallFilters.checked(
+            state, disposition, account_id, started_after, started_before
+        )
+        check_positive("page_size", page_size)
+        self._check_schema()
+        return _read_with_database_errors(self._call_pages(filters, page_size))
+
+    def _call_pages(self, filters: _CallFilters, page_size: int) -> Iterator[Call]:
+        after: tuple[datetime | None, str] | None = None
+        while True:
+            with self.engine.connect() as connection:
+                records = storage.where_calls(
+                    connection, **filters.arguments(), after=after, limit=page_size
+                )
+                page = _snapshots(connection, records)
+            yield from page
+            if len(records) < page_size:
+                return
+            after = (records[-1].start_time, records[-1].call_id)
 
     def count_calls(self, *, state: str | Sequence[str] | None = None) -> int:
         """How many calls are in `state` (one or several; every call when None), counted by the
         database: `count_calls(state=LIVE_STATES)` is the number of calls ringing or talking."""
+        states = _check_states(state)
         self._check_schema()
         with _database_errors(), self.engine.connect() as connection:
-            return storage.count_calls(connection, state=state)
+            return storage.count_calls(connection, state=states)
 
     def events(
-        self, call_id: str | None = None, outcome: str | None = None, limit: int | None = None
+        self,
+        call_id: str | None = None,
+        outcome: str | None = None,
+        limit: int | None = None,
     ) -> list[Event]:
-        """The event log, oldest first; `limit` keeps the newest entries when given."""
+        """The event log, oldest first, of `call_id` and with `outcome` when given; `limit`
+        keeps the newest entries. With no limit, every entry, and a `ValueError` when more than
+        `MAX_LISTED` match: read those with `iter_events`, a page at a time. Bad arguments raise
+        `ValueError` at once."""
+        _check_event_filters(call_id, outcome)
+        check_limit(limit)
         self._check_schema()
         with _database_errors(), self.engine.connect() as connection:
-            return storage.where_events(connection, call_id=call_id, outcome=outcome, limit=limit)
+            found = storage.where_events(
+                connection, call_id=call_id, outcome=outcome, limit=_within_cap(limit)
+            )
+        _refuse_past_cap(found, limit, "log entries", "iter_events")
+        return found
+
+    def iter_events(
+        self,
+        call_id: str | None = None,
+        outcome: str | None = None,
+        *,
+        page_size: int = PAGE_SIZE,
+    ) -> Iterator[Event]:
+        """Every entry `events()` would list with these filters, oldest first, read `page_size`
+        entries at a time, each page in a short read of its own along the log's primary key:
+        memory follows `page_size`, never the size of the log. Bad arguments raise `ValueError`
+        at once."""
+        _check_event_filters(call_id, outcome)
+        check_positive("page_size", page_size)
+        self._check_schema()
+        return _read_with_database_errors(self._event_pages(call_id, outcome, page_size))
+
+    def _event_pages(
+        self, call_id: str | None, outcome: str | None, page_size: int
+    ) -> Iterator[Event]:
+        after_id = 0
+        while True:
+            with self.engine.connect() as connection:
+                page = storage.where_events(
+                    connection, call_id=call_id, outcome=outcome, after_id=after_id, limit=page_size
+                )
+            yield from page
+            if len(page) < page_size:
+                return
+            after_id = page[-1].id
 
     # --- calls out ------------------------------------------------------------------------
 
@@ -402,6 +495,78 @@ class Tracker:
                 cutoff=None,
                 replaying=True,
             )
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _CallFilters:
+    """The filters of `calls` and `iter_calls`, checked once for both."""
+
+    state: list[str] | None
+    disposition: str | None
+    account_id: str | None
+    started_after: datetime | None
+    started_before: datetime | None
+
+    @classmethod
+    def checked(
+        cls,
+        state: object,
+        disposition: object,
+        account_id: object,
+        started_after: object,
+        started_before: object,
+    ) -> _CallFilters:
+        states = _check_states(state)
+        if disposition is not None:
+            check_choice("disposition", disposition, lifecycle.ALL_DISPOSITIONS)
+        check_account(account_id)
+        check_window(started_after, started_before, ("started_after", "started_before"))
+        return cls(
+            states,
+            cast(str | None, disposition),
+            cast(str | None, account_id),
+            cast(datetime | None, started_after),
+            cast(datetime | None, started_before),
+        )
+
+    def arguments(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "disposition": self.disposition,
+            "account_id": self.account_id,
+            "started_after": self.started_after,
+            "started_before": self.started_before,
+        }
+
+
+def _check_states(state: object) -> list[str] | None:
+    """One state or a non-empty list of them. `live` is no state a call is in: the calls
+    ringing or talking are asked for by their two states (`LIVE_STATES`), as they are stored."""
+    if state == "live":
+        raise ValueError(
+            "state='live' is not a state: pass state=LIVE_STATES (initiated and answered, "
+            "`from tracker import LIVE_STATES`) for the calls ringing or talking now"
+        )
+    return check_choices("state", state, lifecycle.STATES)
+
+
+def _check_event_filters(call_id: object, outcome: object) -> None:
+    check_text("call_id", call_id)
+    if outcome is not None:
+        check_choice("outcome", outcome, [outcome.value for outcome in Outcome])
+
+
+def _within_cap(limit: int | None) -> int:
+    """The rows a list reads: `limit`, or one more than `MAX_LISTED` to tell it was passed."""
+    return MAX_LISTED + 1 if limit is None else limit
+
+
+def _refuse_past_cap(found: Sequence[object], limit: int | None, what: str, paged: str) -> None:
+    if limit is None and len(found) > MAX_LISTED:
+        raise ValueError(
+            f"more than {MAX_LISTED:,} {what} match, more than a list should hold in memory: "
+            f"pass limit=N for the first N, or read them all with `{paged}(...)`, a page at a time"
         )
 
 
