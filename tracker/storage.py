@@ -1333,19 +1333,26 @@ def where_leg_answers(connection: Connection, parent_ids: Sequence[str]) -> list
 
 def insert_events(connection: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
     """Append to the event log; the ids come back in the order of `rows`."""
-    if len(rows) == 1:  # `apply`
-        compiled = _hot(
-            connection, _insert_event, cast(DefaultDialect, connection.dialect).postfetch_lastrowid
-        )
-        cursor = driver.run(connection, compiled, rows[0])
-        if compiled.returns_rows:
-            return [int(driver.rows(compiled, cursor)[0][0])]
-        return [int(cursor.lastrowid)]
+    dialect = cast(DefaultDialect, connection.dialect)
+    if len(rows) == 1 or not dialect.insert_executemany_returning:
+        # `apply`; or a database that cannot return the ids of a many-row INSERT (MySQL 8 has no
+        # INSERT ... RETURNING at all): one INSERT per row, each id its last row id.
+        compiled = _hot(connection, _insert_event, dialect.postfetch_lastrowid)
+        return [_inserted_event_id(connection, compiled, row) for row in rows]
     ids: list[int] = []
     for group in _by_statement_size(rows):
         result = connection.execute(_INSERT_EVENTS_RETURNING, group)
         ids.extend(sorted(int(event_id) for event_id in result.scalars()))
     return ids
+
+
+def _inserted_event_id(
+    connection: Connection, compiled: driver.Compiled, row: dict[str, Any]
+) -> int:
+    cursor = driver.run(connection, compiled, row)
+    if compiled.returns_rows:
+        return int(driver.rows(compiled, cursor)[0][0])
+    return int(cursor.lastrowid)
 
 
 # Bodies sent in one multi-row INSERT, at most. MariaDB refuses a statement over its
