@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import ACCOUNT, new_call_id
+from tests.factories import ACCOUNT, machine_detection_complete, new_call_id
 from tests.test_concurrency import leg_body, migrate, to_json
+from tests.test_faults import faults
 from tests.workers import apply_rounds, run_together
 from tracker import Outcome, Reason, Tracker
 
@@ -128,3 +129,46 @@ def test_the_grandchild_race_gives_the_account_in_a_serial_run_in_either_order(
         apply_serially(url, [setup, *racing[::order]])
         with Tracker(url) as tracker:
             assert {call.account_id for call in tracker.calls()} == {ACCOUNT}
+
+
+# --- a change committed between a decision and its write, on the servers ---------------------
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_an_ancestor_changed_while_a_tree_learns_its_account_makes_the_delivery_run_again(
+    backend: str, migrated_url: str
+) -> None:
+    """G (a placeholder) reports as a leg of L1, with the account its tree lacks: the decision
+    reads L1's ancestry (R), and the account is then filled through the whole tree. Another
+    worker commits a change to R alone between that read and the write. The ancestry is
+    compare-and-set on the version the decision read, as on every other path, so the delivery
+    runs again on what R is now. (SQLite has one writer at a time: nothing can commit in
+    between there.)"""
+    rng = random.Random(10)
+    root, first_leg, placeholder = (new_call_id() for _ in range(3))
+    apply_serially(
+        migrated_url,
+        [
+            leg_body(root, rng, 0, call_id=first_leg, with_call_url=False),
+            leg_body(placeholder, rng, 0, with_call_url=False),
+        ],
+    )
+    closing = to_json(leg_body(first_leg, rng, 1, call_id=placeholder))
+
+    with Tracker(migrated_url) as tracker, Tracker(migrated_url) as other:
+        other.get_call("warm-up")
+
+        def commit_meanwhile(_dbapi_connection: object) -> None:
+            result = other.apply(machine_detection_complete(root, accountId=..., callUrl=...))
+            assert result.outcome is Outcome.APPLIED
+
+        with faults(tracker.engine, "INSERT INTO tracker_events", commit_meanwhile) as struck:
+            result = tracker.apply(closing)
+
+        assert len(struck) == 2, "the delivery must have run again"
+        assert result.outcome is Outcome.APPLIED
+        found = tracker.get_call(root)
+        assert found is not None
+        assert found.machine_detection is not None
+        assert {call.account_id for call in tracker.calls()} == {ACCOUNT}
+        assert ancestors(tracker, placeholder) == [first_leg, root]
