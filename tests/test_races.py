@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,40 @@ def test_an_ancestor_changed_while_a_tree_learns_its_account_makes_the_delivery_
         assert found.machine_detection is not None
         assert {call.account_id for call in tracker.calls()} == {ACCOUNT}
         assert ancestors(tracker, placeholder) == [first_leg, root]
+
+
+def test_a_call_snapshot_is_read_at_one_moment_while_a_leg_is_committed_meanwhile(
+    tracker: Tracker, database_url: str
+) -> None:
+    """A `Call` is read with several statements (the call, its legs, its transfers): a leg
+    committed by another worker between them must not show in a snapshot whose record predates
+    it (on the servers, the statements run in one REPEATABLE READ transaction)."""
+    rng = random.Random(11)
+    parent_id = new_call_id()
+    first, second, third = (leg_body(parent_id, rng, number) for number in range(3))
+    assert tracker.apply(to_json(first)).outcome is Outcome.APPLIED
+    before = tracker.get_call(parent_id)
+    assert before is not None
+
+    with Tracker(database_url) as other:
+
+        def committing(leg: dict[str, object]) -> Callable[[object], None]:
+            def commit_meanwhile(_dbapi_connection: object) -> None:
+                assert other.apply(to_json(leg)).outcome is Outcome.APPLIED
+
+            return commit_meanwhile
+
+        with faults(tracker.engine, LEGS_LOOKUP, committing(second), committing(third)) as struck:
+            during = tracker.get_call(parent_id)
+            listed = [call for call in tracker.calls() if call.call_id == parent_id]
+
+    assert len(struck) == 2
+    assert during == before
+    assert [call.legs for call in listed] == [(first["callId"], second["callId"])]
+    after = tracker.get_call(parent_id)
+    assert after is not None
+    assert after.legs == (first["callId"], second["callId"], third["callId"])
+
+
+# The statement reading the legs of a snapshot's calls (`tracker.storage.where_legs`).
+LEGS_LOOKUP = r"SELECT tracker_calls\.parent_call_id, tracker_calls\.call_id, tracker_calls\.start"

@@ -198,7 +198,7 @@ class Tracker:
 
     def get_call(self, call_id: str) -> Call | None:
         self._check_schema()
-        with _database_errors(), self.engine.connect() as connection:
+        with _database_errors(), _one_moment(self.engine) as connection:
             record = storage.find_call(connection, call_id)
             return None if record is None else _snapshots(connection, [record])[0]
 
@@ -216,7 +216,7 @@ class Tracker:
         `state` is one state or several: `calls(state=LIVE_STATES)` lists the calls ringing or
         talking now."""
         self._check_schema()
-        with _database_errors(), self.engine.connect() as connection:
+        with _database_errors(), _one_moment(self.engine) as connection:
             records = storage.where_calls(
                 connection,
                 state=state,
@@ -405,9 +405,24 @@ class Tracker:
         )
 
 
+@contextmanager
+def _one_moment(engine: Engine) -> Iterator[Connection]:
+    """A connection whose reads all see the database at one moment, for a snapshot read with
+    several statements (`_snapshots`): one transaction, REPEATABLE READ on the servers (where
+    the tracker's READ COMMITTED gives each statement a moment of its own), and on SQLite a read
+    transaction, which in WAL sees one snapshot from its first read. The pool resets the
+    isolation level when the connection returns."""
+    with engine.connect() as connection:
+        if connection.dialect.name != "sqlite":
+            connection.execution_options(isolation_level="REPEATABLE READ")
+        with connection.begin():
+            yield connection
+
+
 def _snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) -> list[Call]:
     """The `Call` of each record, in the same order. Legs, transfers and inherited applications
-    are read for all the records at once, so any number of calls costs a few statements."""
+    are read for all the records at once, so any number of calls costs a few statements: read
+    them on a connection of `_one_moment`, so that they never mix two moments."""
     call_ids = [record.call_id for record in records]
     legs = storage.where_legs(connection, call_ids)
     transfers = storage.where_transfers(connection, call_ids)
