@@ -33,6 +33,7 @@ from tests.factories import (
     initiate,
     live_events_of,
     new_call_id,
+    transfer_answer,
     transfer_disconnect,
 )
 from tests.workers import (
@@ -292,6 +293,29 @@ def test_a_batch_locks_the_calls_that_exist_first_then_the_new_ones_each_in_call
         assert sorted(locked[: len(stored)]) == sorted(stored)
     else:
         assert locked == sorted(stored) + sorted(created)
+
+
+def test_a_stored_leg_learning_a_new_parent_is_locked_before_the_parent_is_inserted(
+    backend: str, tracker: Tracker
+) -> None:
+    """The leg's UPDATE must wait for its new parent's INSERT (a foreign key), so the stored
+    calls are locked first by a statement of their own, still in call-id order."""
+    parent_id, leg_id, other_id = (new_call_id() for _ in range(3))
+    assert tracker.apply(transfer_answer(None, leg_id)).outcome is Outcome.APPLIED
+    assert tracker.apply(initiate(other_id)).outcome is Outcome.APPLIED
+    batch = [
+        disconnect(other_id, direction="inbound"),
+        transfer_disconnect(parent_id, leg_id),
+    ]
+
+    with locks_taken(tracker, [parent_id, leg_id, other_id]) as locked:
+        results = tracker.apply_many([json.dumps(body) for body in batch])
+
+    assert [result.outcome for result in results] == [Outcome.APPLIED] * len(batch)
+    leg = tracker.get_call(leg_id)
+    assert leg is not None and leg.parent_call_id == parent_id
+    if backend != "sqlite":  # one writer at a time there
+        assert locked == [leg_id, other_id, parent_id]
 
 
 @pytest.mark.slow
