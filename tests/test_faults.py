@@ -144,6 +144,7 @@ def test_a_value_the_database_refuses_is_reported_as_refused_data_and_nothing_is
             assert "the database refused this data" in message
             assert "a bug in the tracker" in message
             assert "nothing of it was written" in message
+            assert ("these deliveries" if len(batch) > 1 else "this delivery") in message
             assert "the database failed" not in message
             assert isinstance(raised.value.__cause__, DataError)
             assert table_rows(tracker.engine) == before

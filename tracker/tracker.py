@@ -192,7 +192,10 @@ class Tracker:
         self._check_schema()
         deliveries = [parsing.read(body, self._max_body_bytes) for body in bodies]
         received_at = datetime.now(UTC)
-        return self._writer.run(lambda c: apply_deliveries(c, deliveries, received_at, origin))
+        return self._writer.run(
+            lambda c: apply_deliveries(c, deliveries, received_at, origin),
+            subject="these deliveries" if len(deliveries) > 1 else "this delivery",
+        )
 
     # --- reading --------------------------------------------------------------------------
 
