@@ -72,7 +72,7 @@ def test_connection_killed_in_the_middle_of_apply_writes_nothing_and_raises_stor
 
     with (
         faults(tracker.engine, statement, killer(backend, admin)) as struck,
-        pytest.raises(StorageError),
+        pytest.raises(StorageError, match=r"^the database failed and nothing of this delivery was"),
     ):
         tracker.apply(leg)
     assert len(struck) == 1, "the fault must strike inside this very delivery, once"
