@@ -272,17 +272,18 @@ def test_a_batch_locks_the_calls_that_exist_first_then_the_new_ones_each_in_call
     locks follow one order: the stored calls by id, then the new ones by id. Two batches
     sharing calls then never wait for each other in a cycle. Seen in the statements that write
     the calls: the first one naming each call is the one that locks it."""
-    ids = [new_call_id() for _ in range(7)]  # new ids sort as they are made
+    ids = [new_call_id() for _ in range(9)]  # new ids sort as they are made
     stored, created = ids[1::2], ids[0::2]
     for call_id in stored:
         assert tracker.apply(initiate(call_id)).outcome is Outcome.APPLIED
-    # Answered and unanswered ends alternate, so the UPDATEs change two sets of columns.
+    # Answered and unanswered ends alternate, so the UPDATEs change two sets of columns, in
+    # four runs: more statements in call-id order than the rows are locked by one first.
     ends = [
         disconnect(call_id, direction="inbound", ring=None if number % 2 else 3.0)
         for number, call_id in enumerate(stored)
     ]
-    batch = [initiate(created[2]), ends[2], initiate(created[0]), ends[0], ends[1]]
-    batch += [initiate(created[3]), initiate(created[1])]
+    batch = [initiate(created[2]), ends[2], initiate(created[0]), ends[0], ends[3], ends[1]]
+    batch += [initiate(created[3]), initiate(created[4]), initiate(created[1])]
 
     with locks_taken(tracker, ids) as locked:
         results = tracker.apply_many([json.dumps(body) for body in batch])
