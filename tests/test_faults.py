@@ -24,6 +24,7 @@ import pymysql.err  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DataError, InvalidRequestError
 
 from tests.conftest import fresh_database
 from tests.factories import disconnect, transfer_disconnect
@@ -71,7 +72,7 @@ def test_connection_killed_in_the_middle_of_apply_writes_nothing_and_raises_stor
 
     with (
         faults(tracker.engine, statement, killer(backend, admin)) as struck,
-        pytest.raises(StorageError),
+        pytest.raises(StorageError, match=r"^the database failed and nothing of this delivery was"),
     ):
         tracker.apply(leg)
     assert len(struck) == 1, "the fault must strike inside this very delivery, once"
@@ -90,21 +91,109 @@ def test_connection_killed_in_the_middle_of_apply_writes_nothing_and_raises_stor
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
-def test_connection_killed_just_before_commit_writes_nothing_and_raises_storage_error(
+def test_connection_lost_during_commit_says_the_outcome_is_unknown_and_redelivery_is_safe(
     backend: str, tracker: Tracker, admin: Engine
 ) -> None:
+    """The connection dies as the COMMIT goes out: the tracker cannot know whether the server
+    committed, so it says so, and asks for the delivery again (never "nothing was written").
+    Delivered again, it is applied (the commit was lost) or `duplicate` (it was not): the log
+    holds it applied exactly once."""
     body = json.dumps(disconnect())
 
     with (
         faults(tracker.engine, COMMIT, killer(backend, admin)) as struck,
-        pytest.raises(StorageError),
+        pytest.raises(StorageError) as raised,
     ):
         tracker.apply(body)
     assert len(struck) == 1
 
-    assert table_rows(tracker.engine) == {table: [] for table in TABLES}
-    assert tracker.apply(body).outcome is Outcome.APPLIED
+    message = str(raised.value)
+    assert "lost during the commit" in message
+    assert "whether it was written is unknown" in message
+    assert "deliver it again" in message
+    assert "nothing of this delivery was written" not in message
+    assert tracker.apply(body).outcome in (Outcome.APPLIED, Outcome.DUPLICATE)
     assert tracker.apply(body).outcome is Outcome.DUPLICATE
+    assert [entry.outcome for entry in tracker.events()].count(Outcome.APPLIED) == 1
+
+
+# --- what the database refuses: a bug to report, not a failing server ----------------------------
+
+
+def test_a_value_the_database_refuses_is_reported_as_refused_data_and_nothing_is_written(
+    backend: str, database_url: str
+) -> None:
+    """A value too long for its column, refused by the database itself: PostgreSQL and MariaDB
+    (strict mode) for a `tag` column narrowed by the test, SQLite for a body over a length limit
+    set on its connections. The message tells a bug to report from a failing server."""
+    with Tracker(database_url) as tracker:
+        if backend == "sqlite":
+            event.listen(tracker.engine, "connect", _limit_sqlite_values)
+        tracker.upgrade()
+        narrow_tag(tracker.engine, backend)
+        short = disconnect(tag="short")
+        assert tracker.apply(short).outcome is Outcome.APPLIED
+        before = table_rows(tracker.engine)
+        too_long = disconnect(tag="x" * (SQLITE_VALUE_LIMIT + 1000))
+
+        for batch in ([too_long], [disconnect(), too_long]):
+            with pytest.raises(StorageError) as raised:
+                tracker.apply_many(batch)
+
+            message = str(raised.value)
+            assert "the database refused this data" in message
+            assert "a bug in the tracker" in message
+            assert "nothing of it was written" in message
+            assert ("these deliveries" if len(batch) > 1 else "this delivery") in message
+            assert "the database failed" not in message
+            assert isinstance(raised.value.__cause__, DataError)
+            assert table_rows(tracker.engine) == before
+
+
+def test_a_constraint_the_tracker_breaks_is_reported_as_a_bug_apart_from_refused_data(
+    backend: str, database_url: str
+) -> None:
+    """A CHECK constraint the test adds (a trigger on SQLite, which cannot add one to a table):
+    an `IntegrityError` that is no race is not retried, and says so."""
+    with Tracker(database_url) as tracker:
+        tracker.upgrade()
+        refuse_tag(tracker.engine, backend, "refused")
+        with pytest.raises(StorageError) as raised:
+            tracker.apply(disconnect(tag="refused"))
+
+        message = str(raised.value)
+        assert "a database constraint refused this delivery" in message
+        assert "a bug in the tracker" in message
+        assert "the database refused this data" not in message
+        assert table_rows(tracker.engine) == {table: [] for table in TABLES}
+        assert tracker.apply(disconnect(tag="accepted")).outcome is Outcome.APPLIED
+
+
+@pytest.mark.parametrize("batch", [1, 3], ids=["apply", "apply_many"])
+def test_an_error_of_sqlalchemy_itself_is_a_storage_error_and_writes_nothing(
+    backend: str, tracker: Tracker, batch: int
+) -> None:
+    """Not the database's answer but SQLAlchemy's own refusal (as a dialect without INSERT ...
+    RETURNING for many rows gave): never a raw SQLAlchemy error out of `apply`."""
+    refusal = losing(InvalidRequestError("this dialect cannot run the statement"))
+    bodies = [json.dumps(disconnect()) for _ in range(batch)]
+
+    with faults(tracker.engine, "INSERT INTO tracker_calls", refusal, refusal) as struck:
+        with pytest.raises(StorageError) as raised:
+            tracker.apply_many(bodies)
+        assert len(struck) == 1
+        with (
+            tracker.engine.connect() as connection,
+            connection.begin(),
+            pytest.raises(StorageError) as in_host_transaction,
+        ):
+            tracker.apply_many(bodies, connection=connection)
+        assert len(struck) == 2
+
+    assert "a bug in the tracker" in str(raised.value)
+    assert "a bug in the tracker" in str(in_host_transaction.value)
+    assert table_rows(tracker.engine) == {table: [] for table in TABLES}
+    assert [result.outcome for result in tracker.apply_many(bodies)] == [Outcome.APPLIED] * batch
 
 
 # --- races lost to deadlocks and serialization failures ----------------------------------------
@@ -424,6 +513,38 @@ def faults(engine: Engine | type[Engine], where: str, *in_turn: Fault) -> Iterat
         yield matched
     finally:
         event.remove(engine, name, listener)
+
+
+# A value longer than this, a body included, is refused by the SQLite connections of the test
+# that sets it (`_limit_sqlite_values`).
+SQLITE_VALUE_LIMIT = 2000
+
+
+def _limit_sqlite_values(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, SQLITE_VALUE_LIMIT)
+
+
+def narrow_tag(engine: Engine, backend: str) -> None:
+    """Make the servers' `tag` column hold 8 characters at most (SQLite has no lengths)."""
+    statement = {
+        "postgresql": "ALTER TABLE tracker_calls ALTER COLUMN tag TYPE varchar(8)",
+        "mariadb": "ALTER TABLE tracker_calls MODIFY tag varchar(8)",
+    }.get(backend)
+    if statement is not None:
+        with engine.begin() as connection:
+            connection.execute(text(statement))
+
+
+def refuse_tag(engine: Engine, backend: str, tag: str) -> None:
+    """A constraint refusing calls tagged `tag`."""
+    statement = (
+        "CREATE TRIGGER refuse_tag BEFORE INSERT ON tracker_calls FOR EACH ROW "
+        f"WHEN NEW.tag = '{tag}' BEGIN SELECT RAISE(ABORT, 'tag refused'); END"
+        if backend == "sqlite"
+        else f"ALTER TABLE tracker_calls ADD CONSTRAINT refuse_tag CHECK (tag <> '{tag}')"
+    )
+    with engine.begin() as connection:
+        connection.execute(text(statement))
 
 
 def session_exists(session: Connection, thread_id: int) -> bool:

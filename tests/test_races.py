@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.factories import ACCOUNT, new_call_id
+from tests.factories import ACCOUNT, machine_detection_complete, new_call_id
 from tests.test_concurrency import leg_body, migrate, to_json
+from tests.test_faults import faults
 from tests.workers import apply_rounds, run_together
 from tracker import Outcome, Reason, Tracker
 
@@ -128,3 +130,83 @@ def test_the_grandchild_race_gives_the_account_in_a_serial_run_in_either_order(
         apply_serially(url, [setup, *racing[::order]])
         with Tracker(url) as tracker:
             assert {call.account_id for call in tracker.calls()} == {ACCOUNT}
+
+
+# --- a change committed between a decision and its write, on the servers ---------------------
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_an_ancestor_changed_while_a_tree_learns_its_account_makes_the_delivery_run_again(
+    backend: str, migrated_url: str
+) -> None:
+    """G (a placeholder) reports as a leg of L1, with the account its tree lacks: the decision
+    reads L1's ancestry (R), and the account is then filled through the whole tree. Another
+    worker commits a change to R alone between that read and the write. The ancestry is
+    compare-and-set on the version the decision read, as on every other path, so the delivery
+    runs again on what R is now. (SQLite has one writer at a time: nothing can commit in
+    between there.)"""
+    rng = random.Random(10)
+    root, first_leg, placeholder = (new_call_id() for _ in range(3))
+    apply_serially(
+        migrated_url,
+        [
+            leg_body(root, rng, 0, call_id=first_leg, with_call_url=False),
+            leg_body(placeholder, rng, 0, with_call_url=False),
+        ],
+    )
+    closing = to_json(leg_body(first_leg, rng, 1, call_id=placeholder))
+
+    with Tracker(migrated_url) as tracker, Tracker(migrated_url) as other:
+        other.get_call("warm-up")
+
+        def commit_meanwhile(_dbapi_connection: object) -> None:
+            result = other.apply(machine_detection_complete(root, accountId=..., callUrl=...))
+            assert result.outcome is Outcome.APPLIED
+
+        with faults(tracker.engine, "INSERT INTO tracker_events", commit_meanwhile) as struck:
+            result = tracker.apply(closing)
+
+        assert len(struck) == 2, "the delivery must have run again"
+        assert result.outcome is Outcome.APPLIED
+        found = tracker.get_call(root)
+        assert found is not None
+        assert found.machine_detection is not None
+        assert {call.account_id for call in tracker.calls()} == {ACCOUNT}
+        assert ancestors(tracker, placeholder) == [first_leg, root]
+
+
+def test_a_call_snapshot_is_read_at_one_moment_while_a_leg_is_committed_meanwhile(
+    tracker: Tracker, database_url: str
+) -> None:
+    """A `Call` is read with several statements (the call, its legs, its transfers): a leg
+    committed by another worker between them must not show in a snapshot whose record predates
+    it (on the servers, the statements run in one REPEATABLE READ transaction)."""
+    rng = random.Random(11)
+    parent_id = new_call_id()
+    first, second, third = (leg_body(parent_id, rng, number) for number in range(3))
+    assert tracker.apply(to_json(first)).outcome is Outcome.APPLIED
+    before = tracker.get_call(parent_id)
+    assert before is not None
+
+    with Tracker(database_url) as other:
+
+        def committing(leg: dict[str, object]) -> Callable[[object], None]:
+            def commit_meanwhile(_dbapi_connection: object) -> None:
+                assert other.apply(to_json(leg)).outcome is Outcome.APPLIED
+
+            return commit_meanwhile
+
+        with faults(tracker.engine, LEGS_LOOKUP, committing(second), committing(third)) as struck:
+            during = tracker.get_call(parent_id)
+            listed = [call for call in tracker.calls() if call.call_id == parent_id]
+
+    assert len(struck) == 2
+    assert during == before
+    assert [call.legs for call in listed] == [(first["callId"], second["callId"])]
+    after = tracker.get_call(parent_id)
+    assert after is not None
+    assert after.legs == (first["callId"], second["callId"], third["callId"])
+
+
+# The statement reading the legs of a snapshot's calls (`tracker.storage.where_legs`).
+LEGS_LOOKUP = r"SELECT tracker_calls\.parent_call_id, tracker_calls\.call_id, tracker_calls\.start"

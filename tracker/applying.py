@@ -176,12 +176,14 @@ class _Batch:
         self._log(delivery.raw, result, event_type=event.event_type, dedup_key=key)
         if decision.transfer is not None:
             self.transfers.append((len(self.events) - 1, event.call_id, decision.transfer, key))
-        self._keep(event.call_id, decision)
         for ancestor_id in ancestry:
             # The cycle rule read the ancestry: each ancestor is compare-and-set like the call
-            # and its parent, so a writer that re-parents one meanwhile makes one of us retry.
+            # and its parent, on the version this decision read, so a writer that re-parents one
+            # meanwhile makes one of us retry. Registered before `_keep`, whose account fill
+            # writes what is pending and forgets what it read.
             if self.known.get(ancestor_id) is not None:
                 self.stored.setdefault(ancestor_id, self.known[ancestor_id])
+        self._keep(event.call_id, decision)
         return result
 
     def expire(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Final
+
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 
 class TrackerError(Exception):
@@ -15,10 +18,14 @@ class SchemaError(TrackerError):
 
 
 class StorageError(TrackerError):
-    """The database failed while a delivery was applied, and nothing of it was written.
+    """The database failed, or refused what the tracker wrote, while a delivery was applied;
+    the message says which. Nothing of the delivery was written, except when the connection was
+    lost during the commit itself: then whether it was written is unknown, and the message says
+    so.
 
-    Answer the webhook with a non-2xx status (or keep the body and apply it again later):
-    applying the same body again is safe and gives the outcome it would have had.
+    Either way, answer the webhook with a non-2xx status (or keep the body and apply it again
+    later): applying the same body again is safe and gives the outcome it would have had, or
+    `duplicate` when the first attempt was written after all.
     """
 
 
@@ -111,3 +118,51 @@ def check_choices(name: str, value: object, choices: Sequence[str]) -> list[str]
     for each in value:
         check_choice(name, each, choices)
     return list(value)
+
+
+def failure_message(
+    error: SQLAlchemyError, subject: str, *, committing: bool = False, after: str = ""
+) -> str:
+    """The sentence a `StorageError` says for `error`, met while writing `subject` ("this
+    delivery"), ending with the driver's own words. One story per class of error: a value the
+    database refused (`DataError`) and a broken constraint (an `IntegrityError`, once the known
+    races are told apart by the caller) are bugs of the tracker to report; a failing server is
+    not; a connection lost during the commit leaves the outcome unknown; an error of SQLAlchemy
+    itself, before any statement ran, is a bug too. `after` is inserted before the driver's
+    words (the state of a host's transaction)."""
+    if not isinstance(error, DBAPIError):
+        return (
+            f"SQLAlchemy refused a statement of {subject}, which is a bug in the tracker (please "
+            f"report it); nothing of it was written{after}: {error}"
+        )
+    if committing and error.connection_invalidated:
+        return (
+            f"the connection to the database was lost during the commit of {subject}, so whether "
+            f"it was written is unknown{after}: deliver it again, which is safe (if it was "
+            f"written, the retry is `duplicate`, so nothing is lost or applied twice): {error.orig}"
+        )
+    if isinstance(error, DataError):
+        what = (
+            f"the database refused this data ({subject}: a value too long or out of range for "
+            "its column), which is a bug in the tracker (please report it, with the body); "
+            "nothing of it was written"
+        )
+    elif isinstance(error, IntegrityError) or _is_check_violation(error):
+        what = (
+            f"a database constraint refused {subject}, which is a bug in the tracker (please "
+            "report it); nothing of it was written"
+        )
+    else:
+        what = f"the database failed and nothing of {subject} was written"
+    return f"{what}{after}: {error.orig}"
+
+
+# A CHECK constraint refused a row: MariaDB's ER_CONSTRAINT_FAILED and MySQL's
+# ER_CHECK_CONSTRAINT_VIOLATED, which pymysql reports as a failure of the server rather than as
+# an `IntegrityError` (PostgreSQL and SQLite do).
+_CHECK_VIOLATION_MYSQL_CODES: Final = frozenset({4025, 3819})
+
+
+def _is_check_violation(error: DBAPIError) -> bool:
+    arguments: tuple[object, ...] = getattr(error.orig, "args", ())
+    return bool(arguments) and arguments[0] in _CHECK_VIOLATION_MYSQL_CODES

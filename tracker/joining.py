@@ -24,12 +24,12 @@ from collections.abc import Callable
 from typing import Final, TypeVar
 
 from sqlalchemy import Connection, Engine, NestedTransaction
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool
 
 from tracker import storage
-from tracker.errors import ConflictError, SchemaError, StorageError
+from tracker.errors import ConflictError, SchemaError, StorageError, failure_message
 from tracker.schema import check_current_on
 
 T = TypeVar("T")
@@ -137,9 +137,7 @@ def apply_in_savepoint(
         kept = _undo(connection, savepoint)
         if not storage.is_unique_violation(error):
             raise StorageError(
-                f"a database constraint refused {subject}, which is a bug in the tracker "
-                f"(please report it); nothing of it was written{_after(kept, retry=False)}: "
-                f"{error.orig}"
+                failure_message(error, subject, after=_after(kept, retry=False))
             ) from error
         raise ConflictError(
             f"another writer took a key of {subject} first, and nothing of it was "
@@ -153,8 +151,12 @@ def apply_in_savepoint(
                 f"written{_after(kept)}: {error.orig}"
             ) from error
         raise StorageError(
-            f"the database failed and nothing of {subject} was written"
-            f"{_after(kept, retry=False)}: {error.orig}"
+            failure_message(error, subject, after=_after(kept, retry=False))
+        ) from error
+    except SQLAlchemyError as error:
+        kept = _undo(connection, savepoint)
+        raise StorageError(
+            failure_message(error, subject, after=_after(kept, retry=False))
         ) from error
     except BaseException:
         _undo(connection, savepoint)

@@ -57,7 +57,7 @@ from sqlalchemy.engine.base import OptionEngine
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 
 from tracker import driver, lifecycle
 from tracker.errors import check_instant
@@ -1387,19 +1387,26 @@ def where_leg_answers(connection: Connection, parent_ids: Sequence[str]) -> list
 
 def insert_events(connection: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
     """Append to the event log; the ids come back in the order of `rows`."""
-    if len(rows) == 1:  # `apply`
-        compiled = _hot(
-            connection, _insert_event, cast(DefaultDialect, connection.dialect).postfetch_lastrowid
-        )
-        cursor = driver.run(connection, compiled, rows[0])
-        if compiled.returns_rows:
-            return [int(driver.rows(compiled, cursor)[0][0])]
-        return [int(cursor.lastrowid)]
+    dialect = cast(DefaultDialect, connection.dialect)
+    if len(rows) == 1 or not dialect.insert_executemany_returning:
+        # `apply`; or a database that cannot return the ids of a many-row INSERT (MySQL 8 has no
+        # INSERT ... RETURNING at all): one INSERT per row, each id its last row id.
+        compiled = _hot(connection, _insert_event, dialect.postfetch_lastrowid)
+        return [_inserted_event_id(connection, compiled, row) for row in rows]
     ids: list[int] = []
     for group in _by_statement_size(rows):
         result = connection.execute(_INSERT_EVENTS_RETURNING, group)
         ids.extend(sorted(int(event_id) for event_id in result.scalars()))
     return ids
+
+
+def _inserted_event_id(
+    connection: Connection, compiled: driver.Compiled, row: dict[str, Any]
+) -> int:
+    cursor = driver.run(connection, compiled, row)
+    if compiled.returns_rows:
+        return int(driver.rows(compiled, cursor)[0][0])
+    return int(cursor.lastrowid)
 
 
 # Bodies sent in one multi-row INSERT, at most. MariaDB refuses a statement over its
@@ -1424,51 +1431,116 @@ def write_calls(
 ) -> None:
     """Insert new calls and compare-and-set existing ones on the version they were read at.
 
+    Row locks are taken in one order whatever the batch, so that concurrent batches never wait
+    for each other in a cycle (a deadlock, which PostgreSQL takes a second to notice): first
+    the calls that exist, by call id, then the new ones, level by level of their transfer trees
+    (a parent before its legs, for the foreign key), by call id. Two batches that disagree on
+    whether a call exists read it at different moments, and one of them loses that race anyway
+    (a unique key, a compare-and-set). SQLite has one writer at a time: there the order is free.
+
     An UPDATE sets only the columns that changed: SQLite rewrites the entries of every index on
     a column the statement sets, even to the same value, and each page it touches is one more
     page to write at commit. Raises `LostRaceError` when another writer changed a call meanwhile.
     """
-    # Rows are written in call-id order, so that concurrent batches lock them in one order and
-    # do not deadlock each other.
     ordered = sorted(changes, key=lambda change: change[1].call_id)
-    # An INSERT names only the columns with a value (a placeholder has few). Rows naming the
-    # same ones go in one statement, level by level of the transfer trees being created, so a
-    # parent is in before its legs (a foreign key is checked per statement, on MySQL per row).
+    server = connection.dialect.name != "sqlite"
+    created = {after.call_id for before, after in ordered if before is None}
+    updates = [_update_row(before, after) for before, after in ordered if before is not None]
+    # An existing call that becomes a leg of a call created here can only be written once that
+    # call is in: its row is then locked first, in order, and written after the inserts.
+    after_inserts = any(row.get("parent_call_id") in created for _changed, row in updates)
+    if after_inserts and server:
+        _lock_calls(connection, [row["b_call_id"] for _changed, row in updates])
+    if not after_inserts:
+        _update_calls(connection, updates, in_order=server)
+    _insert_calls(connection, [after for before, after in ordered if before is None], server)
+    if after_inserts:
+        _update_calls(connection, updates, in_order=False)
+
+
+def _update_row(before: CallRecord, after: CallRecord) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The columns an UPDATE of this call sets, and its values (with the compare-and-set's)."""
+    row = {
+        name: new
+        for name, old, new in zip(
+            _RECORD_FIELDS, lifecycle.facts_of(before), lifecycle.facts_of(after), strict=True
+        )
+        if old != new and name not in ("call_id", "version")
+    }
+    changed = tuple(row)
+    row.update(b_call_id=after.call_id, version=before.version + 1, expected_version=before.version)
+    return changed, row
+
+
+def _update_calls(
+    connection: Connection,
+    updates: Sequence[tuple[tuple[str, ...], dict[str, Any]]],
+    *,
+    in_order: bool,
+) -> None:
+    """Compare-and-set `updates` (in call-id order), one statement per set of columns changed.
+    `in_order`: the rows must be locked in their order, so the statements follow it: one per
+    run of rows changing the same columns, or, when that takes more statements than one per set
+    plus one, the rows are locked first by one statement (`_lock_calls`)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    runs: list[tuple[tuple[str, ...], list[dict[str, Any]]]] = []
+    for changed, row in updates:
+        groups.setdefault(changed, []).append(row)
+        if runs and runs[-1][0] == changed:
+            runs[-1][1].append(row)
+        else:
+            runs.append((changed, [row]))
+    statements = list(groups.items())
+    if in_order and len(runs) > len(groups):
+        if len(runs) <= len(groups) + 1:
+            statements = runs
+        else:
+            _lock_calls(connection, [row["b_call_id"] for _changed, row in updates])
+    for changed, rows in statements:
+        compiled = _hot(connection, _update_call, changed)
+        if _compare_and_set(connection, compiled, rows) != len(rows):
+            raise LostRaceError("a call changed while this delivery was applied")
+
+
+def _lock_calls(connection: Connection, call_ids: Sequence[str]) -> None:
+    """Lock these calls' rows (in call-id order, as given), in one statement per chunk: by code
+    point, as Python sorts, whatever the database's collation."""
+    key: ColumnElement[Any] = calls.c.call_id
+    if connection.dialect.name == "postgresql":
+        key = key.collate("C")  # MySQL/MariaDB: the column's own collation is binary
+    statement = (
+        select(calls.c.call_id)
+        .where(calls.c.call_id.in_(bindparam("call_ids", expanding=True)))
+        .order_by(key)
+        .with_for_update()
+    )
+    for chunk in _chunks(call_ids):
+        connection.execute(statement, {"call_ids": chunk}).all()
+
+
+def _insert_calls(connection: Connection, created: Sequence[CallRecord], server: bool) -> None:
+    """Insert the new calls, level by level of the transfer trees being created, so a parent is
+    in before its legs (a foreign key is checked per statement, on MySQL per row). On SQLite an
+    INSERT names only the columns with a value (a placeholder has few), rows naming the same
+    ones in one statement; on a server every column, so that one statement per level inserts
+    its rows in call-id order (see `write_calls`)."""
     levels: dict[str, int] = {}
     groups: dict[tuple[int, tuple[str, ...]], list[dict[str, Any]]] = {}
-    for after in _parents_first([after for before, after in ordered if before is None]):
+    for after in _parents_first(created):
         parent_level = levels.get(after.parent_call_id) if after.parent_call_id else None
         level = levels[after.call_id] = 0 if parent_level is None else parent_level + 1
         row = {
             name: value
             for name, value in zip(_RECORD_FIELDS, lifecycle.facts_of(after), strict=True)
-            if value is not None
+            if server or value is not None
         }
         row["version"] = 1
         groups.setdefault((level, tuple(row)), []).append(row)
     for (_level, present), rows in sorted(groups.items(), key=lambda group: group[0][0]):
+        if server:
+            rows.sort(key=lambda row: str(row["call_id"]))
         compiled = _hot(connection, _insert_call, present)
         driver.run(connection, compiled, rows[0] if len(rows) == 1 else rows)
-    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for before, after in ordered:
-        if before is None:
-            continue
-        row = {
-            name: new
-            for name, old, new in zip(
-                _RECORD_FIELDS, lifecycle.facts_of(before), lifecycle.facts_of(after), strict=True
-            )
-            if old != new and name not in ("call_id", "version")
-        }
-        changed = tuple(row)
-        row.update(
-            b_call_id=after.call_id, version=before.version + 1, expected_version=before.version
-        )
-        by_columns.setdefault(changed, []).append(row)
-    for changed, rows in by_columns.items():
-        compiled = _hot(connection, _update_call, changed)
-        if _compare_and_set(connection, compiled, rows) != len(rows):
-            raise LostRaceError("a call changed while this delivery was applied")
 
 
 def _compare_and_set(

@@ -207,13 +207,16 @@ class Tracker:
         self._check_schema()
         deliveries = [parsing.read(body, self._max_body_bytes) for body in bodies]
         received_at = datetime.now(UTC)
-        return self._writer.run(lambda c: apply_deliveries(c, deliveries, received_at, origin))
+        return self._writer.run(
+            lambda c: apply_deliveries(c, deliveries, received_at, origin),
+            subject="these deliveries" if len(deliveries) > 1 else "this delivery",
+        )
 
     # --- reading --------------------------------------------------------------------------
 
     def get_call(self, call_id: str) -> Call | None:
         self._check_schema()
-        with _database_errors(), self.engine.connect() as connection:
+        with _database_errors(), _one_moment(self.engine) as connection:
             record = storage.find_call(connection, call_id)
             return None if record is None else _snapshots(connection, [record])[0]
 
@@ -238,7 +241,7 @@ class Tracker:
         )
         check_limit(limit)
         self._check_schema()
-        with _database_errors(), self.engine.connect() as connection:
+        with _database_errors(), _one_moment(self.engine) as connection:
             records = storage.where_calls(
                 connection, **filters.arguments(), limit=_within_cap(limit)
             )
@@ -268,7 +271,7 @@ class Tracker:
     def _call_pages(self, filters: _CallFilters, page_size: int) -> Iterator[Call]:
         after: tuple[datetime | None, str] | None = None
         while True:
-            with self.engine.connect() as connection:
+            with _one_moment(self.engine) as connection:
                 records = storage.where_calls(
                     connection, **filters.arguments(), after=after, limit=page_size
                 )
@@ -570,9 +573,24 @@ def _refuse_past_cap(found: Sequence[object], limit: int | None, what: str, page
         )
 
 
+@contextmanager
+def _one_moment(engine: Engine) -> Iterator[Connection]:
+    """A connection whose reads all see the database at one moment, for a snapshot read with
+    several statements (`_snapshots`): one transaction, REPEATABLE READ on the servers (where
+    the tracker's READ COMMITTED gives each statement a moment of its own), and on SQLite a read
+    transaction, which in WAL sees one snapshot from its first read. The pool resets the
+    isolation level when the connection returns."""
+    with engine.connect() as connection:
+        if connection.dialect.name != "sqlite":
+            connection.execution_options(isolation_level="REPEATABLE READ")
+        with connection.begin():
+            yield connection
+
+
 def _snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) -> list[Call]:
     """The `Call` of each record, in the same order. Legs, transfers and inherited applications
-    are read for all the records at once, so any number of calls costs a few statements."""
+    are read for all the records at once, so any number of calls costs a few statements: read
+    them on a connection of `_one_moment`, so that they never mix two moments."""
     call_ids = [record.call_id for record in records]
     legs = storage.where_legs(connection, call_ids)
     transfers = storage.where_transfers(connection, call_ids)

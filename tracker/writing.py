@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import Final, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from tracker import driver, storage
-from tracker.errors import StorageError
+from tracker.errors import StorageError, failure_message
 
 T = TypeVar("T")
 
@@ -60,7 +60,8 @@ class Writer:
         A connection found dead before any statement of the transaction reached the server (a
         kept connection the server dropped while idle) is replaced at once, once. Any other
         failure, a broken constraint that is not a race included, is a `StorageError` at once:
-        retrying a bug only hides it."""
+        retrying a bug only hides it. A connection lost during the commit itself is a
+        `StorageError` saying the outcome is unknown."""
         lost: Exception | None = None
         replaced_dead_connection = False
         attempt = 0
@@ -77,24 +78,21 @@ class Writer:
                     f"written: {error}"
                 ) from error
             except DBAPIError as error:
-                raise StorageError(
-                    f"the database failed and nothing of {subject} was written: {error.orig}"
-                ) from error
+                raise StorageError(failure_message(error, subject)) from error
             sent = connection.info
             sent[driver.SENT] = 0
+            committing = False
             try:
                 with connection.begin():
                     result = work(connection)
+                    committing = True  # what fails from here on failed in the COMMIT
             except storage.LostRaceError as error:
                 self._release(connection)
                 lost = error
             except IntegrityError as error:
                 connection.close()
                 if not storage.is_unique_violation(error):
-                    raise StorageError(
-                        f"a database constraint refused {subject}, which is a bug in the "
-                        f"tracker (please report it); nothing of it was written: {error.orig}"
-                    ) from error
+                    raise StorageError(failure_message(error, subject)) from error
                 lost = error
             except DBAPIError as error:
                 connection.close()
@@ -107,9 +105,14 @@ class Writer:
                     continue  # not an attempt lost to a race: no pause, no count
                 if not is_transient(error):
                     raise StorageError(
-                        f"the database failed and nothing of {subject} was written: {error.orig}"
+                        failure_message(error, subject, committing=committing)
                     ) from error
                 lost = error
+            except SQLAlchemyError as error:
+                # Not the database's answer but SQLAlchemy's own refusal (a statement the
+                # dialect cannot run): never a raw SQLAlchemy error out of `apply`.
+                connection.close()
+                raise StorageError(failure_message(error, subject)) from error
             except BaseException:
                 connection.close()
                 raise
