@@ -37,6 +37,21 @@ _TRANSIENT_MYSQL_CODES: Final = frozenset({1213})
 # the busy timeout, when another connection is mid-recovery or wrote since this one's snapshot.
 _TRANSIENT_SQLITE_CODES: Final = frozenset({261, 517})
 
+# The database could not be reached or did not answer in time (see `is_unavailable`).
+# PostgreSQL: a connection exception (class 08), too many connections, a statement or lock
+# timeout, the server shutting down or starting.
+_UNAVAILABLE_SQLSTATE_CLASSES: Final = frozenset({"08"})
+_UNAVAILABLE_SQLSTATES: Final = frozenset({"53300", "55P03", "57014", "57P01", "57P02", "57P03"})
+# MySQL/MariaDB: too many connections, server shutdown, lock wait timeout, connection killed,
+# statement timeout (MariaDB 1969, MySQL 3024), and the client's connection errors (2002, 2003,
+# 2006, 2013, 2055).
+_UNAVAILABLE_MYSQL_CODES: Final = frozenset(
+    {1040, 1053, 1205, 1927, 1969, 3024, 2002, 2003, 2006, 2013, 2055}
+)
+# SQLite: SQLITE_BUSY and SQLITE_LOCKED, whatever their extended code: another connection kept
+# the lock for the whole busy timeout.
+_UNAVAILABLE_SQLITE_CODES: Final = frozenset({5, 6})
+
 
 class Writer:
     """Runs writing transactions on `engine`. `owns_engine`: the tracker made the engine, so it
@@ -74,11 +89,13 @@ class Writer:
                 # slow to serve this delivery now, which the caller handles like a failure.
                 raise StorageError(
                     f"no database connection became free in time; nothing of {subject} was "
-                    f"written: {error}"
+                    f"written: {error}",
+                    unavailable=True,
                 ) from error
-            except DBAPIError as error:
+            except DBAPIError as error:  # no connection could be made
                 raise StorageError(
-                    f"the database failed and nothing of {subject} was written: {error.orig}"
+                    f"the database failed and nothing of {subject} was written: {error.orig}",
+                    unavailable=True,
                 ) from error
             sent = connection.info
             sent[driver.SENT] = 0
@@ -107,7 +124,8 @@ class Writer:
                     continue  # not an attempt lost to a race: no pause, no count
                 if not is_transient(error):
                     raise StorageError(
-                        f"the database failed and nothing of {subject} was written: {error.orig}"
+                        f"the database failed and nothing of {subject} was written: {error.orig}",
+                        unavailable=is_unavailable(error),
                     ) from error
                 lost = error
             except BaseException:
@@ -156,3 +174,22 @@ def is_transient(error: DBAPIError) -> bool:
     if arguments and arguments[0] in _TRANSIENT_MYSQL_CODES:
         return True
     return getattr(original, "sqlite_errorcode", None) in _TRANSIENT_SQLITE_CODES
+
+
+def is_unavailable(error: DBAPIError) -> bool:
+    """Whether `error` says the database could not be reached, lost the connection or did not
+    answer in time, rather than that it failed what it was sent: whatever the transaction
+    held, running a part of it would fail the same way (and wait as long)."""
+    if error.connection_invalidated:
+        return True
+    original = error.orig
+    sqlstate = getattr(original, "sqlstate", None)
+    if isinstance(sqlstate, str) and (
+        sqlstate in _UNAVAILABLE_SQLSTATES or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+    ):
+        return True
+    arguments = getattr(original, "args", ())
+    if arguments and arguments[0] in _UNAVAILABLE_MYSQL_CODES:
+        return True
+    code = getattr(original, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _UNAVAILABLE_SQLITE_CODES
