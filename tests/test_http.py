@@ -44,7 +44,7 @@ from tests.http_server import (
     request_head,
 )
 from tests.workloads import realistic_bodies
-from tracker import Call, Event, Tracker
+from tracker import Call, Event, StorageError, Tracker
 from tracker.schema import alembic_config, head_revision
 
 # Two pairs valid at once, as during a rotation: the old one still configured at Bandwidth for
@@ -395,6 +395,33 @@ def test_a_body_the_database_refuses_fails_alone_and_the_rest_of_its_group_is_wr
     assert [entry.body for entry in log()] == [blocker, *others, dumps(refused)]
 
 
+def test_storage_error_tells_a_database_out_of_reach_from_one_that_refused_the_delivery(
+    backend: str, database_url: str, tmp_path: Path
+) -> None:
+    """The endpoint splits a failed group by this: a refused delivery is `unavailable=False`
+    (the others may go in without it); a lock it waited for in vain, or a database it cannot
+    reach, is `unavailable=True` (every part of the group would fail the same way, and wait
+    as long)."""
+    migrate(database_url)
+    _refuse_tag(backend, database_url, REFUSED_TAG)
+    unreachable = {
+        "sqlite": f"sqlite:///{tmp_path / 'no-such-directory' / 'tracker.db'}",
+        "postgresql": "postgresql+psycopg://postgres@127.0.0.1:1/tracker",
+        "mariadb": "mysql+pymysql://root@127.0.0.1:1/tracker",
+    }[backend]
+    with Tracker(database_url, timeout=1) as tracker:
+        with pytest.raises(StorageError) as refused:
+            tracker.apply_many([dumps(disconnect()), dumps(disconnect(tag=REFUSED_TAG))])
+        assert refused.value.unavailable is False
+        with _write_lock(backend, database_url), pytest.raises(StorageError) as locked:
+            tracker.apply_many([dumps(disconnect()), dumps(disconnect())])
+        assert locked.value.unavailable is True
+        assert tracker.events() == []
+    with Tracker(unreachable, timeout=1) as tracker, pytest.raises(StorageError) as out_of_reach:
+        tracker.apply_many([dumps(disconnect()), dumps(disconnect())])
+    assert out_of_reach.value.unavailable is True
+
+
 def test_an_unexpected_error_fails_its_own_delivery_alone_counted_and_answered_503(
     serve: Callable[..., Server],
     backend: str,
@@ -539,6 +566,32 @@ def test_credentials_from_a_file_one_pair_a_line(
     assert len(log()) == 2
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("source", ["environment", "file"])
+def test_two_passwords_of_one_user_are_both_accepted_during_a_rotation(
+    serve: Callable[..., Server], tmp_path: Path, log: Callable[[], list[Event]], source: str
+) -> None:
+    """A Bandwidth application has one user name and one password, so a rotation keeps the
+    user: both of its entries hold, from $TRACKER_CALLBACK_CREDENTIALS as from a file."""
+    user = "bandwidth"
+    old, new = (user, "0ld-s3cret"), (user, "n3w:sécret")
+    entries = [f"{user}:{password}" for _user, password in (old, new)]
+    if source == "environment":
+        server = serve(credentials=",".join(entries))
+    else:
+        path = tmp_path / "credentials"
+        path.write_text("\n".join(entries) + "\n", "utf-8")
+        server = serve("--credentials-file", str(path), credentials=None)
+    bodies = [dumps(disconnect()), dumps(disconnect())]
+    for pair, body in zip((old, new), bodies, strict=True):
+        response = httpx.post(server.url(), content=body, auth=pair)
+        assert outcome_of(response) == (204, "applied", None)
+    assert httpx.post(server.url(), content=b"x", auth=(user, "0ld-s3cret!")).status_code == 401
+    assert httpx.post(server.url(), content=b"x", auth=("other", old[1])).status_code == 401
+    assert [entry.body for entry in log()] == bodies
+    assert "1 user (2 passwords)" in server.stderr
+
+
 @SQLITE_AND_POSTGRESQL
 def test_authentication_comes_before_the_body_is_read(server: Server) -> None:
     """A stranger announcing 10 MB is turned away with 401, not 413, and before sending any."""
@@ -635,6 +688,21 @@ def test_max_body_bytes_sets_the_limit(
     assert client.post(server.url(), content=over).status_code == 413
     assert client.post(server.url(), content=iter([over[:1000], over[1000:]])).status_code == 413
     assert [entry.body for entry in log()] == [at_limit]
+
+
+def test_max_body_bytes_is_the_trackers_limit_too(
+    serve: Callable[..., Server], client: httpx.Client, log: Callable[[], list[Event]]
+) -> None:
+    """`--max-body-bytes` over the default 1 MiB: a 1.5 MiB callback is read whole by the
+    endpoint and parsed and applied by the tracker, which takes the same limit (not logged
+    `invalid`/`too_large` by a tracker left at its default), and its body is logged whole."""
+    server = serve("--max-body-bytes", str(2 * MAX_BODY))
+    large = dumps({**disconnect(), "pad": "x" * (MAX_BODY // 2 * 3)})
+    assert MAX_BODY < len(large) < 2 * MAX_BODY
+    assert outcome_of(client.post(server.url(), content=large)) == (204, "applied", None)
+    over = dumps({**disconnect(), "pad": "x" * (2 * MAX_BODY)})
+    assert client.post(server.url(), content=over).status_code == 413
+    assert [entry.body for entry in log()] == [large]
 
 
 def test_a_declared_length_over_the_limit_is_413_before_the_body_is_sent(

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Final, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from tracker import driver, storage
@@ -48,9 +48,10 @@ _UNAVAILABLE_SQLSTATES: Final = frozenset({"53300", "55P03", "57014", "57P01", "
 _UNAVAILABLE_MYSQL_CODES: Final = frozenset(
     {1040, 1053, 1205, 1927, 1969, 3024, 2002, 2003, 2006, 2013, 2055}
 )
-# SQLite: SQLITE_BUSY and SQLITE_LOCKED, whatever their extended code: another connection kept
-# the lock for the whole busy timeout.
-_UNAVAILABLE_SQLITE_CODES: Final = frozenset({5, 6})
+# SQLite: SQLITE_BUSY and SQLITE_LOCKED, whatever their extended code (another connection kept
+# the lock for the whole busy timeout), SQLITE_IOERR and SQLITE_CANTOPEN (the file is out of
+# reach).
+_UNAVAILABLE_SQLITE_CODES: Final = frozenset({5, 6, 10, 14})
 
 
 class Writer:
@@ -183,7 +184,11 @@ def is_unavailable(error: DBAPIError) -> bool:
     if error.connection_invalidated:
         return True
     original = error.orig
-    sqlstate = getattr(original, "sqlstate", None)
+    sqlstate = getattr(original, "sqlstate", "")
+    if sqlstate is None and isinstance(error, OperationalError):
+        # psycopg and pymysql: an operational error the server did not send, so the client's
+        # own (no connection could be made, or it broke).
+        return True
     if isinstance(sqlstate, str) and (
         sqlstate in _UNAVAILABLE_SQLSTATES or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
     ):
