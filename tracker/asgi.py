@@ -251,10 +251,10 @@ class _GroupCommit:
     the busiest part of the server, and it must not sit idle while the loop answers.
 
     A group is not a unit of failure: when one fails for anything but the database being out
-    of reach (see `_fails_alone`), it is split in halves, and each half in halves again, so that
-    only the delivery the database refused is answered 503 and each of the others gets the
-    outcome, and the commit, it would have had alone. Halves keep arrival order: the first is
-    committed before the second is tried."""
+    of reach (see `_fails_every_part`), it is split in halves, and each half in halves again,
+    so that only the delivery the database refused is answered 503 and each of the others gets
+    the outcome, and the commit, it would have had alone. Halves keep arrival order: the first
+    is committed before the second is tried."""
 
     def __init__(self, tracker: Tracker, max_group: int, max_queue: int, metrics: _Metrics) -> None:
         self.tracker = tracker
@@ -307,7 +307,7 @@ class _GroupCommit:
         try:
             results = self.tracker.apply_many([waiting.body for waiting in group])
         except Exception as error:
-            if len(group) > 1 and not _fails_alone(error):
+            if len(group) > 1 and not _fails_every_part(error):
                 middle = len(group) // 2
                 self._commit(group[:middle])
                 self._commit(group[middle:])
@@ -351,7 +351,7 @@ class _GroupCommit:
         await asyncio.to_thread(self._writer.join)
 
 
-def _fails_alone(error: Exception) -> bool:
+def _fails_every_part(error: Exception) -> bool:
     """Whether `error` would fail any part of the group it failed, so that splitting the group
     only repeats it: the schema is not current, or the database is out of reach or did not
     answer in time (each part would wait as long again)."""
