@@ -1319,7 +1319,8 @@ CREDENTIALS_VARIABLE: Final = "TRACKER_CALLBACK_CREDENTIALS"
     "--credentials-file",
     type=click.File("r", encoding="utf-8"),
     help=f"One user:password a line (# starts a comment); instead of ${CREDENTIALS_VARIABLE}, "
-    "which holds user:password pairs separated by commas.",
+    "which holds user:password pairs separated by commas. Every pair is accepted, several of "
+    "one user too (a password being rotated).",
 )
 @click.option(
     "--max-body-bytes",
