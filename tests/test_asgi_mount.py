@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -110,3 +111,36 @@ def test_after_the_lifespan_shutdown_a_callback_is_503_not_left_waiting(
     assert response.status_code == 503
     assert "shutting down" in response.text
     assert sqlite_tracker.events() == []
+
+
+def test_two_passwords_of_one_user_are_both_accepted(sqlite_tracker: Tracker) -> None:
+    """Credentials as (user, password) pairs: one user's old and new password hold at once."""
+    client = Client(create_app(sqlite_tracker, credentials=[("bw", "old"), ("bw", "new")]))
+    for password in ("old", "new"):
+        body = json.dumps(initiate(new_call_id()))
+        response = client.post("/callbacks", content=body, auth=("bw", password))
+        assert response.headers["x-tracker-outcome"] == "applied"
+    refused = client.post("/callbacks", content=b"{}", auth=("bw", "older"))
+    assert refused.status_code == 401
+    assert len(sqlite_tracker.events()) == 2
+
+
+def test_the_endpoint_takes_the_trackers_own_body_limit(tmp_path: Path) -> None:
+    """A body the tracker would log as too large is answered 413 by the endpoint, and one the
+    endpoint reads whole is one the tracker parses: one limit, the tracker's."""
+    with Tracker(f"sqlite:///{tmp_path / 'small.db'}", max_body_bytes=2000) as tracker:
+        tracker.upgrade()
+        client = Client(create_app(tracker))
+        unpadded = json.dumps({**initiate(new_call_id()), "pad": ""}).encode()
+        at_limit = unpadded.replace(
+            b'"pad": ""', b'"pad": "' + b"x" * (2000 - len(unpadded)) + b'"'
+        )
+        assert len(at_limit) == 2000
+        response = client.post("/callbacks", content=at_limit)
+        assert response.headers["x-tracker-outcome"] == "applied"
+        over = at_limit + b" "
+        assert client.post("/callbacks", content=over).status_code == 413
+        assert tracker.apply(over).reason == "too_large"
+        with pytest.raises(ValueError, match="over the tracker's own limit of 2000"):
+            create_app(tracker, max_body_bytes=2001)
+        assert create_app(tracker, max_body_bytes=1000) is not None  # a lower one may be chosen

@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.factories import answer, disconnect, initiate, new_call_id
+from tests.factories import answer, disconnect, initiate, new_call_id, transfer_disconnect
 from tests.http_server import (
     Server,
     chunked,
@@ -44,7 +44,7 @@ from tests.http_server import (
     request_head,
 )
 from tests.workloads import realistic_bodies
-from tracker import Call, Event, Tracker
+from tracker import Call, Event, StorageError, Tracker
 from tracker.schema import alembic_config, head_revision
 
 # Two pairs valid at once, as during a rotation: the old one still configured at Bandwidth for
@@ -330,6 +330,168 @@ def test_storage_error_is_503_with_retry_after_to_its_group_only_and_nothing_log
     assert httpx.get(server.url("/healthz")).status_code == 200
 
 
+# --- a group is not a unit of failure -------------------------------------------------------------
+
+
+REFUSED_TAG = "refuse-me"
+
+
+@pytest.mark.parametrize("refused_at", [0, 2, 8])
+def test_a_body_the_database_refuses_fails_alone_and_the_rest_of_its_group_is_written(
+    serve: Callable[..., Server],
+    backend: str,
+    database_url: str,
+    tmp_path: Path,
+    log: Callable[[], list[Event]],
+    refused_at: int,
+) -> None:
+    """The database refuses one chosen body (a CHECK constraint the test adds; a trigger on
+    SQLite, which cannot add one to a table) in the middle of a group of nine that arrive while
+    the group before is held up by a lock: the refused body alone is answered 503 with
+    Retry-After and nothing of it is written; each of the other eight is answered 204 with the
+    outcome it would have had without the refused one, and is in the log in arrival order."""
+    server = serve(global_options=("--timeout", "60"))
+    blocker = dumps(disconnect())
+    ended = disconnect()
+    refused = disconnect(tag=REFUSED_TAG)
+    others = [
+        dumps(ended),
+        dumps(disconnect(ended["callId"], cause="busy")),
+        dumps(ended),
+        b"{not json",
+        b'{"eventType":"dtmf","callId":"c-1"}',
+        dumps(disconnect()),
+        dumps(transfer_disconnect(refused["callId"])),
+        dumps(disconnect()),
+    ]
+    group = [*others[:refused_at], dumps(refused), *others[refused_at:]]
+    _refuse_tag(backend, database_url, REFUSED_TAG)
+
+    answers = _deliver_as_one_group(server, backend, database_url, blocker, group)
+
+    assert answers[0].status_code == 204
+    refused_answer = answers[1 + refused_at]
+    assert refused_answer.status_code == 503
+    assert refused_answer.headers["retry-after"] == "5"
+    assert OUTCOME not in refused_answer.headers
+    expected = _outcomes_alone([blocker, *others], tmp_path)
+    got = [outcome_of(response) for response in answers if response is not refused_answer]
+    assert got == [(204, outcome, reason) for outcome, reason in expected]
+    assert {outcome for outcome, _reason in expected} >= {"applied", "duplicate", "rejected"}
+    assert [entry.body for entry in log()] == [blocker, *others]
+    # Not half-written: every call, the refused one's included (its leg made it known), is
+    # what the bodies applied without it make.
+    with Tracker(database_url) as reader, Tracker(f"sqlite:///{tmp_path / 'alone.db'}") as alone:
+        assert facts(reader.calls()) == facts(alone.calls())
+    metrics = {name: value for name, labels, value in _samples(_metrics_text(server)) if not labels}
+    assert metrics["tracker_storage_errors_total"] == 1
+    assert metrics["tracker_unexpected_errors_total"] == 0
+    assert metrics["tracker_group_size_sum"] == 1 + len(others)
+
+    # Once the database takes it, its redelivery goes in as if it had never been tried.
+    _refuse_tag(backend, database_url, None)
+    again = httpx.post(server.url(), content=dumps(refused), auth=OLD, timeout=30.0)
+    assert outcome_of(again) == (204, "applied", None)
+    assert [entry.body for entry in log()] == [blocker, *others, dumps(refused)]
+
+
+def test_storage_error_tells_a_database_out_of_reach_from_one_that_refused_the_delivery(
+    backend: str, database_url: str, tmp_path: Path
+) -> None:
+    """The endpoint splits a failed group by this: a refused delivery is `unavailable=False`
+    (the others may go in without it); a lock it waited for in vain, or a database it cannot
+    reach, is `unavailable=True` (every part of the group would fail the same way, and wait
+    as long)."""
+    migrate(database_url)
+    _refuse_tag(backend, database_url, REFUSED_TAG)
+    unreachable = {
+        "sqlite": f"sqlite:///{tmp_path / 'no-such-directory' / 'tracker.db'}",
+        "postgresql": "postgresql+psycopg://postgres@127.0.0.1:1/tracker",
+        "mariadb": "mysql+pymysql://root@127.0.0.1:1/tracker",
+    }[backend]
+    with Tracker(database_url, timeout=1) as tracker:
+        with pytest.raises(StorageError) as refused:
+            tracker.apply_many([dumps(disconnect()), dumps(disconnect(tag=REFUSED_TAG))])
+        assert refused.value.unavailable is False
+        with _write_lock(backend, database_url), pytest.raises(StorageError) as locked:
+            tracker.apply_many([dumps(disconnect()), dumps(disconnect())])
+        assert locked.value.unavailable is True
+        assert tracker.events() == []
+    with Tracker(unreachable, timeout=1) as tracker, pytest.raises(StorageError) as out_of_reach:
+        tracker.apply_many([dumps(disconnect()), dumps(disconnect())])
+    assert out_of_reach.value.unavailable is True
+
+
+def test_an_unexpected_error_fails_its_own_delivery_alone_counted_and_answered_503(
+    serve: Callable[..., Server],
+    backend: str,
+    database_url: str,
+    tmp_path: Path,
+    log: Callable[[], list[Event]],
+) -> None:
+    """A stored call the tracker cannot read (its history edited by hand into text that is
+    not JSON) makes applying a delivery to it raise a ValueError, no StorageError: that
+    delivery alone is answered 503 with Retry-After (not a bare 500), and counted in
+    `tracker_unexpected_errors_total`; the rest of its group is written as if alone."""
+    server = serve(global_options=("--timeout", "60"))
+    broken = initiate(new_call_id())
+    first = httpx.post(server.url(), content=dumps(broken), auth=OLD, timeout=30.0)
+    assert outcome_of(first) == (204, "applied", None)
+    with _admin(database_url) as admin:
+        admin.execute(
+            text("UPDATE tracker_calls SET history = '{not json' WHERE call_id = :id"),
+            {"id": broken["callId"]},
+        )
+    blocker = dumps(disconnect())
+    others = [dumps(disconnect()), dumps(answer(new_call_id())), b"[]", dumps(disconnect())]
+    group = [*others[:2], dumps(disconnect(broken["callId"])), *others[2:]]
+
+    answers = _deliver_as_one_group(server, backend, database_url, blocker, group)
+
+    failed = answers[3]
+    assert (failed.status_code, failed.headers["retry-after"]) == (503, "5")
+    expected = _outcomes_alone([dumps(broken), blocker, *others], tmp_path)[1:]
+    got = [outcome_of(response) for response in answers if response is not failed]
+    assert got == [(204, outcome, reason) for outcome, reason in expected]
+    assert [entry.body for entry in log()] == [dumps(broken), blocker, *others]
+    metrics = {name: value for name, labels, value in _samples(_metrics_text(server)) if not labels}
+    assert metrics["tracker_unexpected_errors_total"] == 1
+    assert metrics["tracker_storage_errors_total"] == 0
+    assert "ValueError" in server.stderr
+    assert httpx.get(server.url("/healthz")).status_code == 200
+
+
+# --- the queue is bounded ----------------------------------------------------------------------
+
+
+def test_past_max_queue_waiting_deliveries_a_request_is_503_at_once_and_counted(
+    serve: Callable[..., Server],
+    backend: str,
+    database_url: str,
+    log: Callable[[], list[Event]],
+) -> None:
+    """--max-queue 2, and the group being written held up by a lock the test holds: two more
+    deliveries wait, and the next is answered 503 with Retry-After while the lock is still
+    held (at once, not once the queue drains), counted in `tracker_queue_full_total`, and not
+    logged. Once the lock goes, the three held are written; the refused one, sent again, too."""
+    server = serve("--max-queue", "2", global_options=("--timeout", "60"))
+    held = [dumps(disconnect()) for _ in range(3)]
+    turned_away = dumps(disconnect())
+    with _write_lock(backend, database_url) as release:
+        senders = _send_one_by_one(server, held)
+        response = httpx.post(server.url(), content=turned_away, auth=OLD, timeout=30.0)
+        assert (response.status_code, response.headers["retry-after"]) == (503, "5")
+        assert "waiting" in response.text
+        assert _metric_values(server)["tracker_queue_full_total"] == 1
+        release()
+        answers = senders.join()
+    assert [outcome_of(answer) for answer in answers] == [(204, "applied", None)] * 3
+    assert [entry.body for entry in log()] == held
+    again = httpx.post(server.url(), content=turned_away, auth=OLD, timeout=30.0)
+    assert outcome_of(again) == (204, "applied", None)
+    assert _metric_values(server)["tracker_queued_deliveries"] == 0
+
+
 # --- 401: authentication -----------------------------------------------------------------------
 
 
@@ -402,6 +564,32 @@ def test_credentials_from_a_file_one_pair_a_line(
     assert httpx.post(server.url(), content=b"x", auth=("other", "x")).status_code == 401
     assert httpx.post(server.url(), content=b"x").status_code == 401
     assert len(log()) == 2
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("source", ["environment", "file"])
+def test_two_passwords_of_one_user_are_both_accepted_during_a_rotation(
+    serve: Callable[..., Server], tmp_path: Path, log: Callable[[], list[Event]], source: str
+) -> None:
+    """A Bandwidth application has one user name and one password, so a rotation keeps the
+    user: both of its entries hold, from $TRACKER_CALLBACK_CREDENTIALS as from a file."""
+    user = "bandwidth"
+    old, new = (user, "0ld-s3cret"), (user, "n3w:sécret")
+    entries = [f"{user}:{password}" for _user, password in (old, new)]
+    if source == "environment":
+        server = serve(credentials=",".join(entries))
+    else:
+        path = tmp_path / "credentials"
+        path.write_text("\n".join(entries) + "\n", "utf-8")
+        server = serve("--credentials-file", str(path), credentials=None)
+    bodies = [dumps(disconnect()), dumps(disconnect())]
+    for pair, body in zip((old, new), bodies, strict=True):
+        response = httpx.post(server.url(), content=body, auth=pair)
+        assert outcome_of(response) == (204, "applied", None)
+    assert httpx.post(server.url(), content=b"x", auth=(user, "0ld-s3cret!")).status_code == 401
+    assert httpx.post(server.url(), content=b"x", auth=("other", old[1])).status_code == 401
+    assert [entry.body for entry in log()] == bodies
+    assert "1 user (2 passwords)" in server.stderr
 
 
 @SQLITE_AND_POSTGRESQL
@@ -500,6 +688,21 @@ def test_max_body_bytes_sets_the_limit(
     assert client.post(server.url(), content=over).status_code == 413
     assert client.post(server.url(), content=iter([over[:1000], over[1000:]])).status_code == 413
     assert [entry.body for entry in log()] == [at_limit]
+
+
+def test_max_body_bytes_is_the_trackers_limit_too(
+    serve: Callable[..., Server], client: httpx.Client, log: Callable[[], list[Event]]
+) -> None:
+    """`--max-body-bytes` over the default 1 MiB: a 1.5 MiB callback is read whole by the
+    endpoint and parsed and applied by the tracker, which takes the same limit (not logged
+    `invalid`/`too_large` by a tracker left at its default), and its body is logged whole."""
+    server = serve("--max-body-bytes", str(2 * MAX_BODY))
+    large = dumps({**disconnect(), "pad": "x" * (MAX_BODY // 2 * 3)})
+    assert MAX_BODY < len(large) < 2 * MAX_BODY
+    assert outcome_of(client.post(server.url(), content=large)) == (204, "applied", None)
+    over = dumps({**disconnect(), "pad": "x" * (2 * MAX_BODY)})
+    assert client.post(server.url(), content=over).status_code == 413
+    assert [entry.body for entry in log()] == [large]
 
 
 def test_a_declared_length_over_the_limit_is_413_before_the_body_is_sent(
@@ -946,11 +1149,115 @@ def _admin(database_url: str) -> Iterator[Connection]:
         engine.dispose()
 
 
+def _metric_values(server: Server) -> dict[str, float]:
+    """The server's metrics without labels, by sample name."""
+    return {name: value for name, labels, value in _samples(_metrics_text(server)) if not labels}
+
+
+def _await_metrics(server: Server, **expected: float) -> None:
+    """Wait until the server's metrics say `expected` (the state of its queue, which the
+    requests in flight reach in their own time); fail if they never do."""
+    deadline = time.monotonic() + 30.0
+    while True:
+        values = _metric_values(server)
+        if all(values.get(name) == value for name, value in expected.items()):
+            return
+        assert time.monotonic() < deadline, f"the server never reached {expected}: {values}"
+        time.sleep(0.02)
+
+
+class _Senders:
+    """Requests in flight, each on a thread of its own, answered in their own time."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.answers: list[httpx.Response | None] = []
+        self.threads: list[threading.Thread] = []
+
+    def send(self, body: bytes) -> None:
+        index = len(self.answers)
+        self.answers.append(None)
+
+        def post() -> None:
+            with httpx.Client(auth=OLD, timeout=120.0) as session:
+                self.answers[index] = session.post(self.url, content=body)
+
+        thread = threading.Thread(target=post, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def join(self) -> list[httpx.Response]:
+        for thread in self.threads:
+            thread.join(120.0)
+        answers = [answer for answer in self.answers if answer is not None]
+        assert len(answers) == len(self.answers), "a request was never answered"
+        return answers
+
+
+def _send_one_by_one(server: Server, bodies: Sequence[bytes]) -> _Senders:
+    """Send `bodies` while the group being written is held up (by a lock the test holds): the
+    first becomes that group, each of the others is sent once the one before it is queued, so
+    the queue holds them in this order and they make the next group together."""
+    senders = _Senders(server.url())
+    for index, body in enumerate(bodies):
+        senders.send(body)
+        if index == 0:
+            _await_metrics(server, tracker_writing_deliveries=1, tracker_queued_deliveries=0)
+        else:
+            _await_metrics(server, tracker_queued_deliveries=index)
+    return senders
+
+
+def _deliver_as_one_group(
+    server: Server, backend: str, database_url: str, first: bytes, group: Sequence[bytes]
+) -> list[httpx.Response]:
+    """`first` alone in a group held up by a lock, then every body of `group` in one group of
+    their own, in this order, once the lock goes: the answers, in the order sent."""
+    with _write_lock(backend, database_url) as release:
+        senders = _send_one_by_one(server, [first, *group])
+        release()
+        return senders.join()
+
+
+def _outcomes_alone(bodies: Sequence[bytes], tmp_path: Path) -> list[tuple[str, str | None]]:
+    """The outcome and reason of each body applied one by one into a fresh database."""
+    with Tracker(f"sqlite:///{tmp_path / 'alone.db'}", durable=False) as alone:
+        alone.upgrade()
+        return [(result.outcome.value, result.reason) for result in map(alone.apply, bodies)]
+
+
+def _refuse_tag(backend: str, database_url: str, tag: str | None) -> None:
+    """Make the database refuse to store a call with `tag` (None: stop refusing): a CHECK
+    constraint on the servers, triggers on SQLite, which cannot add a constraint to a table."""
+    with _admin(database_url) as admin:
+        if backend == "sqlite":
+            for verb in ("INSERT", "UPDATE"):
+                name = f"test_refuse_{verb.lower()}"
+                admin.execute(text(f"DROP TRIGGER IF EXISTS {name}"))
+                if tag is not None:
+                    admin.execute(
+                        text(
+                            f"CREATE TRIGGER {name} BEFORE {verb} ON tracker_calls "
+                            f"WHEN NEW.tag = '{tag}' "
+                            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+                        )
+                    )
+        elif tag is None:
+            admin.execute(text("ALTER TABLE tracker_calls DROP CONSTRAINT test_refuse"))
+        else:
+            admin.execute(
+                text(
+                    "ALTER TABLE tracker_calls ADD CONSTRAINT test_refuse "
+                    f"CHECK (tag IS NULL OR tag <> '{tag}')"
+                )
+            )
+
+
 @contextmanager
 def _write_lock(backend: str, database_url: str) -> Iterator[Callable[[], None]]:
     """Another session holding what a delivery needs to write, until `release()` (called by the
     `with` body, or on leaving): SQLite's write lock (BEGIN IMMEDIATE); PostgreSQL's ACCESS
-    EXCLUSIVE lock on the event log."""
+    EXCLUSIVE lock on the event log; MariaDB's table lock on it (LOCK TABLES ... WRITE)."""
     released = False
     if backend == "sqlite":
         path = make_url(database_url).database
@@ -961,6 +1268,16 @@ def _write_lock(backend: str, database_url: str) -> Iterator[Callable[[], None]]
         def unlock() -> None:
             sqlite.execute("ROLLBACK")
             sqlite.close()
+
+    elif backend == "mariadb":
+        engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+        connection = engine.connect()
+        connection.execute(text("LOCK TABLES tracker_events WRITE"))
+
+        def unlock() -> None:
+            connection.execute(text("UNLOCK TABLES"))
+            connection.close()
+            engine.dispose()
 
     else:
         engine = create_engine(database_url)

@@ -7,7 +7,8 @@ the app keeps for itself.
 Bandwidth does not redeliver a callback answered with a non-2xx status, so the answer is `204`
 for every outcome, bad bodies included, and it is sent only once the delivery is committed: a
 `204` means the delivery is in the log. Concurrent requests share commits (see `_GroupCommit`),
-which is what makes durable commits affordable under load.
+which is what makes durable commits affordable under load; a delivery the database refuses
+fails alone, its group's others are written as if each had come alone.
 
 Needs the `serve` extra (`pip install 'tracker[serve]'`) for the Prometheus client; the module
 itself imports without it, so that the command line can read its defaults.
@@ -28,6 +29,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Final
 
+from tracker import parsing
 from tracker.errors import SchemaError, StorageError
 from tracker.lifecycle import LIVE_STATES
 from tracker.records import Result
@@ -39,12 +41,18 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
-MAX_BODY_BYTES: Final = 1_048_576
+# The tracker's own limit (`Tracker(max_body_bytes=...)`) is the endpoint's: a body the
+# endpoint read whole is one the tracker parses.
+MAX_BODY_BYTES: Final = parsing.MAX_BODY_BYTES
 # Bandwidth gives up on a callback after its callback timeout (15 s by default, 25 s at most),
 # so a body that has not arrived in 30 s will never be answered usefully: the bound only frees
 # the server of the connection.
 BODY_TIMEOUT: Final = 30.0
 MAX_GROUP: Final = 500
+# Deliveries waiting for a group, at most: four groups' worth, a few seconds of a busy minute's
+# traffic behind a slow commit. Past it a request is answered 503 at once rather than held in
+# memory with no promise of an answer before Bandwidth's callback timeout.
+MAX_QUEUE: Final = 4 * MAX_GROUP
 RETRY_AFTER: Final = 5
 HEALTH_PATH: Final = "/healthz"
 METRICS_PATH: Final = "/metrics"
@@ -53,30 +61,49 @@ CLOSE: Final = (b"connection", b"close")
 _log = logging.getLogger(__name__)
 
 
+Credentials = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
 def create_app(
     tracker: Tracker,
     *,
-    credentials: Mapping[str, str] | None = None,
-    max_body_bytes: int = MAX_BODY_BYTES,
+    credentials: Credentials | None = None,
+    max_body_bytes: int | None = None,
     body_timeout: float = BODY_TIMEOUT,
     max_group: int = MAX_GROUP,
+    max_queue: int = MAX_QUEUE,
     retry_after: int = RETRY_AFTER,
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The ASGI application applying each POSTed body with `tracker`.
 
-    `credentials` maps user names to passwords for HTTP Basic authentication (several pairs may
-    be valid at once, for rotation); None or empty accepts every request, for a host that
-    authenticates in front of the app. A body over `max_body_bytes` gets `413` unread; one not
-    complete within `body_timeout` seconds gets `408`. At most `max_group` deliveries share a
-    commit. `retry_after` (seconds) goes with each `503`. The app owns one writing thread; it
-    ends with the ASGI lifespan's shutdown, or with the process.
+    `credentials`: the (user, password) pairs of HTTP Basic authentication, any of which is
+    accepted; several may be valid at once, for one user's too, for a rotation (a mapping of
+    user to password is taken as well). None or empty accepts every request, for a host that
+    authenticates in front of the app. A body over `max_body_bytes` (by default the tracker's
+    own `max_body_bytes`; never more) gets `413` unread; one not complete within `body_timeout`
+    seconds gets `408`. At most `max_group` deliveries share a commit; past `max_queue`
+    deliveries waiting for one, a request gets `503` at once. `retry_after` (seconds) goes with
+    each `503`. The app owns one writing thread; it ends with the ASGI lifespan's shutdown, or
+    with the process.
     """
+    if max_body_bytes is None:
+        max_body_bytes = tracker.max_body_bytes
+    elif max_body_bytes > tracker.max_body_bytes:
+        raise ValueError(
+            f"max_body_bytes={max_body_bytes} is over the tracker's own limit of "
+            f"{tracker.max_body_bytes}, which would log the bodies between as invalid "
+            "(too_large); give the limit to the Tracker (Tracker(..., max_body_bytes=...)) and "
+            "leave create_app's out"
+        )
+    for name, value in (("max_group", max_group), ("max_queue", max_queue)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int; got {value!r}")
     return _App(
         tracker,
-        _Credentials(credentials or {}),
+        _Credentials(credentials or ()),
         max_body_bytes=max_body_bytes,
         body_timeout=body_timeout,
-        group_commit=_GroupCommit(tracker, max_group, _Metrics()),
+        group_commit=_GroupCommit(tracker, max_group, max_queue, _Metrics()),
         retry_after=retry_after,
     )
 
@@ -85,8 +112,22 @@ class _Credentials:
     """HTTP Basic credentials, compared in constant time: every pair is compared in full, so
     the time taken says nothing about which part of which pair was wrong."""
 
-    def __init__(self, pairs: Mapping[str, str]) -> None:
-        self._pairs = [(user.encode(), password.encode()) for user, password in pairs.items()]
+    def __init__(self, credentials: Credentials) -> None:
+        pairs = credentials.items() if isinstance(credentials, Mapping) else credentials
+        if isinstance(pairs, str | bytes):
+            raise TypeError("credentials must be (user, password) pairs or a mapping, not text")
+        self._pairs = []
+        for number, pair in enumerate(pairs, start=1):
+            if not (
+                isinstance(pair, tuple | list)
+                and len(pair) == 2
+                and all(isinstance(part, str) for part in pair)
+            ):
+                raise TypeError(f"credential {number} is not a (user, password) pair of str")
+            user, password = pair
+            if ":" in user:  # Basic authentication ends the user name at the first colon
+                raise ValueError(f"the user name of credential {number} holds a colon")
+            self._pairs.append((user.encode(), password.encode()))
 
     @property
     def required(self) -> bool:
@@ -155,7 +196,31 @@ class _Metrics:
         )
         self.storage_errors = Counter(
             "tracker_storage_errors",
-            "Groups of deliveries the database failed to commit (each request answered 503).",
+            "Groups of deliveries the database failed to commit, each of their requests "
+            "answered 503 (a group one delivery of which the database refused counts once, "
+            "for that delivery alone).",
+            registry=self.registry,
+        )
+        self.unexpected_errors = Counter(
+            "tracker_unexpected_errors",
+            "Groups of deliveries whose applying raised an error other than StorageError or "
+            "SchemaError (a bug: the traceback is in the log), each request answered 503.",
+            registry=self.registry,
+        )
+        self.queue_full = Counter(
+            "tracker_queue_full",
+            "Requests answered 503 at once because the queue of deliveries waiting for a group "
+            "was at its bound.",
+            registry=self.registry,
+        )
+        self.queued = Gauge(
+            "tracker_queued_deliveries",
+            "Deliveries waiting for a group to be written in.",
+            registry=self.registry,
+        )
+        self.writing = Gauge(
+            "tracker_writing_deliveries",
+            "Deliveries in the group being written now.",
             registry=self.registry,
         )
         self.live_calls = Gauge(
@@ -183,13 +248,23 @@ class _GroupCommit:
     one, for one commit. One thread writes, so groups commit in arrival order too, and the
     event loop never waits on the database. The thread takes the next group itself as soon as
     a commit returns, rather than waiting for the event loop to hand it one: under load it is
-    the busiest part of the server, and it must not sit idle while the loop answers."""
+    the busiest part of the server, and it must not sit idle while the loop answers.
 
-    def __init__(self, tracker: Tracker, max_group: int, metrics: _Metrics) -> None:
+    A group is not a unit of failure: when one fails for anything but the database being out
+    of reach (see `_fails_every_part`), it is split in halves, and each half in halves again,
+    so that only the delivery the database refused is answered 503 and each of the others gets
+    the outcome, and the commit, it would have had alone. Halves keep arrival order: the first
+    is committed before the second is tried."""
+
+    def __init__(self, tracker: Tracker, max_group: int, max_queue: int, metrics: _Metrics) -> None:
         self.tracker = tracker
         self.max_group = max_group
+        self.max_queue = max_queue
         self.metrics = metrics
         self._queue: deque[_Waiting] = deque()
+        self._writing = 0
+        metrics.queued.set_function(lambda: len(self._queue))
+        metrics.writing.set_function(lambda: self._writing)
         self._changed = threading.Condition()
         self._closing = False
         # A daemon: a host that never runs the ASGI lifespan must still be able to exit. A
@@ -198,12 +273,16 @@ class _GroupCommit:
         self._writer.start()
 
     async def apply(self, body: bytes) -> Result:
-        """The delivery's result once it is committed; `StorageError` when its group failed."""
+        """The delivery's result once it is committed. `StorageError` or another error when
+        applying it failed; `_QueueFullError` at once when `max_queue` deliveries are waiting."""
         loop = asyncio.get_running_loop()
         waiting = _Waiting(body, time.perf_counter(), loop.create_future(), loop)
         with self._changed:
             if self._closing:  # the writer is gone or going: nobody would answer
                 raise StorageError("the endpoint is shutting down; nothing was written")
+            if len(self._queue) >= self.max_queue:
+                self.metrics.queue_full.inc()
+                raise _QueueFullError(self.max_queue)
             self._queue.append(waiting)
             self._changed.notify()
         return await waiting.answer
@@ -217,15 +296,31 @@ class _GroupCommit:
                     return
                 size = min(len(self._queue), self.max_group)
                 group = [self._queue.popleft() for _ in range(size)]
+                self._writing = size
             try:
-                results = self.tracker.apply_many([waiting.body for waiting in group])
-            except Exception as error:  # every request of the group hears of it
-                if isinstance(error, StorageError | SchemaError):
-                    self.metrics.storage_errors.inc()
-                self._answer(group, [error] * len(group))
-                continue
-            self._record(group, results)
-            self._answer(group, results)
+                self._commit(group)
+            finally:
+                self._writing = 0
+
+    def _commit(self, group: list[_Waiting]) -> None:
+        """Apply `group` and answer each of its requests; split it when it fails (see above)."""
+        try:
+            results = self.tracker.apply_many([waiting.body for waiting in group])
+        except Exception as error:
+            if len(group) > 1 and not _fails_every_part(error):
+                middle = len(group) // 2
+                self._commit(group[:middle])
+                self._commit(group[middle:])
+                return
+            if isinstance(error, StorageError | SchemaError):
+                self.metrics.storage_errors.inc()
+            else:
+                self.metrics.unexpected_errors.inc()
+                _log.error("applying a delivery failed unexpectedly", exc_info=error)
+            self._answer(group, [error] * len(group))
+            return
+        self._record(group, results)
+        self._answer(group, results)
 
     def _record(self, group: list[_Waiting], results: list[Result]) -> None:
         committed = time.perf_counter()
@@ -254,6 +349,20 @@ class _GroupCommit:
             self._closing = True
             self._changed.notify()
         await asyncio.to_thread(self._writer.join)
+
+
+def _fails_every_part(error: Exception) -> bool:
+    """Whether `error` would fail any part of the group it failed, so that splitting the group
+    only repeats it: the schema is not current, or the database is out of reach or did not
+    answer in time (each part would wait as long again)."""
+    return isinstance(error, SchemaError) or (isinstance(error, StorageError) and error.unavailable)
+
+
+class _QueueFullError(Exception):
+    """`max_queue` deliveries are waiting for a group already: answer 503, try again later."""
+
+    def __init__(self, bound: int) -> None:
+        super().__init__(f"{bound} deliveries are waiting to be written already")
 
 
 def _settle(pairs: list[tuple[_Waiting, Result | Exception]]) -> None:
@@ -351,9 +460,16 @@ class _App:
             return
         try:
             result = await self.group_commit.apply(body)
-        except (StorageError, SchemaError) as error:
-            # The database's own words go to the operator's log, not to whoever called.
-            _log.warning("a delivery was answered 503: %s", error)
+        except _QueueFullError as error:
+            text = f"{error}; the delivery was not stored; send it again later\n".encode()
+            await _answer(send, 503, [(b"retry-after", self.retry_after)], text)
+            return
+        except Exception as error:
+            # The database's own words go to the operator's log, not to whoever called. Any
+            # error is a 503 with Retry-After (an unexpected one was logged and counted where
+            # it was caught): Bandwidth's answer to a bare 500 is the same, without the hint.
+            if isinstance(error, StorageError | SchemaError):
+                _log.warning("a delivery was answered 503: %s", error)
             text = b"the delivery was not stored; send it again later\n"
             if self.group_commit.closing:
                 text = b"the endpoint is shutting down; the delivery was not stored\n"

@@ -59,7 +59,7 @@ from tracker import (
     Tracker,
     plotting,
 )
-from tracker.asgi import BODY_TIMEOUT, MAX_BODY_BYTES
+from tracker.asgi import BODY_TIMEOUT, MAX_BODY_BYTES, MAX_QUEUE
 from tracker.exporting import (
     FORMATS,
     PER_CONVERSATION,
@@ -112,11 +112,18 @@ class _Session:
         self.database_url = database_url
         self.schema = schema
         self.timeout = timeout
+        # `serve --max-body-bytes`, set before the tracker is opened: one limit for both.
+        self.max_body_bytes = MAX_BODY_BYTES
 
     @cached_property
     def tracker(self) -> Tracker:
         try:
-            tracker = Tracker(self.database_url, schema=self.schema, timeout=self.timeout)
+            tracker = Tracker(
+                self.database_url,
+                schema=self.schema,
+                timeout=self.timeout,
+                max_body_bytes=self.max_body_bytes,
+            )
         except (ArgumentError, ValueError) as error:
             raise click.BadParameter(str(error), param_hint="'--db'") from error
         except ImportError as error:
@@ -1317,14 +1324,22 @@ CREDENTIALS_VARIABLE: Final = "TRACKER_CALLBACK_CREDENTIALS"
     "--credentials-file",
     type=click.File("r", encoding="utf-8"),
     help=f"One user:password a line (# starts a comment); instead of ${CREDENTIALS_VARIABLE}, "
-    "which holds user:password pairs separated by commas.",
+    "which holds user:password pairs separated by commas. Every pair is accepted, several of "
+    "one user too (a password being rotated).",
 )
 @click.option(
     "--max-body-bytes",
     default=MAX_BODY_BYTES,
     show_default=True,
     type=click.IntRange(min=1),
-    help="A larger body is answered 413, unread.",
+    help="A larger body is answered 413, unread (and the tracker parses no larger one).",
+)
+@click.option(
+    "--max-queue",
+    default=MAX_QUEUE,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Deliveries waiting to be written, at most; past it a request is answered 503 at once.",
 )
 @click.option(
     "--body-timeout",
@@ -1341,6 +1356,7 @@ def serve(
     port: int,
     credentials_file: IO[str] | None,
     max_body_bytes: int,
+    max_queue: int,
     body_timeout: float,
 ) -> None:
     """Serve the webhook endpoint Bandwidth calls: every POST is a callback, answered 204 once
@@ -1363,15 +1379,16 @@ def serve(
             f"no credentials, so {host} would take callbacks from anyone; set "
             f"${CREDENTIALS_VARIABLE} or --credentials-file, or listen on a loopback address"
         )
+    session.max_body_bytes = max_body_bytes
     tracker = session.tracker
     tracker.check()
     app = create_app(
-        tracker,
-        credentials=credentials,
-        max_body_bytes=max_body_bytes,
-        body_timeout=body_timeout,
+        tracker, credentials=credentials, body_timeout=body_timeout, max_queue=max_queue
     )
-    guard = f"Basic authentication, {_count(len(credentials), 'user')}"
+    users = len({user for user, _password in credentials})
+    guard = f"Basic authentication, {_count(users, 'user')}"
+    if users < len(credentials):
+        guard += f" ({_count(len(credentials), 'password')})"
     if not credentials:
         guard = "WITHOUT authentication (loopback only)"
     config = uvicorn.Config(
@@ -1404,10 +1421,11 @@ def serve(
     Server(config).run()
 
 
-def _credentials(entries: Iterable[str], source: str) -> dict[str, str]:
-    """User name to password, from `user:password` entries; blank entries and `#` comments are
-    skipped. A bad entry is named by its position, never by its text: it holds a secret."""
-    pairs: dict[str, str] = {}
+def _credentials(entries: Iterable[str], source: str) -> list[tuple[str, str]]:
+    """(user, password) pairs, from `user:password` entries; blank entries and `#` comments are
+    skipped. One user may have several (a password being rotated), and each is accepted. A bad
+    entry is named by its position, never by its text: it holds a secret."""
+    pairs: list[tuple[str, str]] = []
     for number, entry in enumerate(entries, start=1):
         entry = entry.strip()
         if not entry or entry.startswith("#"):
@@ -1417,7 +1435,7 @@ def _credentials(entries: Iterable[str], source: str) -> dict[str, str]:
             raise click.UsageError(
                 f"entry {number} of {source} is not user:password (both parts non-empty)"
             )
-        pairs[user] = password
+        pairs.append((user, password))
     return pairs
 
 

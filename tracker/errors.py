@@ -26,7 +26,17 @@ class StorageError(TrackerError):
     Either way, answer the webhook with a non-2xx status (or keep the body and apply it again
     later): applying the same body again is safe and gives the outcome it would have had, or
     `duplicate` when the first attempt was written after all.
+
+    `unavailable` is true when the database could not be reached, lost the connection, or did
+    not answer in time (a lock or statement timeout, no pooled connection free): the failure
+    says nothing about the deliveries, and applying them apart would only fail the same way.
+    It is false when the database took the statements and failed them (a refused constraint,
+    data it cannot hold, a race lost too often), which may concern one delivery of several.
     """
+
+    def __init__(self, *args: object, unavailable: bool = False) -> None:
+        super().__init__(*args)
+        self.unavailable = unavailable
 
 
 class ConflictError(StorageError):

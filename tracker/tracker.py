@@ -52,7 +52,7 @@ from tracker.records import (
     SweepReport,
 )
 from tracker.schema import check_current, upgrade_schema
-from tracker.writing import Writer, is_transient
+from tracker.writing import Writer, is_transient, is_unavailable
 
 DEFAULT_DATABASE_URL: Final = "sqlite:///tracker.db"
 # The most entries `calls()` and `events()` list when given no limit: past it they refuse, and
@@ -120,6 +120,12 @@ class Tracker:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest body parsed; a larger one is logged `invalid` (`too_large`). The webhook
+        endpoint answers such a body `413` instead, unread."""
+        return self._max_body_bytes
 
     # --- schema ---------------------------------------------------------------------------
 
@@ -645,6 +651,10 @@ def _database_errors() -> Iterator[None]:
     try:
         yield
     except DBAPIError as error:
-        raise StorageError(f"the database failed: {error.orig}") from error
+        raise StorageError(
+            f"the database failed: {error.orig}", unavailable=is_unavailable(error)
+        ) from error
     except PoolTimeoutError as error:
-        raise StorageError(f"no database connection became free in time: {error}") from error
+        raise StorageError(
+            f"no database connection became free in time: {error}", unavailable=True
+        ) from error

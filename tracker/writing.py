@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Final, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from tracker import driver, storage
@@ -36,6 +36,22 @@ _TRANSIENT_MYSQL_CODES: Final = frozenset({1213})
 # SQLITE_BUSY_RECOVERY and SQLITE_BUSY_SNAPSHOT: SQLite returns them at once, without waiting for
 # the busy timeout, when another connection is mid-recovery or wrote since this one's snapshot.
 _TRANSIENT_SQLITE_CODES: Final = frozenset({261, 517})
+
+# The database could not be reached or did not answer in time (see `is_unavailable`).
+# PostgreSQL: a connection exception (class 08), too many connections, a statement or lock
+# timeout, the server shutting down or starting.
+_UNAVAILABLE_SQLSTATE_CLASSES: Final = frozenset({"08"})
+_UNAVAILABLE_SQLSTATES: Final = frozenset({"53300", "55P03", "57014", "57P01", "57P02", "57P03"})
+# MySQL/MariaDB: too many connections, server shutdown, lock wait timeout, connection killed,
+# statement timeout (MariaDB 1969, MySQL 3024), and the client's connection errors (2002, 2003,
+# 2006, 2013, 2055).
+_UNAVAILABLE_MYSQL_CODES: Final = frozenset(
+    {1040, 1053, 1205, 1927, 1969, 3024, 2002, 2003, 2006, 2013, 2055}
+)
+# SQLite: SQLITE_BUSY and SQLITE_LOCKED, whatever their extended code (another connection kept
+# the lock for the whole busy timeout), SQLITE_IOERR and SQLITE_CANTOPEN (the file is out of
+# reach).
+_UNAVAILABLE_SQLITE_CODES: Final = frozenset({5, 6, 10, 14})
 
 
 class Writer:
@@ -75,10 +91,11 @@ class Writer:
                 # slow to serve this delivery now, which the caller handles like a failure.
                 raise StorageError(
                     f"no database connection became free in time; nothing of {subject} was "
-                    f"written: {error}"
+                    f"written: {error}",
+                    unavailable=True,
                 ) from error
-            except DBAPIError as error:
-                raise StorageError(failure_message(error, subject)) from error
+            except DBAPIError as error:  # no connection could be made
+                raise StorageError(failure_message(error, subject), unavailable=True) from error
             sent = connection.info
             sent[driver.SENT] = 0
             committing = False
@@ -105,7 +122,8 @@ class Writer:
                     continue  # not an attempt lost to a race: no pause, no count
                 if not is_transient(error):
                     raise StorageError(
-                        failure_message(error, subject, committing=committing)
+                        failure_message(error, subject, committing=committing),
+                        unavailable=is_unavailable(error),
                     ) from error
                 lost = error
             except SQLAlchemyError as error:
@@ -159,3 +177,26 @@ def is_transient(error: DBAPIError) -> bool:
     if arguments and arguments[0] in _TRANSIENT_MYSQL_CODES:
         return True
     return getattr(original, "sqlite_errorcode", None) in _TRANSIENT_SQLITE_CODES
+
+
+def is_unavailable(error: DBAPIError) -> bool:
+    """Whether `error` says the database could not be reached, lost the connection or did not
+    answer in time, rather than that it failed what it was sent: whatever the transaction
+    held, running a part of it would fail the same way (and wait as long)."""
+    if error.connection_invalidated:
+        return True
+    original = error.orig
+    sqlstate = getattr(original, "sqlstate", "")
+    if sqlstate is None and isinstance(error, OperationalError):
+        # psycopg and pymysql: an operational error the server did not send, so the client's
+        # own (no connection could be made, or it broke).
+        return True
+    if isinstance(sqlstate, str) and (
+        sqlstate in _UNAVAILABLE_SQLSTATES or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+    ):
+        return True
+    arguments = getattr(original, "args", ())
+    if arguments and arguments[0] in _UNAVAILABLE_MYSQL_CODES:
+        return True
+    code = getattr(original, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _UNAVAILABLE_SQLITE_CODES
