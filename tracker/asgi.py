@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from tracker import parsing
-from tracker.errors import SchemaError, StorageError
+from tracker.errors import SchemaError, StorageError, check_positive
 from tracker.lifecycle import LIVE_STATES
 from tracker.records import Result
 from tracker.tracker import Tracker
@@ -95,9 +95,8 @@ def create_app(
             "(too_large); give the limit to the Tracker (Tracker(..., max_body_bytes=...)) and "
             "leave create_app's out"
         )
-    for name, value in (("max_group", max_group), ("max_queue", max_queue)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}")
+    check_positive("max_group", max_group)
+    check_positive("max_queue", max_queue)
     return _App(
         tracker,
         _Credentials(credentials or ()),
