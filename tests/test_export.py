@@ -30,7 +30,7 @@ from tracker import Call, StorageError, Tracker
 from tracker.cli import cli
 from tracker.exporting import CONVERSATION_COLUMNS, LEG_COLUMNS, Kind, columns, write_parquet
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+EXPORT_PAGE = (Path(__file__).resolve().parents[1] / "docs" / "export.md").read_text()
 OTHER_ACCOUNT = "7700001"
 
 
@@ -42,7 +42,7 @@ def _seconds(duration: timedelta | None) -> float | None:
 
 
 def expected_leg_row(call: Call) -> dict[str, Any]:
-    """What the README's table says a leg's row holds, from the call's snapshot."""
+    """What docs/export.md's columns table says a leg's row holds, from the call's snapshot."""
     return {
         "call_id": call.call_id,
         "parent_call_id": call.parent_call_id,
@@ -360,8 +360,10 @@ def test_a_database_failure_mid_export_is_a_storage_error(sqlite_tracker: Tracke
         list(rows)
 
 
-def test_the_readme_documents_every_column_in_order() -> None:
-    table = re.findall(r"^\| `([a-z_]+)` \| (text|time|seconds|boolean|integer) \|", README, re.M)
+def test_the_docs_document_every_column_in_order() -> None:
+    table = re.findall(
+        r"^\| `([a-z_]+)` \| (text|time|seconds|boolean|integer) \|", EXPORT_PAGE, re.M
+    )
     assert table == [(column.name, column.kind.value) for column in CONVERSATION_COLUMNS]
     assert columns("leg") == CONVERSATION_COLUMNS[: len(LEG_COLUMNS)]
 
@@ -378,7 +380,7 @@ def url_of(tracker: Tracker) -> str:
 
 
 def as_text(value: Any, kind: Kind) -> str:
-    """A cell as the README says CSV writes it."""
+    """A cell as docs/export.md says CSV writes it."""
     if value is None:
         return ""
     if kind is Kind.TIME:
