@@ -32,6 +32,13 @@ def test_ci_runs_exactly_the_readmes_test_command_last() -> None:
     assert ci_lines[-1] == test_command
 
 
+def test_getting_started_shows_the_readmes_two_commands() -> None:
+    page = shell_commands((DOCS / "getting-started.md").read_text())
+    readme = shell_commands(README)
+    assert next(c for c in readme if "pytest" in c) in page
+    assert next(c for c in readme if "ingest samples/" in c) in page
+
+
 def test_ci_builds_the_docs_strictly() -> None:
     ci_script = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^[^#\n]*mkdocs build --strict", ci_script, re.M)
