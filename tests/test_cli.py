@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from tests.factories import (
     transfer_complete,
     transfer_disconnect,
 )
+from tests.test_feed import start_follow
 from tracker import Call, StorageError, Tracker
 from tracker.cli import CHUNK_SIZE, cli
 
@@ -457,3 +459,49 @@ def test_show_draws_a_tree_holding_a_cycle_without_recursing_for_ever(
     result = run("--db", db, "show", parent)
     assert result.exit_code == 0, result.output
     assert leg in result.stdout
+
+
+def strict_json(text: str) -> Any:
+    """`text` read as RFC 8259 JSON: NaN and Infinity refused."""
+
+    def refuse(constant: str) -> Any:
+        raise AssertionError(f"{constant} printed, which is not JSON: {text[:200]}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_prints_a_stored_nan_or_infinity_as_null(
+    tracker: Tracker, database_url: str
+) -> None:
+    """The tracker refuses NaN and Infinity in bodies, but a database an older release wrote may
+    hold them in a diversion: `show --json`, `calls --json` and `follow` still print strict
+    JSON, such a number as null and every other value as stored."""
+    call_id = new_call_id()
+    tracker.apply(initiate(call_id, diversion={"origTo": "+15551234567", "reason": "busy"}))
+    with tracker.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE tracker_calls SET diversion = :diversion WHERE call_id = :call_id"),
+            {
+                "diversion": '{"origTo":"+15551234567","x":NaN,"deep":[1.5,{"y":Infinity}],'
+                '"z":-Infinity}',
+                "call_id": call_id,
+            },
+        )
+    printed = {"origTo": "+15551234567", "x": None, "deep": [1.5, {"y": None}], "z": None}
+
+    shown = run("--db", database_url, "show", "--json", call_id)
+    assert shown.exit_code == 0, shown.output
+    assert strict_json(shown.stdout)["diversion"] == printed
+    listed = run("--db", database_url, "calls", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert [call["diversion"] for call in strict_json(listed.stdout)] == [printed]
+
+    follower = start_follow(database_url)
+    try:
+        assert follower.stdout is not None
+        line = follower.stdout.readline()
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        _out, errors = follower.communicate(timeout=60)
+    assert follower.returncode == 0, errors
+    assert strict_json(line)["call"]["diversion"] == printed

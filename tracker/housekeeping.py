@@ -45,6 +45,12 @@ Resolve = Callable[[Call], Body | None]
 # refused again, as the first time. Memory stays bounded however large the log.
 REDRIVE_MEMORY: Final = 100_000
 
+# The default batch sizes of `Tracker.sweep`, `prune` and `redrive`, and of the command line's
+# --batch-size: each batch is one short transaction.
+SWEEP_BATCH_SIZE: Final = 200
+PRUNE_BATCH_SIZE: Final = 1000
+REDRIVE_BATCH_SIZE: Final = 500
+
 
 def sweep(
     engine: Engine,

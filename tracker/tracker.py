@@ -55,6 +55,8 @@ from tracker.schema import check_current, upgrade_schema
 from tracker.writing import Writer, is_transient, is_unavailable
 
 DEFAULT_DATABASE_URL: Final = "sqlite:///tracker.db"
+# The default of `timeout`, and of the command line's --timeout.
+DEFAULT_TIMEOUT: Final = storage.DEFAULT_TIMEOUT
 # The most entries `calls()` and `events()` list when given no limit: past it they refuse, and
 # `iter_calls`/`iter_events` read any number, `PAGE_SIZE` at a time.
 MAX_LISTED: Final = 10_000
@@ -75,7 +77,7 @@ class Tracker:
         schema: str | None = None,
         max_attempts: int = 30,
         max_body_bytes: int = parsing.MAX_BODY_BYTES,
-        timeout: float | None = storage.DEFAULT_TIMEOUT,
+        timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
         """`database` is a URL or an Engine; None reads TRACKER_DATABASE_URL, else uses
         `sqlite:///tracker.db`. `durable=False` relaxes SQLite to `synchronous=NORMAL`: faster,
@@ -354,7 +356,7 @@ class Tracker:
         since: datetime | None = None,
         until: datetime | None = None,
         account_id: str | None = None,
-        batch_size: int = 1000,
+        batch_size: int = exporting.EXPORT_BATCH_SIZE,
     ) -> Iterator[dict[str, Any]]:
         """Call detail records: one dict per call (`per="leg"`) or per original call with its
         transfer legs folded in (`per="conversation"`), keys in the order of
@@ -415,7 +417,7 @@ class Tracker:
         *,
         now: datetime | None = None,
         resolve: housekeeping.Resolve | None = None,
-        batch_size: int = 200,
+        batch_size: int = housekeeping.SWEEP_BATCH_SIZE,
     ) -> SweepReport:
         """End every live call (`initiated` or `answered`, placeholders included) last heard of
         more than `older_than` before `now` (default: the current time): its terminal event was
@@ -438,7 +440,7 @@ class Tracker:
                 batch_size=batch_size,
             )
 
-    def prune(self, before: datetime, *, batch_size: int = 1000) -> int:
+    def prune(self, before: datetime, *, batch_size: int = housekeeping.PRUNE_BATCH_SIZE) -> int:
         """Delete the log entries received before `before` (an aware datetime); how many were
         deleted. Calls, their history and transfer attempts stay; deliveries applied meanwhile
         never wait long (see `tracker.housekeeping.prune`). What a pruned log can no longer do
@@ -454,7 +456,7 @@ class Tracker:
         *,
         reason: str | None = None,
         call_id: str | None = None,
-        batch_size: int = 500,
+        batch_size: int = housekeeping.REDRIVE_BATCH_SIZE,
     ) -> RedriveReport:
         """Apply again the logged deliveries that came out `outcome` (`rejected` or `invalid`),
         with that `reason` and about that call when given: after an upgrade that accepts more,
