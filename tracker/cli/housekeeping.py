@@ -111,7 +111,7 @@ def prune(session: Session, before: datetime, batch_size: int, as_json: bool) ->
     --before takes an ISO 8601 date or datetime; one without a zone is UTC. Entries are deleted
     in batches, each its own short transaction, so workers applying meanwhile are not held up.
     A pruned log can no longer rebuild the calls, nor tell a late retry of a pruned delivery
-    from a new one: see the README.
+    from a new one: see the documentation (Housekeeping, Prune).
     """
     deleted = session.tracker.prune(before, batch_size=batch_size)
     if as_json:

@@ -47,7 +47,7 @@ def stats(
     Counts the calls (transfer legs included) that started in the window, by the UTC hour or day
     of their start or by account; rows without an attempt are left out. ASR = answered /
     attempts; ACD = mean talk time of the answered calls that ended; times in seconds. The
-    README ("Statistics") defines every figure. --plot needs matplotlib
+    documentation (Statistics) defines every figure. --plot needs matplotlib
     (pip install 'tracker[plot]').
     """
     if plot_path is not None:
