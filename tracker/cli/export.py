@@ -78,7 +78,8 @@ def export(
     folded in (which leg answered, the legs' talk time, transfer attempts, legs). --since and
     --until take ISO 8601 dates or datetimes; one without a zone is UTC. Placeholders (parents
     known only through their legs) have no start time and come last, only when neither bound is
-    given. The columns are in the documentation (Export). Memory stays bounded whatever the number of calls.
+    given. The columns are in the documentation (Export). Memory stays bounded whatever the
+    number of calls.
     """
     if file_format == "parquet":
         if output is None:
