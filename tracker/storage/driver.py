@@ -1,14 +1,15 @@
-"""The write path's statements, compiled once per dialect by SQLAlchemy and run on the driver.
+"""The hot statements, compiled once per dialect by SQLAlchemy and run on the driver.
 
-Part of the storage stage, used by `tracker.storage` alone. `Connection.execute` of a prebuilt
-statement costs several times what the driver does for the same SQL (cache lookup, parameter
-construction, a result object per call), and a delivery runs half a dozen statements. Here each
-statement is compiled once per dialect, its parameters converted by the very bind and result
-processors SQLAlchemy would use, and it runs on the `Connection`'s own DBAPI connection inside
-its transaction. What SQLAlchemy does around a statement stays: `before_cursor_execute` and
-`after_cursor_execute` listeners see and may strike every statement, and a driver error goes
-through the `Connection`'s own handling, so it comes out as SQLAlchemy's exception class, and a
-lost connection is recognised and invalidated as with `Connection.execute`.
+Part of the storage package: the statements `tracker.storage.statements` caches run here.
+`Connection.execute` of a prebuilt statement costs several times what the driver does for the
+same SQL (cache lookup, parameter construction, a result object per call), and a delivery runs
+half a dozen statements. Here each statement is compiled once per dialect, its parameters
+converted by the very bind and result processors SQLAlchemy would use, and it runs on the
+`Connection`'s own DBAPI connection inside its transaction. What SQLAlchemy does around a
+statement stays: `before_cursor_execute` and `after_cursor_execute` listeners see and may
+strike every statement, and a driver error goes through the `Connection`'s own handling, so it
+comes out as SQLAlchemy's exception class, and a lost connection is recognised and invalidated
+as with `Connection.execute`.
 """
 
 from __future__ import annotations
