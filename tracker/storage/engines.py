@@ -15,8 +15,8 @@ from typing import Any, Final
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy import create_engine as sqlalchemy_create_engine
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.engine.base import OptionEngine
 
+from tracker import _private_apis
 from tracker.storage import driver
 
 DEFAULT_TIMEOUT: Final = 30.0
@@ -103,10 +103,7 @@ def adopt_engine(
     if engine.dialect.name == "sqlite":
         # Listeners go on the engine that owns the pool, so that every connection, whichever
         # `execution_options()` copy of the engine it comes from, begins the same way.
-        owner = engine
-        while isinstance(owner, OptionEngine):
-            owner = owner._proxied
-        _prepare_sqlite(owner, durable=durable, timeout=timeout)
+        _prepare_sqlite(_private_apis.pool_owner(engine), durable=durable, timeout=timeout)
         return engine
     # The option is applied when the tracker checks a connection out and reset when it returns
     # it, so the host's connections keep their own isolation level.
@@ -244,7 +241,7 @@ def _prepare_sqlite(engine: Engine, *, durable: bool, timeout: float | None) -> 
     def _on_begin(connection: Connection) -> None:
         # pysqlite no longer begins by itself (isolation_level=None above), so every
         # transaction on this engine, the host's too, begins here; AUTOCOMMIT asks for none.
-        if connection._is_autocommit_isolation():
+        if _private_apis.is_autocommit(connection):
             return
         writing = connection.get_execution_options().get("tracker_write", False)
         driver.run(connection, _BEGIN_IMMEDIATE if writing else _BEGIN, {})
