@@ -29,6 +29,7 @@ from tests.factories import (
 )
 from tracker import LIVE_STATES, Call, Outcome, Tracker, lifecycle, storage
 from tracker import tracker as tracker_module
+from tracker.storage import statements
 
 OTHER_APPLICATION = "0f1e2d3c-0000-4000-8000-000000000002"
 
@@ -127,7 +128,7 @@ def test_snapshots_do_not_depend_on_how_the_ids_are_chunked(
     apply_all(tracker, transfer_trees(5))
     whole = tracker.calls()
     whole_grandchildren = tracker.calls(disposition="busy")
-    monkeypatch.setattr(storage, "_CHUNK", 2)
+    monkeypatch.setattr(statements, "CHUNK", 2)
     assert tracker.calls() == whole
     assert tracker.calls(disposition="busy") == whole_grandchildren
 

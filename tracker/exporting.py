@@ -29,7 +29,7 @@ from sqlalchemy import Connection, Engine
 
 from tracker import storage
 from tracker.errors import check_account, check_batch_size, check_window
-from tracker.storage import ExportedCall, LegAnswer
+from tracker.storage.export import ExportedCall, LegAnswer
 
 PER_LEG: Final = "leg"
 PER_CONVERSATION: Final = "conversation"

@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool
 
-from tracker import storage
+from tracker import _private_apis, storage
 from tracker.errors import ConflictError, SchemaError, StorageError, failure_message
 from tracker.schema import check_current_on
 
@@ -69,7 +69,7 @@ def host_connection(given: Connection | Session, engine: Engine) -> Connection:
             "connection= writes inside your transaction and leaves the commit to you, but this "
             "connection is not in one: call apply inside `with connection.begin():`"
         )
-    if connection._is_autocommit_isolation():
+    if _private_apis.is_autocommit(connection):
         raise ValueError(
             "this connection runs with isolation_level='AUTOCOMMIT', so each statement commits "
             "on its own and your rows and the tracker's could not commit or roll back together: "

@@ -36,6 +36,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import CoreSchema, PydanticCustomError, from_json, to_json
 from pydantic_core.core_schema import DatetimeSchema
 
+from tracker import _private_apis
 from tracker.records import MAX_ID_LENGTH, InvalidReason
 
 # Column sizes of the storage layer; a longer value is refused here, with a clear error, rather
@@ -329,7 +330,7 @@ _TRACKED: Final[TypeAdapter[Event]] = TypeAdapter(
 )
 # The adapter's own core validator: `TypeAdapter.validate_json`'s Python wrapper costs a tenth
 # of a parse.
-_read_tracked: Final = _TRACKED.validator.validate_json
+_read_tracked: Final = _private_apis.json_validator(_TRACKED)
 _UNTRACKED_TAG: Final = frozenset({"union_tag_invalid", "union_tag_not_found"})
 
 
@@ -352,9 +353,9 @@ _AnyZone: Final[dict[type[_Callback], type[Event]]] = {
     _any_zone(model): model for model in Event.__args__
 }
 _any_zone_event: Any = Union[tuple(_AnyZone)]  # noqa: UP007 (a union built at run time)
-_read_any_zone: Final = TypeAdapter[Any](
-    Annotated[_any_zone_event, Field(discriminator="event_type")]
-).validator.validate_json
+_read_any_zone: Final = _private_apis.json_validator(
+    TypeAdapter[Any](Annotated[_any_zone_event, Field(discriminator="event_type")])
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
 from tracker.errors import SchemaError
-from tracker.storage import VERSION_TABLE
+from tracker.storage.tables import VERSION_TABLE
 
 _PACKAGE_DIR: Final = Path(__file__).resolve().parent
 # Key of the database-wide lock that serialises concurrent upgrades (any stable 63-bit number).

@@ -57,7 +57,8 @@ from sqlalchemy.sql.functions import FunctionElement
 from tracker import lifecycle
 from tracker.errors import check_account, check_instant, check_window
 from tracker.records import CallStatistics
-from tracker.storage import UTCDateTime, calls
+from tracker.storage.columns import UTCDateTime
+from tracker.storage.tables import calls
 
 BY_CHOICES: Final = ("account", "hour", "day")
 _BUCKET_LENGTH: Final = {"hour": timedelta(hours=1), "day": timedelta(days=1)}

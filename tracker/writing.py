@@ -18,8 +18,9 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from tracker import driver, storage
+from tracker import storage
 from tracker.errors import StorageError, failure_message
+from tracker.storage import driver
 
 T = TypeVar("T")
 

@@ -1,14 +1,15 @@
-"""The write path's statements, compiled once per dialect by SQLAlchemy and run on the driver.
+"""The hot statements, compiled once per dialect by SQLAlchemy and run on the driver.
 
-Part of the storage stage, used by `tracker.storage` alone. `Connection.execute` of a prebuilt
-statement costs several times what the driver does for the same SQL (cache lookup, parameter
-construction, a result object per call), and a delivery runs half a dozen statements. Here each
-statement is compiled once per dialect, its parameters converted by the very bind and result
-processors SQLAlchemy would use, and it runs on the `Connection`'s own DBAPI connection inside
-its transaction. What SQLAlchemy does around a statement stays: `before_cursor_execute` and
-`after_cursor_execute` listeners see and may strike every statement, and a driver error goes
-through the `Connection`'s own handling, so it comes out as SQLAlchemy's exception class, and a
-lost connection is recognised and invalidated as with `Connection.execute`.
+Part of the storage package: the statements `tracker.storage.statements` caches run here.
+`Connection.execute` of a prebuilt statement costs several times what the driver does for the
+same SQL (cache lookup, parameter construction, a result object per call), and a delivery runs
+half a dozen statements. Here each statement is compiled once per dialect, its parameters
+converted by the very bind and result processors SQLAlchemy would use, and it runs on the
+`Connection`'s own DBAPI connection inside its transaction. What SQLAlchemy does around a
+statement stays: `before_cursor_execute` and `after_cursor_execute` listeners see and may
+strike every statement, and a driver error goes through the `Connection`'s own handling, so it
+comes out as SQLAlchemy's exception class, and a lost connection is recognised and invalidated
+as with `Connection.execute`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from typing import Any, Final, cast
 from sqlalchemy import Connection, Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.sql.selectable import ReturnsRows
+
+from tracker import _private_apis
 
 # The `Connection.info` entry counting the statements that reached the server in the current
 # transaction: a transaction whose connection was lost before any did can be run again on a new
@@ -73,28 +77,25 @@ def compile_for(
     whole table), until an ANALYZE replaces it; where autovacuum is off, for good. Such a
     statement is planned with its values at each run instead."""
     compiled = cast(SQLCompiler, statement.compile(dialect=dialect, column_keys=list(keys)))
-    order = compiled.positiontup
-    names = tuple(order) if order is not None else tuple(compiled.binds)
+    names, positional = _private_apis.bind_order(compiled)
+    binds = _private_apis.bind_parameters(compiled)
     converted_binds = tuple(
         (index, processor)
         for index, name in enumerate(names)
-        if (processor := compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+        if (processor := binds[name].type.dialect_impl(dialect).bind_processor(dialect))
     )
-    columns = getattr(statement, "selected_columns", None)
-    returning = getattr(statement, "_returning", ())
-    shown = list(columns) if columns is not None else list(returning)
+    # The columns of a SELECT, or those an INSERT or UPDATE returns (none without RETURNING).
+    shown = list(statement.exported_columns) if isinstance(statement, ReturnsRows) else []
     converted_results = tuple(
         (index, processor)
         for index, column in enumerate(shown)
         if (processor := column.type.dialect_impl(dialect).result_processor(dialect, None))
     )
-    constants = {
-        name: bind.effective_value for name, bind in compiled.binds.items() if name not in keys
-    }
+    constants = {name: bind.effective_value for name, bind in binds.items() if name not in keys}
     return Compiled(
         str(compiled),
         names,
-        order is not None,
+        positional,
         converted_binds,
         converted_results,
         bool(shown),
@@ -125,23 +126,21 @@ def run(
     if cursor is None:
         cursor = dbapi.info[_CURSOR] = dbapi.cursor()
     try:
-        dispatch = connection.dispatch
-        for listener in dispatch.before_cursor_execute:
-            statement, parameters = listener(connection, cursor, statement, parameters, None, many)
+        statement, parameters = _private_apis.before_cursor_execute(
+            connection, cursor, statement, parameters, many
+        )
         if many:
             cursor.executemany(statement, parameters)
         elif not compiled.prepare and connection.dialect.driver == "psycopg":
             cast(Any, cursor).execute(statement, parameters, prepare=False)  # psycopg's own
         else:
             cursor.execute(statement, parameters)
-        if dispatch.after_cursor_execute:
-            dispatch.after_cursor_execute(connection, cursor, statement, parameters, None, many)
+        _private_apis.after_cursor_execute(connection, cursor, statement, parameters, many)
     except BaseException as error:
         dbapi.info.pop(_CURSOR, None)  # the handling below closes it
         # SQLAlchemy's own handling: its exception classes, `handle_error` listeners, and a
         # connection it recognises as lost invalidated, exactly as `Connection.execute` does.
-        connection._handle_dbapi_exception(error, statement, parameters, cursor, None)
-        raise  # not reached: the call above always raises
+        _private_apis.raise_as_sqlalchemy(connection, error, statement, parameters, cursor)
     info = connection.info
     info[SENT] = info.get(SENT, 0) + 1
     return cursor
