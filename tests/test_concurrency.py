@@ -26,16 +26,6 @@ import pytest
 from sqlalchemy import event
 
 from tests.conftest import fresh_database
-from tests.factories import (
-    ACCOUNT,
-    BASE_TIME,
-    disconnect,
-    initiate,
-    live_events_of,
-    new_call_id,
-    transfer_answer,
-    transfer_disconnect,
-)
 from tests.workers import (
     START_TIMEOUT,
     Crew,
@@ -46,6 +36,16 @@ from tests.workers import (
     snapshot,
 )
 from tracker import Outcome, Tracker
+from tracker.testing import (
+    ACCOUNT,
+    BASE_TIME,
+    disconnect,
+    initiate,
+    live_events_of,
+    new_call_id,
+    transfer_answer,
+    transfer_disconnect,
+)
 
 WORKERS = 4
 ROUNDS = 8  # for the classic races: each is run this many times, on new calls every time

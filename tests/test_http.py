@@ -31,7 +31,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.factories import answer, disconnect, initiate, new_call_id, transfer_disconnect
 from tests.http_server import (
     Server,
     chunked,
@@ -43,9 +42,16 @@ from tests.http_server import (
     readable,
     request_head,
 )
-from tests.workloads import realistic_bodies
 from tracker import Call, Event, StorageError, Tracker
 from tracker.schema import alembic_config, head_revision
+from tracker.testing import (
+    answer,
+    disconnect,
+    initiate,
+    new_call_id,
+    realistic_bodies,
+    transfer_disconnect,
+)
 
 # Two pairs valid at once, as during a rotation: the old one still configured at Bandwidth for
 # some applications, the new one for others. The new password holds a colon and non-ASCII text

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.factories import (
+from tracker import Outcome, Tracker
+from tracker.testing import (
     BASE_TIME,
     answer,
     disconnect,
@@ -24,7 +25,6 @@ from tests.factories import (
     transfer_complete,
     transfer_disconnect,
 )
-from tracker import Outcome, Tracker
 
 CAUSES = [
     "hangup",

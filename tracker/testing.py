@@ -263,6 +263,7 @@ def conversation(
     start: datetime = BASE_TIME,
     call_id: str | None = None,
     leg_ids: Sequence[str] | None = None,
+    leg_numbers: Sequence[str] | None = None,
     account: str = ACCOUNT,
     application: str = APPLICATION,
     caller: str = CALLER,
@@ -278,6 +279,7 @@ def conversation(
     after 2 seconds (`transferAnswer`), the others are cancelled, the answering leg talks 30
     seconds; with `answering_leg=None` every leg times out after 30 seconds. Each transfer ends
     with a `transferComplete` on the call, which hangs up 5 seconds after its last leg.
+    `call_id`, `leg_ids` and the numbers the legs dial (`leg_numbers`) are drawn when not given.
     `ended=False` stops at the call's live moment: an inbound call ringing, an outbound one
     talking, a transfer bridged (its cancelled legs already ended) or ringing.
     """
@@ -296,6 +298,9 @@ def conversation(
     leg_ids = tuple(leg_ids) if leg_ids is not None else tuple(new_call_id() for _ in range(legs))
     if len(leg_ids) != legs:
         raise ValueError(f"{len(leg_ids)} leg ids for {legs} legs: give one id per leg")
+    numbers = tuple(leg_numbers or (f"+1555666{index:04d}" for index in range(legs)))
+    if len(numbers) != legs:
+        raise ValueError(f"{len(numbers)} leg numbers for {legs} legs: give one per leg")
     if cause is None:
         cause = "hangup" if answered else ("cancel" if direction == "inbound" else "timeout")
     answer_at = start + timedelta(seconds=3) if answered else None
@@ -337,7 +342,7 @@ def conversation(
                 "to": called,
                 "callUrl": call_url(leg_id, account),
                 "transferCallerId": called if direction == "inbound" else caller,
-                "transferTo": f"+1555666{index:04d}",
+                "transferTo": numbers[index],
             }
             if leg_id == winner:
                 arrivals.append(
@@ -357,7 +362,7 @@ def conversation(
             start=start,
             at=completed,
             cause="hangup" if winner else "timeout",
-            **said | {"transferTo": f"+1555666{leg_ids.index(winner or leg_ids[0]):04d}"},
+            **said | {"transferTo": numbers[leg_ids.index(winner or leg_ids[0])]},
         )
         arrivals.append((completed, transfer))
         now = leg_answer + timedelta(seconds=1) if winner else transfer_start + timedelta(seconds=1)
