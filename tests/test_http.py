@@ -50,6 +50,7 @@ from tracker.testing import (
     initiate,
     new_call_id,
     realistic_bodies,
+    relayed,
     transfer_disconnect,
 )
 
@@ -956,11 +957,7 @@ def load_bodies(seed: int, count: int) -> list[bytes]:
     distinct = realistic_bodies(count * 64 // 100, seed=seed)
     repeats = [rng.choice(distinct) for _ in range(count * 15 // 100)]
     reserialized = [
-        json.dumps(
-            json.loads(rng.choice(distinct)), indent=rng.choice([None, 1, 2]), sort_keys=True
-        )
-        .replace('":', '" :')
-        .encode()
+        relayed(json.loads(rng.choice(distinct)), seed=rng.getrandbits(32))
         for _ in range(count * 12 // 100)
     ]
     ends = [json.loads(body) for body in distinct if b'"eventType":"disconnect"' in body]

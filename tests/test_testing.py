@@ -231,6 +231,17 @@ def test_every_relayed_spelling_of_every_body_is_a_duplicate(tracker: Tracker) -
             assert outcomes == dict.fromkeys(variants, Outcome.DUPLICATE), body["eventType"]
 
 
+def test_drawn_relay_spellings_are_duplicates(sqlite_tracker: Tracker) -> None:
+    """With a seed, key order, spacing, nulls at every depth and instants are drawn."""
+    body = initiate(new_call_id(), diversion={"reason": "unconditional", "privacy": None})
+    sqlite_tracker.apply(body)
+    spellings = {relayed(body, seed=seed) for seed in range(20)}
+    assert len(spellings) == 20
+    assert relayed(body, seed=4) == relayed(body, seed=4)
+    outcomes = {sqlite_tracker.apply(again).outcome for again in spellings}
+    assert outcomes == {Outcome.DUPLICATE}
+
+
 def test_relayed_changes_what_it_says() -> None:
     body = initiate(new_call_id())
     spelled = relayed(body)

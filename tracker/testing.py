@@ -35,7 +35,7 @@ import random
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
@@ -139,35 +139,49 @@ _NESTED_NULLS: Final = {
     "diversion": "reason",
 }
 _ELSEWHERE: Final = timezone(timedelta(hours=-5))
+_ZONES: Final = (UTC, _ELSEWHERE, timezone(timedelta(hours=5, minutes=30)))
 
 
-def relayed(body: Mapping[str, Any], *changes: str) -> bytes:
+def relayed(body: Mapping[str, Any], *changes: str, seed: int | None = None) -> bytes:
     """`body` as a relay that parses and writes JSON again might deliver it: the `changes`
     named (by default every one of `RELAY_CHANGES`): keys in reverse order at every depth,
     spaces between tokens, an explicit `null` for absent optional keys at the top and in nested
-    objects, every instant spelled at another UTC offset with microseconds. The tracker reads
-    any of these as the same delivery as `encode(body)`: a `duplicate` once one was applied."""
+    objects, every instant spelled at another UTC offset with microseconds. With a `seed`, each
+    change is drawn instead: keys shuffled at every depth, one of several indentations and
+    spacings, explicit nulls added for absent keys or left out at every depth, instants at one
+    of several offsets. The tracker reads any of these as the same delivery as `encode(body)`:
+    a `duplicate` once one was applied."""
     unknown = set(changes) - set(RELAY_CHANGES)
     if unknown:
         raise ValueError(f"unknown relay changes {sorted(unknown)}: name some of {RELAY_CHANGES}")
     wanted = set(changes or RELAY_CHANGES)
+    draw = None if seed is None else random.Random(seed)
     document: dict[str, Any] = json.loads(encode(body))
     if "instants" in wanted:
+        zone = _ELSEWHERE if draw is None else draw.choice(_ZONES)
         for key in _INSTANTS:
             if isinstance(document.get(key), str):
-                instant = datetime.fromisoformat(document[key]).astimezone(_ELSEWHERE)
+                instant = datetime.fromisoformat(document[key]).astimezone(zone)
                 document[key] = instant.isoformat(timespec="microseconds")
     if "nulls" in wanted:
+        if draw is not None:
+            document = _drawn_nulls(document, draw)
         for key in _NULLS:
-            document.setdefault(key, None)
+            if draw is None or draw.random() < 0.5:
+                document.setdefault(key, None)
         for key, inner in _NESTED_NULLS.items():
             if isinstance(document.get(key), dict):
                 document[key].setdefault(inner, None)
     if "key_order" in wanted:
-        document = _reversed_keys(document)
-    separators = (" , ", " : ") if "whitespace" in wanted else (",", ":")
-    text = json.dumps(document, separators=separators)
-    return (f" {text} " if "whitespace" in wanted else text).encode()
+        document = _reordered(document, draw)
+    if "whitespace" not in wanted:
+        return json.dumps(document, separators=(",", ":")).encode()
+    if draw is None:
+        return f" {json.dumps(document, separators=(' , ', ' : '))} ".encode()
+    indent = draw.choice([None, 1, 2, 4, "\t"])
+    separators = draw.choice([(",", ":"), (", ", ": "), (" , ", " : ")])
+    text = json.dumps(document, indent=indent, separators=separators)
+    return f"{' ' * draw.randint(0, 2)}{text}{' ' * draw.randint(0, 2)}".encode()
 
 
 def relayed_variants(body: Mapping[str, Any]) -> dict[str, bytes]:
@@ -178,12 +192,31 @@ def relayed_variants(body: Mapping[str, Any]) -> dict[str, bytes]:
     return variants
 
 
-def _reversed_keys(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _reversed_keys(value[key]) for key in reversed(value)}
+def _reordered(value: Any, draw: random.Random | None) -> Any:
+    """`value` with the keys of every object reversed, or shuffled by `draw`."""
     if isinstance(value, list):
-        return [_reversed_keys(item) for item in value]
-    return value
+        return [_reordered(item, draw) for item in value]
+    if not isinstance(value, dict):
+        return value
+    keys = list(reversed(value))
+    if draw is not None:
+        draw.shuffle(keys)
+    return {key: _reordered(value[key], draw) for key in keys}
+
+
+def _drawn_nulls(value: Any, draw: random.Random) -> Any:
+    """`value` with, in each object, an explicit null added for an absent key or the explicit
+    nulls left out (arrays keep their items, nulls included)."""
+    if isinstance(value, list):
+        return [_drawn_nulls(item, draw) for item in value]
+    if not isinstance(value, dict):
+        return value
+    found = {key: _drawn_nulls(item, draw) for key, item in value.items()}
+    if draw.random() < 0.5:
+        found = {key: item for key, item in found.items() if item is not None}
+    if draw.random() < 0.5:
+        found.setdefault(f"absent{draw.randrange(1000)}", None)
+    return found
 
 
 def shuffled(deliveries: Sequence[T], seed: int = 0) -> list[T]:
