@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
+from tracker import Call, Tracker
 from tracker._bodies import (
     ACCOUNT,
     APPLICATION,
@@ -75,8 +76,6 @@ from tracker._traffic import (
     with_retries,
 )
 from tracker.lifecycle import disposition_of
-from tracker.records import Call
-from tracker.tracker import Tracker
 
 if TYPE_CHECKING:
     import pytest
