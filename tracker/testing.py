@@ -269,6 +269,7 @@ class Conversation:
     answering_leg_id: str | None
     """The leg that answered; None when none did (or there were no legs)."""
     start_time: datetime
+    """When the original call started."""
     answer_time: datetime | None
     """When the original call was answered; None when it never was."""
     end_time: datetime | None
@@ -307,7 +308,7 @@ def conversation(
     `machine_detection`, the detection's result four seconds later). The call rings 3 seconds,
     then talks 60 (never answered: it ends after 20 seconds with `cause`, by default `cancel`
     inbound and `timeout` outbound). With `legs`, ten seconds after the answer the call is
-    transferred to that many numbers ringing at once: the leg numbered `answering_leg` answers
+    transferred to that many numbers ringing at once: the leg `answering_leg` (from 0) answers
     after 2 seconds (`transferAnswer`), the others are cancelled, the answering leg talks 30
     seconds; with `answering_leg=None` every leg times out after 30 seconds. Each transfer ends
     with a `transferComplete` on the call, which hangs up 5 seconds after its last leg.
