@@ -4,7 +4,7 @@
     python -m benchmarks.bench --db postgresql+psycopg://postgres@127.0.0.1/postgres --workers 1,4
 
 Run from the repository root: a development tool, kept out of the wheel, that takes its bodies
-from the tests' realistic stream (`tests.workloads`). On those bodies it measures:
+from the realistic stream of `tracker.testing` (`realistic_bodies`). On those bodies it measures:
 
 - the *floor*: what any tracker honouring the contract must at least do, written directly on the
   driver (stdlib `sqlite3`, `psycopg`): parse the JSON, hash its canonical form, read the call row,
@@ -66,8 +66,8 @@ from benchmarks.endpoint import (
     HttpFigure,
     run_http,
 )
-from tests.workloads import realistic_bodies
 from tracker import parsing
+from tracker.testing import realistic_bodies
 from tracker.tracker import Tracker
 
 Mode = Literal["floor", "apply", "floor_batched", "apply_many"]

@@ -4,11 +4,12 @@
     python -m benchmarks.export --legs 200000 --formats csv,jsonl,parquet
 
 Run from the repository root: a development tool, kept out of the wheel. It fills a SQLite
-database (durable=False, `apply_many` in large batches) with `--legs` calls, about two thirds
-original calls and one third transfer legs (one, or two to four ringing at once, one of them
-answered), then runs `tracker export` as a child process per format and per row shape (leg,
-conversation) and reports the rows written per second and the child's peak RSS. The export runs
-in a process of its own so that its peak memory is its own, not the loading's.
+database (durable=False, `apply_many` in large batches) with `--legs` calls from
+`tracker.testing.call_trees`, about two thirds original calls and one third transfer legs (one,
+or two to four ringing at once, one of them answered), then runs `tracker export` as a child
+process per format and per row shape (leg, conversation) and reports the rows written per second
+and the child's peak RSS. The export runs in a process of its own so that its peak memory is its
+own, not the loading's.
 """
 
 from __future__ import annotations
@@ -16,25 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import re
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-from tests.factories import (
-    call_url,
-    disconnect_between,
-    transfer_complete,
-    transfer_disconnect_between,
-)
-from tests.workloads import ACCOUNTS, APPLICATIONS, at
+from tracker.testing import call_trees
 from tracker.tracker import Tracker
 
 ROOT: Final = Path(__file__).resolve().parents[1]
@@ -44,72 +38,6 @@ TARGET_PEAK_RSS_MB: Final = 200
 LOAD_BATCH: Final = 5000
 
 
-def bodies(legs: int, seed: int) -> Iterator[bytes]:
-    """Terminal callbacks of `legs` calls, a conversation starting every half second: most
-    alone, some transferred to one leg, some to two to four ringing at once (one answered, the
-    others cancelled, or none answered), each transfer told by a `transferComplete` too."""
-    draw = random.Random(seed)
-    made = 0
-    serial = 0
-    while made < legs:
-        serial += 1
-        start = serial * 0.5
-        account = draw.choice(ACCOUNTS)
-        application = draw.choice(APPLICATIONS[account])
-        call_id = f"c-{serial:08x}-{draw.getrandbits(64):016x}"
-        wanted = draw.choices((0, 1, 2, 3, 4), weights=(70, 20, 4, 3, 3))[0]
-        wanted = min(wanted, legs - made - 1)
-        answered = start + draw.uniform(0.5, 6.0)
-        if not wanted and draw.random() < 0.15:
-            end = start + draw.uniform(5.0, 30.0)
-            yield _json(
-                disconnect_between(
-                    at(start), at(end), call_id, cause=draw.choice(("busy", "timeout")),
-                    callUrl=call_url(call_id, account), accountId=account,
-                    applicationId=application,
-                )
-            )  # fmt: skip
-            made += 1
-            continue
-        transfer_start = answered + draw.uniform(2.0, 20.0)
-        bridged = draw.random() < 0.8
-        leg_end = transfer_start + draw.uniform(15.0, 600.0)
-        end = leg_end + draw.uniform(0.0, 30.0)
-        yield _json(
-            disconnect_between(
-                at(start), at(end), call_id, answered=at(answered),
-                callUrl=call_url(call_id, account), accountId=account,
-                    applicationId=application,
-            )
-        )  # fmt: skip
-        for index in range(wanted):
-            leg_id = f"{call_id}-{index}"
-            winner = bridged and index == 0
-            yield _json(
-                transfer_disconnect_between(
-                    call_id,
-                    at(transfer_start),
-                    at(leg_end if winner else transfer_start + draw.uniform(5.0, 14.0)),
-                    leg_id,
-                    answered=at(transfer_start + draw.uniform(1.0, 4.0)) if winner else None,
-                    cause="hangup" if winner else "cancel",
-                    callUrl=call_url(leg_id, account),
-                )
-            )
-        if wanted:
-            yield _json(
-                transfer_complete(
-                    call_id, start=at(start), at=at(leg_end), callUrl=call_url(call_id, account),
-                    accountId=account, applicationId=application,
-                )
-            )  # fmt: skip
-        made += 1 + wanted
-
-
-def _json(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
 def load(url: str, legs: int, seed: int, progress: Callable[[str], None]) -> float:
     """Fill the database; the seconds it took."""
     began = time.perf_counter()
@@ -117,7 +45,7 @@ def load(url: str, legs: int, seed: int, progress: Callable[[str], None]) -> flo
         tracker.upgrade()
         batch: list[bytes] = []
         done = 0
-        for body in bodies(legs, seed):
+        for body in call_trees(legs, seed):
             batch.append(body)
             if len(batch) == LOAD_BATCH:
                 _apply(tracker, batch)

@@ -5,7 +5,7 @@ index costs, measured on each backend.
     python -m benchmarks.growth --calls 2000 --backends sqlite
 
 Run from the repository root: a development tool, kept out of the wheel. The calls come from
-the tests' realistic stream (`tests.workloads`, the benchmark's too): every callback of each call
+the realistic stream of `tracker.testing` (the benchmark's too): every callback of each call
 (live ones, legs, transfer attempts), in arrival order, with a share of the deliveries sent
 again a few deliveries later, byte for byte, as Bandwidth retries. They are applied with
 `apply_many` to a database of their own, migrated by `Tracker.upgrade()`, and each table and
@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import sqlite3
 import sys
 import tempfile
@@ -47,8 +46,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, select, t
 from sqlalchemy.engine import make_url
 
 from benchmarks import wal
-from tests.workloads import realistic_bodies
 from tracker import storage
+from tracker.testing import realistic_bodies, with_retries
 from tracker.tracker import Tracker
 
 BACKENDS: Final = ("sqlite", "postgresql", "mariadb")
@@ -95,15 +94,7 @@ def workload(calls: int, seed: int, repeated: float) -> list[bytes]:
             count *= 2  # the stream ended before it told of enough calls
             continue
         break
-    draw = random.Random(seed)
-    placed = [(float(index), body) for index, body in enumerate(taken)]
-    placed += [
-        (index + draw.randint(1, 20) + 0.5, body)
-        for index, body in enumerate(taken)
-        if draw.random() < repeated
-    ]
-    placed.sort(key=lambda item: item[0])
-    return [body for _position, body in placed]
+    return with_retries(taken, repeated, seed)
 
 
 def _apply(tracker: Tracker, bodies: Sequence[bytes]) -> Counter[str]:

@@ -4,10 +4,10 @@
     python -m benchmarks.stats --calls 200000 --db sqlite:///stats-bench.db   # kept, reused
 
 Run from the repository root (a development tool, outside the wheel). The calls come from the
-tests' realistic stream (`tests.workloads`): its terminal callbacks only (`disconnect`,
-`transferDisconnect`, which carry every time a call has), loaded with `apply_many` in big
-batches (on SQLite with `durable=False`). Then `stats` is timed by day, by account, by hour and
-in one bucket, over all the calls, the median of `--repeat` runs each.
+realistic stream of `tracker.testing` (`terminal_bodies`): its terminal callbacks only
+(`disconnect`, `transferDisconnect`, which carry every time a call has), loaded with
+`apply_many` in big batches (on SQLite with `durable=False`). Then `stats` is timed by day, by
+account, by hour and in one bucket, over all the calls, the median of `--repeat` runs each.
 
 `--db URL` keeps the database: a database that already holds calls is measured as it is, not
 loaded again, so one load serves many runs. `--copy-from URL` fills an empty `--db` with the
@@ -24,20 +24,17 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import insert, select
 
-from tests.workloads import EPOCH, Stream
 from tracker import Tracker, storage
+from tracker.testing import EPOCH, terminal_bodies
 
 BUCKETINGS: Final = ("day", "account", "hour", None)
-# Bodies the stream is asked for at a time: bounded memory whatever --calls says.
-_STREAM_CHUNK: Final = 20_000
-_TERMINAL: Final = (b'"eventType":"disconnect"', b'"eventType":"transferDisconnect"')
 
 
 @dataclass
@@ -79,21 +76,6 @@ def daily(second: float) -> float:
     return 0.05 + 4.0 * math.exp(-(((hour - 15) / 3.5) ** 2))
 
 
-def terminal_bodies(calls: int, seed: int, *, curve: bool = False) -> Iterator[bytes]:
-    """The terminal callbacks of the realistic stream, `calls` of them (one per call or leg).
-    The stream is drawn a chunk at a time; a call whose end falls past a chunk's last delivery
-    loses its terminal callback, so a few parents are known only through their legs."""
-    stream = Stream(seed, daily if curve else None)
-    made = 0
-    while True:
-        for body in stream.bodies(_STREAM_CHUNK):
-            if body.startswith(_TERMINAL, 1):
-                yield body
-                made += 1
-                if made == calls:
-                    return
-
-
 def load(
     tracker: Tracker,
     calls: int,
@@ -106,7 +88,7 @@ def load(
     began = time.perf_counter()
     pending: list[bytes] = []
     applied = 0
-    for body in terminal_bodies(calls, seed, curve=curve):
+    for body in terminal_bodies(calls, seed, daily if curve else None):
         pending.append(body)
         if len(pending) == batch:
             tracker.apply_many(pending)

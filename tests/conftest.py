@@ -29,6 +29,10 @@ SERVERS = {
 }
 BACKENDS = ("sqlite", *SERVERS)
 
+# The public test kit's fixtures, as a host's suite enables them: `sqlite_tracker` is a tracker on
+# a migrated SQLite database of the test's own, for behaviour that does not depend on the backend.
+pytest_plugins = ["tracker.testing"]
+
 _reachable: dict[str, str | None] = {}
 
 
@@ -108,14 +112,6 @@ def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
 def tracker(database_url: str) -> Iterator[Tracker]:
     """A tracker on a migrated, empty database of its own, on each backend in turn."""
     with Tracker(database_url) as instance:
-        instance.upgrade()
-        yield instance
-
-
-@pytest.fixture
-def sqlite_tracker(tmp_path: Path) -> Iterator[Tracker]:
-    """For behaviour that does not depend on the backend: SQLite only, so it stays fast."""
-    with Tracker(f"sqlite:///{tmp_path / 'tracker.db'}") as instance:
         instance.upgrade()
         yield instance
 

@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
-from tests.factories import initiate, new_call_id
 from tracker import Tracker
 from tracker.asgi import create_app
+from tracker.testing import initiate, new_call_id
 
 
 async def _home(_request: Request) -> PlainTextResponse:

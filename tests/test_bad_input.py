@@ -12,7 +12,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.factories import (
+from tests.test_cli import run as run_cli
+from tests.test_feed import start_follow
+from tracker import InvalidReason, Outcome, Result, Tracker
+from tracker.parsing import TRACKED_EVENT_TYPES, identifier
+from tracker.testing import (
     answer,
     disconnect,
     initiate,
@@ -21,10 +25,6 @@ from tests.factories import (
     transfer_complete,
     transfer_disconnect,
 )
-from tests.test_cli import run as run_cli
-from tests.test_feed import start_follow
-from tracker import InvalidReason, Outcome, Result, Tracker
-from tracker.parsing import TRACKED_EVENT_TYPES, identifier
 
 FIELDS = [
     "eventType", "eventTime", "accountId", "applicationId", "from", "to", "direction", "callId",

@@ -11,8 +11,8 @@ from pydantic import BaseModel
 
 from benchmarks import bench
 from benchmarks import stats as stats_bench
-from tests.workloads import ACCOUNTS
 from tracker.parsing import Disconnect, TransferDisconnect
+from tracker.testing import ACCOUNTS
 
 
 def test_benchmark_prints_figures_for_every_run_on_sqlite(

@@ -14,7 +14,10 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import text
 
-from tests.factories import (
+from tests.test_feed import start_follow
+from tracker import Call, StorageError, Tracker
+from tracker.cli import CHUNK_SIZE, cli
+from tracker.testing import (
     BASE_TIME,
     answer,
     call_url,
@@ -25,14 +28,11 @@ from tests.factories import (
     transfer_complete,
     transfer_disconnect,
 )
-from tests.test_feed import start_follow
-from tracker import Call, StorageError, Tracker
-from tracker.cli import CHUNK_SIZE, cli
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "callbacks.jsonl"
 
 # What samples/callbacks.jsonl holds (see samples/README.md).
-SAMPLE_OUTCOMES = {"applied": 12, "duplicate": 2, "rejected": 0, "invalid": 1, "ignored": 1}
+SAMPLE_OUTCOMES = {"applied": 18, "duplicate": 2, "rejected": 0, "invalid": 1, "ignored": 1}
 SIM_RING_PARENT = "c-99e07ec9-658e8b3e-1136-4f5a-aa70-31b554d82886"
 SIM_RING_LEGS = [
     "c-99e07ec9-11c030a3-8e86-400f-b96c-81be1a519687",
@@ -91,14 +91,14 @@ def test_ingest_of_the_sample_counts_every_outcome(db: str) -> None:
     counts = ingest_json(db, str(SAMPLE))
     assert counts["outcomes"] == SAMPLE_OUTCOMES
     assert counts["reasons"] == {"missing_field": 1, "untracked_event_type": 1}
-    assert (counts["lines"], counts["blank_lines"], counts["bodies"]) == (16, 0, 16)
+    assert (counts["lines"], counts["blank_lines"], counts["bodies"]) == (22, 0, 22)
 
 
 def test_ingest_summary_table_shows_outcomes_and_reason_codes(db: str) -> None:
     result = run("--db", db, "ingest", str(SAMPLE))
     assert result.exit_code == 0
     assert table_rows(result.stdout) == [
-        ["applied", "", "12"],
+        ["applied", "", "18"],
         ["duplicate", "", "2"],
         ["rejected", "", "0"],
         ["invalid", "", "1"],
@@ -300,7 +300,7 @@ def test_calls_limit_cuts_the_list_and_says_so(db: str, sqlite_tracker: Tracker)
 
 def test_calls_json_shows_each_call_as_show_does_without_the_tree(sample_db: str) -> None:
     listed = {call["call_id"]: call for call in calls_json(sample_db)}
-    assert len(listed) == 11
+    assert len(listed) == 16
     shown = json.loads(run("--db", sample_db, "show", "--json", SIM_RING_PARENT).stdout)
     del shown["leg_tree"]
     assert listed[SIM_RING_PARENT] == shown
@@ -399,7 +399,7 @@ def test_unreachable_database_exits_3(tmp_path: Path) -> None:
 
 def test_db_defaults_to_tracker_database_url(sample_db: str) -> None:
     result = run("calls", "--json", env={"TRACKER_DATABASE_URL": sample_db})
-    assert len(json.loads(result.stdout)) == 11
+    assert len(json.loads(result.stdout)) == 16
 
 
 def test_unreadable_db_url_is_a_usage_error() -> None:

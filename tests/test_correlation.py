@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.factories import ACCOUNT, APPLICATION, BASE_TIME, disconnect, transfer_disconnect
 from tracker import Call, Outcome, Tracker
+from tracker.testing import ACCOUNT, APPLICATION, BASE_TIME, disconnect, transfer_disconnect
 
 
 def fetch(tracker: Tracker, call_id: str) -> Call:

@@ -27,11 +27,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
 
 from tests.conftest import fresh_database
-from tests.factories import disconnect, transfer_disconnect
 from tests.test_faults import LOCK_TIMEOUTS, TABLES, Relay, default_port, faults, table_rows
 from tests.test_upgrade_concurrency import migrate, schema_of, version_rows
 from tracker import Outcome, StorageError, Tracker
 from tracker.schema import head_revision
+from tracker.testing import disconnect, transfer_disconnect
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND = 1.0  # seconds: the timeout the tests give the tracker

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from tests.factories import disconnect
 from tracker import Outcome, StorageError, Tracker
+from tracker.testing import disconnect
 
 # A constraint the tracker's schema does not have, refusing calls whose cause is "boom": a
 # stand-in for a constraint bug, which no retry can mend.

@@ -17,18 +17,19 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import event, text
 
-from tests.factories import (
+from tracker import Call, StorageError, Tracker
+from tracker.cli import cli
+from tracker.exporting import CONVERSATION_COLUMNS, LEG_COLUMNS, Kind, columns, write_parquet
+from tracker.testing import (
+    ACCOUNTS,
     BASE_TIME,
     disconnect,
     initiate,
     new_call_id,
+    realistic_bodies,
     transfer_complete,
     transfer_disconnect,
 )
-from tests.workloads import ACCOUNTS, realistic_bodies
-from tracker import Call, StorageError, Tracker
-from tracker.cli import cli
-from tracker.exporting import CONVERSATION_COLUMNS, LEG_COLUMNS, Kind, columns, write_parquet
 
 EXPORT_PAGE = (Path(__file__).resolve().parents[1] / "docs" / "export.md").read_text()
 OTHER_ACCOUNT = "7700001"

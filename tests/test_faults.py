@@ -27,9 +27,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, InvalidRequestError
 
 from tests.conftest import fresh_database
-from tests.factories import disconnect, transfer_disconnect
 from tracker import Outcome, StorageError, Tracker
 from tracker.schema import current_revision, head_revision
+from tracker.testing import disconnect, transfer_disconnect
 
 TABLES = ("tracker_events", "tracker_calls", "tracker_transfers")
 QUICKLY = 10.0  # seconds: an outage must fail a delivery fast, not hang the webhook

@@ -22,10 +22,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, func, select, text
 
-from tests.factories import disconnect, new_call_id
 from tests.workers import Crew, apply_rounds, record_figure
-from tests.workloads import realistic_bodies
 from tracker import Change, ChangesPage, Outcome, StorageError, Tracker, feed, storage
+from tracker.testing import disconnect, new_call_id, realistic_bodies
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 

@@ -37,8 +37,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from tests.conftest import fresh_database
-from tests.factories import answer, disconnect, initiate, new_call_id, transfer_disconnect
 from tracker import Call, ConflictError, Outcome, SchemaError, StorageError, Tracker
+from tracker.testing import answer, disconnect, initiate, new_call_id, transfer_disconnect
 
 
 class _Base(DeclarativeBase):

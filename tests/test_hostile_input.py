@@ -18,7 +18,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import BACKENDS, fresh_database
-from tests.factories import (
+from tests.test_cli import jsonl
+from tests.test_cli import run as run_cli
+from tracker import InvalidReason, Outcome, Tracker
+from tracker.parsing import MAX_BODY_BYTES, MAX_JSON_BYTES, MAX_TEXT_LENGTH, TOO_LARGE_PREFIX
+from tracker.records import MAX_DETAIL_LENGTH, MAX_ID_LENGTH
+from tracker.testing import (
     BASE_TIME,
     answer,
     call_url,
@@ -30,11 +35,6 @@ from tests.factories import (
     transfer_complete,
     transfer_disconnect,
 )
-from tests.test_cli import jsonl
-from tests.test_cli import run as run_cli
-from tracker import InvalidReason, Outcome, Tracker
-from tracker.parsing import MAX_BODY_BYTES, MAX_JSON_BYTES, MAX_TEXT_LENGTH, TOO_LARGE_PREFIX
-from tracker.records import MAX_DETAIL_LENGTH, MAX_ID_LENGTH
 
 
 def deeply_nested_mapping(depth: int) -> dict[str, Any]:

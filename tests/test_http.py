@@ -31,7 +31,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.factories import answer, disconnect, initiate, new_call_id, transfer_disconnect
 from tests.http_server import (
     Server,
     chunked,
@@ -43,9 +42,17 @@ from tests.http_server import (
     readable,
     request_head,
 )
-from tests.workloads import realistic_bodies
 from tracker import Call, Event, StorageError, Tracker
 from tracker.schema import alembic_config, head_revision
+from tracker.testing import (
+    answer,
+    disconnect,
+    initiate,
+    new_call_id,
+    realistic_bodies,
+    relayed,
+    transfer_disconnect,
+)
 
 # Two pairs valid at once, as during a rotation: the old one still configured at Bandwidth for
 # some applications, the new one for others. The new password holds a colon and non-ASCII text
@@ -950,11 +957,7 @@ def load_bodies(seed: int, count: int) -> list[bytes]:
     distinct = realistic_bodies(count * 64 // 100, seed=seed)
     repeats = [rng.choice(distinct) for _ in range(count * 15 // 100)]
     reserialized = [
-        json.dumps(
-            json.loads(rng.choice(distinct)), indent=rng.choice([None, 1, 2]), sort_keys=True
-        )
-        .replace('":', '" :')
-        .encode()
+        relayed(json.loads(rng.choice(distinct)), seed=rng.getrandbits(32))
         for _ in range(count * 12 // 100)
     ]
     ends = [json.loads(body) for body in distinct if b'"eventType":"disconnect"' in body]

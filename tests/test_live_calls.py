@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.factories import (
+from tracker import LIVE_STATES, Call, Outcome, Reason, Tracker
+from tracker.testing import (
     ACCOUNT,
     BASE_TIME,
     answer,
@@ -23,7 +24,6 @@ from tests.factories import (
     transfer_complete,
     transfer_disconnect,
 )
-from tracker import LIVE_STATES, Call, Outcome, Reason, Tracker
 
 
 def history(call: Call | None) -> list[tuple[str, str, str, str]]:

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from tests.factories import answer, disconnect, initiate, transfer_disconnect
 from tracker.parsing import (
     Disconnect,
     Event,
@@ -21,6 +20,7 @@ from tracker.parsing import (
     read,
     read_call_url,
 )
+from tracker.testing import answer, disconnect, initiate, transfer_disconnect
 
 
 def parsed(body: object) -> Disconnect | TransferDisconnect:

@@ -20,11 +20,11 @@ from click.testing import CliRunner
 from sqlalchemy import event, text
 
 from tests.workers import Crew, apply_rounds, record_figure, snapshot
-from tests.workloads import realistic_bodies
 from tracker import Call, Outcome, Tracker
 from tracker.cli import cli
 from tracker.schema import alembic_config
 from tracker.storage import VERSION_TABLE
+from tracker.testing import realistic_bodies
 
 
 def apply_in_two_ages(

@@ -18,7 +18,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import StatementError
 
 from tests.conftest import SERVERS, fresh_database
-from tests.factories import (
+from tracker import LIVE_STATES, Call, Outcome, Tracker, lifecycle, storage
+from tracker import tracker as tracker_module
+from tracker.storage import statements
+from tracker.testing import (
     ACCOUNT,
     APPLICATION,
     BASE_TIME,
@@ -27,9 +30,6 @@ from tests.factories import (
     new_call_id,
     transfer_disconnect,
 )
-from tracker import LIVE_STATES, Call, Outcome, Tracker, lifecycle, storage
-from tracker import tracker as tracker_module
-from tracker.storage import statements
 
 OTHER_APPLICATION = "0f1e2d3c-0000-4000-8000-000000000002"
 

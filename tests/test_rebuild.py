@@ -12,11 +12,10 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import text
 
-from tests.factories import BASE_TIME, initiate, new_call_id
 from tests.workers import apply_rounds, run_together
-from tests.workloads import realistic_bodies
 from tracker import CallDifference, Outcome, Tracker, rebuilding
 from tracker.cli import cli
+from tracker.testing import BASE_TIME, initiate, new_call_id, realistic_bodies
 
 WORKERS = 4
 

@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tests.factories import ACCOUNT, answer, call_url, disconnect, new_call_id
 from tests.workers import Crew, apply_many_rounds, print_figures, record_figure
-from tests.workloads import realistic_bodies
 from tracker import (
     Event,
     InvalidReason,
@@ -32,6 +30,7 @@ from tracker import (
 )
 from tracker.cli import cli
 from tracker.parsing import MAX_BODY_BYTES
+from tracker.testing import ACCOUNT, answer, call_url, disconnect, new_call_id, realistic_bodies
 
 OTHER_ACCOUNT = "9900112"
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from transitions import MachineError
 
-from tests.factories import BASE_TIME, call_url, disconnect, stamp, transfer_disconnect
 from tracker import Outcome, Reason, Tracker, lifecycle
 from tracker.lifecycle import STATES, TRANSITIONS, CallRecord, decide, history_of
 from tracker.parsing import Disconnect, read
+from tracker.testing import BASE_TIME, call_url, disconnect, stamp, transfer_disconnect
 
 
 def everything(tracker: Tracker) -> dict[str, Any]:

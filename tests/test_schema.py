@@ -14,10 +14,10 @@ from alembic import command
 from sqlalchemy import create_engine, inspect, text
 
 from tests.conftest import fresh_database
-from tests.factories import disconnect
 from tracker import Outcome, SchemaError, Tracker
 from tracker.schema import alembic_config, head_revision
 from tracker.storage import VERSION_TABLE
+from tracker.testing import disconnect
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = {"tracker_calls", "tracker_events", "tracker_transfers"}

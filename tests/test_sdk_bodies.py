@@ -21,7 +21,9 @@ from bandwidth.models import (
     TransferDisconnectCallback,
 )
 
-from tests.factories import (
+from tracker import Outcome, Tracker
+from tracker.parsing import Unreadable, content_key, read
+from tracker.testing import (
     answer,
     disconnect,
     initiate,
@@ -31,8 +33,6 @@ from tests.factories import (
     transfer_complete,
     transfer_disconnect,
 )
-from tracker import Outcome, Tracker
-from tracker.parsing import Unreadable, content_key, read
 
 CASES: list[tuple[Any, Any]] = [
     (InitiateCallback, lambda: initiate(new_call_id())),

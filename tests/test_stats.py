@@ -22,19 +22,19 @@ from click.testing import Result as CliResult
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.factories import (
+from tracker import Call, CallStatistics, Outcome, Tracker
+from tracker.cli import cli
+from tracker.plotting import DPI, SIZE
+from tracker.testing import (
     answer,
     call_url,
     disconnect_between,
     initiate,
     new_call_id,
+    realistic_bodies,
     transfer_disconnect,
     transfer_disconnect_between,
 )
-from tests.workloads import realistic_bodies
-from tracker import Call, CallStatistics, Outcome, Tracker
-from tracker.cli import cli
-from tracker.plotting import DPI, SIZE
 
 T0 = datetime(2026, 3, 27, 22, 0, tzinfo=UTC)  # two hours before a day ends
 NOW = T0 + timedelta(days=4)

@@ -15,15 +15,15 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine.default import DefaultDialect
 
 from tests.conftest import fresh_database
-from tests.factories import (
+from tracker import Outcome, Tracker
+from tracker.storage import UTCDateTime
+from tracker.testing import (
     BASE_TIME,
     disconnect,
     initiate,
     transfer_complete,
     transfer_disconnect,
 )
-from tracker import Outcome, Tracker
-from tracker.storage import UTCDateTime
 
 
 def test_applied_call_reads_back_with_every_fact(tracker: Tracker) -> None:

@@ -15,22 +15,22 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.factories import (
+from tests.test_order_independence import ids_of, snapshot, workloads
+from tests.workers import Crew, apply_rounds, record_figure
+from tests.workers import snapshot as full_snapshot
+from tracker import Call, Outcome, Tracker
+from tracker.cli import cli
+from tracker.testing import (
     BASE_TIME,
     answer,
     disconnect,
     initiate,
     new_call_id,
+    realistic_bodies,
     stamp,
     transfer_complete,
     transfer_disconnect,
 )
-from tests.test_order_independence import ids_of, snapshot, workloads
-from tests.workers import Crew, apply_rounds, record_figure
-from tests.workers import snapshot as full_snapshot
-from tests.workloads import realistic_bodies
-from tracker import Call, Outcome, Tracker
-from tracker.cli import cli
 
 NOW = BASE_TIME + timedelta(hours=5)
 FOUR_HOURS = timedelta(hours=4)

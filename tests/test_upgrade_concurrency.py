@@ -20,11 +20,11 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from tests.conftest import fresh_database
-from tests.factories import disconnect, transfer_disconnect
 from tests.workers import record_figure, run_together, upgrade_rounds
 from tracker import Outcome, Tracker
 from tracker.schema import head_revision
 from tracker.storage import VERSION_TABLE
+from tracker.testing import disconnect, transfer_disconnect
 
 WORKERS = 6
 ROUNDS = 8  # new databases, each upgraded by all the workers at once

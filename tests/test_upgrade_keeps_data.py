@@ -15,12 +15,12 @@ from alembic import command
 from sqlalchemy import MetaData, create_engine, select, text
 
 from tests.conftest import fresh_database
-from tests.factories import answer
 from tests.test_concurrency import transfer_tree_bodies
 from tests.workers import snapshot
 from tracker import Outcome, Tracker
 from tracker.schema import alembic_config
 from tracker.storage import create_engine as tracker_engine
+from tracker.testing import answer
 
 # Revision 0002's tables, in foreign-key order; the history moved into the calls' rows at 0005.
 TABLES = ("tracker_events", "tracker_calls", "tracker_transitions")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from tests.workloads import realistic_bodies
 from tracker import Outcome, Tracker
 from tracker.parsing import TRACKED_EVENT_TYPES
+from tracker.testing import realistic_bodies
 
 
 def test_every_body_of_the_realistic_stream_is_applied(sqlite_tracker: Tracker) -> None:

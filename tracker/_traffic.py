@@ -1,15 +1,11 @@
-"""A realistic stream of callbacks: what an application on Bandwidth receives in an evening.
+"""Realistic streams of callbacks: what an application on Bandwidth receives in an evening.
 
-The one generator of realistic traffic, shared by the tests and the benchmark
-(`python -m benchmarks.bench`). It decides *which* calls happen and *when* (inbound and outbound
-calls, transfers to one leg and to several, every documented cause, weighted by how often each
-occurs); how each callback is spelled is left to `tests.factories`, so a field Bandwidth adds or
-respells is changed there once.
-
-Each scenario draws its calls and returns `(arrival second, body)` pairs; `Stream.bodies` merges
-them in arrival order. To send another event type (`initiate` at the start, `answer` at the
-answer time, ...), give it a factory in `tests.factories` and have the scenarios that produce it
-append its delivery; nothing else changes. The draws are seeded, so one seed is one stream.
+The generators of traffic behind `tracker.testing`, shared by the project's tests and its
+benchmarks. They decide *which* calls happen and *when* (inbound and outbound calls, transfers
+to one leg and to several, every documented cause, weighted by how often each occurs); how each
+callback is spelled is left to the builders of `tracker._bodies`, so a field Bandwidth adds or
+respells is changed there once. The draws are seeded: one seed is one stream, the same bytes on
+every machine and every run, so a benchmark's figures stay comparable from one release to the next.
 """
 
 from __future__ import annotations
@@ -17,15 +13,16 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from tests.factories import (
+from tracker._bodies import (
     answer,
     call_url,
     disconnect_between,
+    encode,
     initiate,
     machine_detection_complete,
     stamp,
@@ -37,7 +34,9 @@ from tests.factories import (
 Delivery = tuple[float, dict[str, Any]]  # (arrival second, body)
 
 EPOCH: Final = datetime(2026, 6, 10, 19, 0, 0, tzinfo=UTC)
+"""When every stream starts."""
 ACCOUNTS: Final = ("55555555", "9900112", "5002817")
+"""The accounts a stream's calls belong to (each with two applications, `APPLICATIONS`)."""
 APPLICATIONS: Final = {
     account: tuple(
         str(uuid.UUID(int=random.Random(account + str(n)).getrandbits(128))) for n in (1, 2)
@@ -72,12 +71,14 @@ ERROR_MESSAGES: Final = {
 
 
 def at(second: float) -> datetime:
-    """The instant `second` seconds into the stream."""
+    """The instant `second` seconds into a stream (streams start at `EPOCH`)."""
     return EPOCH + timedelta(seconds=second)
 
 
 def realistic_bodies(count: int, seed: int = 1) -> list[bytes]:
-    """`count` distinct callback bodies, compact JSON, in the order they would arrive."""
+    """`count` distinct callback bodies of every tracked type, compact JSON, in the order they
+    would arrive: the first `count` deliveries of `Stream(seed)`, all `applied` on an empty
+    database."""
     return Stream(seed).bodies(count)
 
 
@@ -357,3 +358,107 @@ class Stream:
 
     def _number(self) -> str:
         return f"+1{self.random.randint(201, 989)}{self.random.randint(2000000, 9999999)}"
+
+
+# The bodies `Stream.bodies` is asked for at a time by `terminal_bodies`: bounded memory
+# whatever the count.
+_STREAM_CHUNK: Final = 20_000
+_TERMINAL: Final = (b'"eventType":"disconnect"', b'"eventType":"transferDisconnect"')
+
+
+def terminal_bodies(
+    count: int, seed: int = 1, calls_per_second: Callable[[float], float] | None = None
+) -> Iterator[bytes]:
+    """The terminal callbacks (`disconnect`, `transferDisconnect`, which carry every time a call
+    has) of `Stream(seed, calls_per_second)`, `count` of them, one per call or leg: ended calls
+    in bulk, in bounded memory. The stream is drawn a chunk at a time; a call whose end falls
+    past a chunk's last delivery loses its terminal callback, so a few parents are known only
+    through their legs."""
+    stream = Stream(seed, calls_per_second)
+    made = 0
+    while True:
+        for body in stream.bodies(_STREAM_CHUNK):
+            if body.startswith(_TERMINAL, 1):
+                yield body
+                made += 1
+                if made == count:
+                    return
+
+
+def call_trees(count: int, seed: int = 1) -> Iterator[bytes]:
+    """Terminal callbacks of `count` calls and legs, a conversation starting every half second:
+    most alone (a few never answered, `busy` or `timeout`), some transferred to one leg, some to
+    two to four ringing at once (one answered and the others cancelled, or none answered), each
+    transfer told by a `transferComplete` too. Every body is `applied` on an empty database; a
+    cheap, steady stream of trees for loading many calls."""
+    draw = random.Random(seed)
+    made = 0
+    serial = 0
+    while made < count:
+        serial += 1
+        start = serial * 0.5
+        account = draw.choice(ACCOUNTS)
+        application = draw.choice(APPLICATIONS[account])
+        call_id = f"c-{serial:08x}-{draw.getrandbits(64):016x}"
+        wanted = draw.choices((0, 1, 2, 3, 4), weights=(70, 20, 4, 3, 3))[0]
+        wanted = min(wanted, count - made - 1)
+        answered = start + draw.uniform(0.5, 6.0)
+        if not wanted and draw.random() < 0.15:
+            end = start + draw.uniform(5.0, 30.0)
+            yield encode(
+                disconnect_between(
+                    at(start), at(end), call_id, cause=draw.choice(("busy", "timeout")),
+                    callUrl=call_url(call_id, account), accountId=account,
+                    applicationId=application,
+                )
+            )  # fmt: skip
+            made += 1
+            continue
+        transfer_start = answered + draw.uniform(2.0, 20.0)
+        bridged = draw.random() < 0.8
+        leg_end = transfer_start + draw.uniform(15.0, 600.0)
+        end = leg_end + draw.uniform(0.0, 30.0)
+        yield encode(
+            disconnect_between(
+                at(start), at(end), call_id, answered=at(answered),
+                callUrl=call_url(call_id, account), accountId=account,
+                applicationId=application,
+            )
+        )  # fmt: skip
+        for index in range(wanted):
+            leg_id = f"{call_id}-{index}"
+            winner = bridged and index == 0
+            yield encode(
+                transfer_disconnect_between(
+                    call_id,
+                    at(transfer_start),
+                    at(leg_end if winner else transfer_start + draw.uniform(5.0, 14.0)),
+                    leg_id,
+                    answered=at(transfer_start + draw.uniform(1.0, 4.0)) if winner else None,
+                    cause="hangup" if winner else "cancel",
+                    callUrl=call_url(leg_id, account),
+                )
+            )
+        if wanted:
+            yield encode(
+                transfer_complete(
+                    call_id, start=at(start), at=at(leg_end), callUrl=call_url(call_id, account),
+                    accountId=account, applicationId=application,
+                )
+            )  # fmt: skip
+        made += 1 + wanted
+
+
+def with_retries(bodies: Sequence[bytes], share: float, seed: int = 1) -> list[bytes]:
+    """`bodies` in their order, with a `share` of them delivered again 1 to 20 deliveries
+    later, byte for byte, as Bandwidth retries a callback that was not acknowledged in time:
+    each repeat is a `duplicate`."""
+    draw = random.Random(seed)
+    placed = [(float(index), body) for index, body in enumerate(bodies)]
+    placed += [
+        (index + draw.randint(1, 20) + 0.5, body)
+        for index, body in enumerate(bodies)
+        if draw.random() < share
+    ]
+    placed.sort(key=lambda item: item[0])
+    return [body for _position, body in placed]

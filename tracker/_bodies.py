@@ -1,29 +1,59 @@
-"""Small factories for callback bodies: each test states only what it is about."""
+"""Bandwidth callback bodies, one at a time: the builders behind `tracker.testing`.
+
+Each builder returns a new `dict` in Bandwidth's spelling (camelCase keys, instants stamped with
+milliseconds and `Z`, keys in the order Bandwidth writes them), valid for the tracker, with
+defaults for everything a test is not about. Extra keyword arguments override or add fields in
+Bandwidth's spelling (`accountId=...`, `**{"from": ...}`); a value of `...` removes the key.
+"""
 
 from __future__ import annotations
 
 import itertools
+import json
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
+
+ACCOUNT: Final = "55555555"
+"""The account every builder uses unless told otherwise."""
+APPLICATION: Final = "7fc9698a-b04a-468b-9e8f-91238c0d0086"
+"""The application every builder uses unless told otherwise."""
+BASE_TIME: Final = datetime(2026, 6, 10, 19, 15, 0, tzinfo=UTC)
+"""When a built call starts unless told otherwise."""
+CALLER: Final = "+15551112222"
+"""The `from` of a built call unless told otherwise."""
+CALLED: Final = "+15553334444"
+"""The `to` of a built call unless told otherwise."""
+TRANSFER_CALLER_ID: Final = "+15551115555"
+"""The `transferCallerId` of a built transfer leg unless told otherwise."""
+TRANSFER_TO: Final = "+15556667777"
+"""The `transferTo` of a built transfer leg unless told otherwise."""
 
 _serial = itertools.count(1)
 
-ACCOUNT = "55555555"
-APPLICATION = "7fc9698a-b04a-468b-9e8f-91238c0d0086"
-BASE_TIME = datetime(2026, 6, 10, 19, 15, 0, tzinfo=UTC)
-
 
 def new_call_id() -> str:
+    """A call id in Bandwidth's shape (`c-<8 hex>-<uuid>`), different on every call in a
+    process, so tests never meet each other's calls."""
     return f"c-95ac8d6e-{next(_serial):08x}-b38f-4198-93c1-51633ec68f8d"
 
 
 def stamp(at: datetime) -> str:
-    """Bandwidth's spelling: milliseconds, `Z`."""
+    """`at` as Bandwidth spells an instant: UTC, milliseconds, `Z`."""
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
 
 
 def call_url(call_id: str, account: str = ACCOUNT) -> str:
+    """The `callUrl` Bandwidth sends for `call_id` of `account`."""
     return f"https://voice.bandwidth.com/api/v2/accounts/{account}/calls/{call_id}"
+
+
+def encode(body: Mapping[str, Any]) -> bytes:
+    """`body` as Bandwidth sends it: compact JSON, UTF-8."""
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+# --- the terminal callbacks -------------------------------------------------------------------
 
 
 def disconnect(
@@ -35,8 +65,8 @@ def disconnect(
     cause: str = "hangup",
     **fields: Any,
 ) -> dict[str, Any]:
-    """A `disconnect` body. `ring=None` means never answered; extra keyword arguments override
-    or add fields (use their Bandwidth spelling); a value of `...` removes the key."""
+    """A `disconnect` body: an original (outbound) call that rang `ring` seconds and talked
+    `talk` seconds; `ring=None` means never answered (it ends 20 seconds after `start`)."""
     answered, end = _times(start, ring, talk, unanswered=20.0)
     return disconnect_between(start, end, call_id, answered=answered, cause=cause, **fields)
 
@@ -50,16 +80,16 @@ def disconnect_between(
     cause: str = "hangup",
     **fields: Any,
 ) -> dict[str, Any]:
-    """`disconnect` for a call that ran from `start` to `end`, answered at `answered` (None:
-    never): for generators that think in instants rather than ring and talk times."""
+    """A `disconnect` body for a call that ran from `start` to `end`, answered at `answered`
+    (None: never): for callers that think in instants rather than in ring and talk times."""
     call_id = call_id or new_call_id()
     body: dict[str, Any] = {
         "eventType": "disconnect",
         "eventTime": stamp(end + timedelta(milliseconds=10)),
         "accountId": ACCOUNT,
         "applicationId": APPLICATION,
-        "from": "+15551112222",
-        "to": "+15553334444",
+        "from": CALLER,
+        "to": CALLED,
         "direction": "outbound",
         "callId": call_id,
         "callUrl": call_url(call_id),
@@ -80,7 +110,8 @@ def transfer_disconnect(
     cause: str = "hangup",
     **fields: Any,
 ) -> dict[str, Any]:
-    """A `transferDisconnect` body for a leg of `parent_call_id` (no accountId, as documented)."""
+    """A `transferDisconnect` body for a leg of `parent_call_id`, without `accountId` as
+    Bandwidth's documentation shows it; `ring=None` means never answered."""
     answered, end = _times(start, ring, talk, unanswered=15.0)
     return transfer_disconnect_between(
         parent_call_id, start, end, call_id, answered=answered, cause=cause, **fields
@@ -97,20 +128,20 @@ def transfer_disconnect_between(
     cause: str = "hangup",
     **fields: Any,
 ) -> dict[str, Any]:
-    """`transferDisconnect` for a leg that ran from `start` to `end`, answered at `answered`
-    (None: never); see `disconnect_between`."""
+    """A `transferDisconnect` body for a leg that ran from `start` to `end`, answered at
+    `answered` (None: never)."""
     call_id = call_id or new_call_id()
     body: dict[str, Any] = {
         "eventType": "transferDisconnect",
         "eventTime": stamp(end + timedelta(milliseconds=10)),
-        "from": "+15551112222",
-        "to": "+15553334444",
+        "from": CALLER,
+        "to": CALLED,
         "direction": "outbound",
         "callId": call_id,
         "parentCallId": parent_call_id,
         "callUrl": call_url(call_id),
-        "transferCallerId": "+15551115555",
-        "transferTo": "+15556667777",
+        "transferCallerId": TRANSFER_CALLER_ID,
+        "transferTo": TRANSFER_TO,
         "startTime": stamp(start),
         "endTime": stamp(end),
         "cause": cause,
@@ -129,7 +160,7 @@ def _times(
 
 
 def _finish(
-    body: dict[str, Any], answered: datetime | None, fields: dict[str, Any]
+    body: dict[str, Any], answered: datetime | None, fields: Mapping[str, Any]
 ) -> dict[str, Any]:
     if answered is not None:
         body["answerTime"] = stamp(answered)
@@ -141,7 +172,7 @@ def _finish(
     return body
 
 
-# --- the live callbacks ----------------------------------------------------------------------
+# --- the live callbacks -----------------------------------------------------------------------
 
 
 def _common(event_type: str, call_id: str, start: datetime, **fields: Any) -> dict[str, Any]:
@@ -150,8 +181,8 @@ def _common(event_type: str, call_id: str, start: datetime, **fields: Any) -> di
         "eventTime": stamp(start),
         "accountId": ACCOUNT,
         "applicationId": APPLICATION,
-        "from": "+15551112222",
-        "to": "+15553334444",
+        "from": CALLER,
+        "to": CALLED,
         "callId": call_id,
         "callUrl": call_url(call_id),
         "startTime": stamp(start),
@@ -160,7 +191,8 @@ def _common(event_type: str, call_id: str, start: datetime, **fields: Any) -> di
 
 
 def initiate(call_id: str, *, start: datetime = BASE_TIME, **fields: Any) -> dict[str, Any]:
-    """An `initiate` body: an inbound call ringing, with the caller facts a live capture has."""
+    """An `initiate` body: an inbound call ringing, with the caller facts a live capture has
+    (STIR/SHAKEN attestation `A`, verstat, caller display name)."""
     body = _common("initiate", call_id, start, direction="inbound")
     body.update(
         stirShaken={"verstat": "TN-Validation-Passed", "attestationIndicator": "A"},
@@ -187,7 +219,8 @@ def transfer_answer(
     ring: float = 2.0,
     **fields: Any,
 ) -> dict[str, Any]:
-    """A `transferAnswer` body; `parent_call_id=None` leaves the key out, as the SDK does."""
+    """A `transferAnswer` body: a leg of `parent_call_id` answered `ring` seconds after it
+    started; `parent_call_id=None` leaves the key out, as Bandwidth's SDK model does."""
     answered = start + timedelta(seconds=ring)
     body = _common(
         "transferAnswer",
@@ -195,8 +228,8 @@ def transfer_answer(
         start,
         direction="outbound",
         eventTime=stamp(answered),
-        transferCallerId="+15551115555",
-        transferTo="+15556667777",
+        transferCallerId=TRANSFER_CALLER_ID,
+        transferTo=TRANSFER_TO,
     )
     if parent_call_id is not None:
         body["parentCallId"] = parent_call_id
@@ -211,14 +244,15 @@ def transfer_complete(
     cause: str = "hangup",
     **fields: Any,
 ) -> dict[str, Any]:
-    """A `transferComplete` body on the original call: one transfer attempt ended."""
+    """A `transferComplete` body on the original call `call_id`: one transfer attempt ended at
+    `at` with `cause` (`busy` brings Bandwidth's error message and id). It never ends the call."""
     body = _common(
         "transferComplete",
         call_id,
         start,
         eventTime=stamp(at),
-        transferCallerId="+15551115555",
-        transferTo="+15556667777",
+        transferCallerId=TRANSFER_CALLER_ID,
+        transferTo=TRANSFER_TO,
         cause=cause,
     )
     if cause == "busy":
@@ -229,7 +263,8 @@ def transfer_complete(
 def machine_detection_complete(
     call_id: str, *, start: datetime = BASE_TIME, result: str = "human", **fields: Any
 ) -> dict[str, Any]:
-    """A `machineDetectionComplete` body with its result."""
+    """A `machineDetectionComplete` body: the answering-machine detection of an outbound call
+    ended with `result` (`human`, `answering-machine`, `silence`, `timeout`, ...)."""
     body = _common(
         "machineDetectionComplete",
         call_id,
@@ -241,9 +276,20 @@ def machine_detection_complete(
     return _finish(body, None, fields)
 
 
-def live_events_of(terminal: dict[str, Any], *, legs: int = 0) -> list[dict[str, Any]]:
-    """The live callbacks Bandwidth sends before a terminal body, agreeing with it: an
-    outbound call's `answer` and machine detection, an inbound call's `initiate`, a leg's
+def untracked(
+    call_id: str, *, event_type: str = "dtmf", start: datetime = BASE_TIME, **fields: Any
+) -> dict[str, Any]:
+    """A callback of a type the tracker does not track (a `dtmf` digit by default): the
+    tracker logs it as `ignored` (`untracked_event_type`)."""
+    body = _common(event_type, call_id, start, direction="inbound")
+    if event_type == "dtmf":
+        body.update(digit="5")
+    return _finish(body, None, fields)
+
+
+def live_events_of(terminal: Mapping[str, Any], *, legs: int = 0) -> list[dict[str, Any]]:
+    """The live callbacks Bandwidth sends before the terminal body `terminal`, agreeing with it:
+    an outbound call's `answer` and machine detection, an inbound call's `initiate`, a leg's
     `transferAnswer`, and for a call with `legs` one `transferComplete` per transfer."""
     shared: dict[str, Any] = {
         key: terminal[key]
