@@ -37,6 +37,8 @@ PERS: Final = (PER_LEG, PER_CONVERSATION)
 
 # Formats `tracker export` writes; Parquet needs the optional extra (`require_pyarrow`).
 FORMATS: Final = ("csv", "jsonl", "parquet")
+# Calls read per statement by default (`Tracker.export`, `tracker export --batch-size`).
+BATCH_SIZE: Final = 1000
 
 # Rows per Parquet row group: a reader's unit of work, and what the writer holds at most (as
 # Arrow columns, a few hundred bytes a row), converted from rows in slices of `_ARROW_SLICE`.
