@@ -307,7 +307,9 @@ def decide(
         outcome=Outcome.APPLIED,
         detail=_what_happened(event, after),
         call=(call, after),
-        parent=_parent_after(event, after, parent) if event.parent_call_id else None,
+        parent=_parent_after(event, after, parent, tree_account.account)
+        if event.parent_call_id
+        else None,
         transfer=transfer,
         history=history,
         fill_account=tree_account.account if tree_account.tree_learns_it else None,
@@ -485,15 +487,16 @@ def _what_happened(event: Event, call: CallRecord) -> str:
 
 
 def _parent_after(
-    event: Event, leg: CallRecord, parent: CallRecord | None
+    event: Event, leg: CallRecord, parent: CallRecord | None, account: str | None
 ) -> tuple[CallRecord | None, CallRecord]:
     """The parent as this leg leaves it. A leg always writes its parent (at least its version),
-    so that a concurrent change to the parent and this leg cannot both commit unseen."""
+    so that a concurrent change to the parent and this leg cannot both commit unseen. `account`
+    is the tree's, as `_account_of` resolved it: a parent without one takes it."""
     assert event.parent_call_id is not None and leg.start_time is not None
     if parent is None:
         placeholder = CallRecord(
             call_id=event.parent_call_id,
-            account_id=leg.account_id,
+            account_id=account,
             from_number=event.from_number,
             to_number=event.to_number,
             numbers_leg_id=leg.call_id,
@@ -502,7 +505,7 @@ def _parent_after(
         return None, placeholder
     after = parent
     if parent.account_id is None:  # the tree learns its account (see `_account_of`)
-        after = changed(after, {"account_id": leg.account_id})
+        after = changed(after, {"account_id": account})
     # The original call's numbers, as its legs' events repeat them, stand until an event of
     # its own says them; of several legs, the earliest one's.
     own_numbers = {"from_number", "to_number"} & parent.sources.keys()
