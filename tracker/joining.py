@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Final, TypeVar
 
 from sqlalchemy import Connection, Engine, NestedTransaction
@@ -28,8 +29,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool
 
-from tracker import storage
+from tracker import parsing, storage
+from tracker.applying import apply_deliveries
 from tracker.errors import ConflictError, SchemaError
+from tracker.records import Result
 from tracker.schema import check_current_on
 from tracker.writing import is_lost_race, storage_error
 
@@ -40,6 +43,25 @@ T = TypeVar("T")
 _checked_pools: Final = weakref.WeakSet[Pool]()
 
 _RETRY: Final = "roll it back and run it again, the apply included"
+
+
+def apply_in_host_transaction(
+    given: Connection | Session,
+    engine: Engine,
+    bodies: Iterable[bytes | str | object],
+    max_body_bytes: int,
+) -> list[Result]:
+    """Apply `bodies` in order in a SAVEPOINT of the transaction `given` holds (the path of
+    `Tracker.apply(..., connection=given)`), read as `tracker.applying.apply_bodies` reads
+    them."""
+    connection = host_connection(given, engine)
+    deliveries = [parsing.read(body, max_body_bytes) for body in bodies]
+    received_at = datetime.now(UTC)
+    return apply_in_savepoint(
+        connection,
+        lambda c: apply_deliveries(c, deliveries, received_at),
+        subject="these deliveries" if len(deliveries) > 1 else "this delivery",
+    )
 
 
 def host_connection(given: Connection | Session, engine: Engine) -> Connection:

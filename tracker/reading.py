@@ -1,5 +1,6 @@
-"""Reading calls as `Call` snapshots: the filters of `Tracker.calls`, a read at one moment, and
-the failures of a read told as `StorageError`.
+"""Reading calls as `Call` snapshots and the log a page at a time: the filters of
+`Tracker.calls` and `Tracker.events`, a read at one moment, and the failures of a read told as
+`StorageError`.
 
 Part of the storage stage, used by the facade, the feed and the sweep: a snapshot reads a
 call's legs, transfers and inherited application with statements of its own, so every reader
@@ -19,8 +20,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from tracker import lifecycle, storage
-from tracker.errors import StorageError, check_account, check_choice, check_choices, check_window
-from tracker.records import Call
+from tracker.errors import (
+    StorageError,
+    check_account,
+    check_choice,
+    check_choices,
+    check_text,
+    check_window,
+)
+from tracker.records import Call, Event, Outcome
 from tracker.writing import is_unavailable
 
 T = TypeVar("T")
@@ -77,6 +85,46 @@ def check_states(state: object) -> list[str] | None:
             "`from tracker import LIVE_STATES`) for the calls ringing or talking now"
         )
     return check_choices("state", state, lifecycle.STATES)
+
+
+def check_event_filters(call_id: object, outcome: object) -> None:
+    """The filters of `Tracker.events` and `Tracker.iter_events`: a call id, an outcome."""
+    check_text("call_id", call_id)
+    if outcome is not None:
+        check_choice("outcome", outcome, [outcome.value for outcome in Outcome])
+
+
+def call_pages(engine: Engine, filters: CallFilters, page_size: int) -> Iterator[Call]:
+    """The calls matching `filters` in start-time order, `page_size` at a time, each page read
+    at one moment of its own (`one_moment`), the next page starting after the last call read."""
+    after: tuple[datetime | None, str] | None = None
+    while True:
+        with one_moment(engine) as connection:
+            records = storage.where_calls(
+                connection, **filters.arguments(), after=after, limit=page_size
+            )
+            page = snapshots(connection, records)
+        yield from page
+        if len(records) < page_size:
+            return
+        after = (records[-1].start_time, records[-1].call_id)
+
+
+def event_pages(
+    engine: Engine, call_id: str | None, outcome: str | None, page_size: int
+) -> Iterator[Event]:
+    """The log entries of `call_id` and with `outcome` when given, oldest first, `page_size` at
+    a time, each page a short read of its own along the log's primary key."""
+    after_id = 0
+    while True:
+        with engine.connect() as connection:
+            page = storage.where_events(
+                connection, call_id=call_id, outcome=outcome, after_id=after_id, limit=page_size
+            )
+        yield from page
+        if len(page) < page_size:
+            return
+        after_id = page[-1].id
 
 
 def get_call(engine: Engine, call_id: str) -> Call | None:

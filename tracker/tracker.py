@@ -23,12 +23,15 @@ from tracker import (
     statistics,
     storage,
 )
-from tracker.applying import apply_bodies, apply_deliveries
-from tracker.errors import check_choice, check_limit, check_positive, check_text
+from tracker.applying import apply_bodies
+from tracker.errors import check_limit, check_positive
 from tracker.reading import (
     CallFilters,
+    call_pages,
+    check_event_filters,
     check_states,
     database_errors,
+    event_pages,
     get_call,
     one_moment,
     read_with_database_errors,
@@ -39,7 +42,6 @@ from tracker.records import (
     CallStatistics,
     ChangesPage,
     Event,
-    Outcome,
     RebuildReport,
     RedriveReport,
     Result,
@@ -159,7 +161,9 @@ class Tracker:
         inside the host's transaction on this Connection or Session instead, committing and
         retrying nothing (a lost race raises `ConflictError`)."""
         if connection is not None:
-            return self._in_host_transaction(connection, [body])[0]
+            return joining.apply_in_host_transaction(
+                connection, self.engine, [body], self._max_body_bytes
+            )[0]
         self._check_schema()
         return apply_bodies(self._writer, [body], self._max_body_bytes)[0]
 
@@ -172,21 +176,11 @@ class Tracker:
         """Apply bodies in order in one transaction: the outcomes of applying them one by one,
         for one commit. `connection`: in the host's transaction, as for `apply`."""
         if connection is not None:
-            return self._in_host_transaction(connection, bodies)
+            return joining.apply_in_host_transaction(
+                connection, self.engine, bodies, self._max_body_bytes
+            )
         self._check_schema()
         return apply_bodies(self._writer, bodies, self._max_body_bytes)
-
-    def _in_host_transaction(
-        self, given: Connection | Session, bodies: Iterable[bytes | str | object]
-    ) -> list[Result]:
-        connection = joining.host_connection(given, self.engine)
-        deliveries = [parsing.read(body, self._max_body_bytes) for body in bodies]
-        received_at = datetime.now(UTC)
-        return joining.apply_in_savepoint(
-            connection,
-            lambda c: apply_deliveries(c, deliveries, received_at),
-            subject="these deliveries" if len(deliveries) > 1 else "this delivery",
-        )
 
     # --- reading --------------------------------------------------------------------------
 
@@ -236,20 +230,7 @@ class Tracker:
         filters = CallFilters.checked(state, disposition, account_id, started_after, started_before)
         check_positive("page_size", page_size)
         self._check_schema()
-        return read_with_database_errors(self._call_pages(filters, page_size))
-
-    def _call_pages(self, filters: CallFilters, page_size: int) -> Iterator[Call]:
-        after: tuple[datetime | None, str] | None = None
-        while True:
-            with one_moment(self.engine) as connection:
-                records = storage.where_calls(
-                    connection, **filters.arguments(), after=after, limit=page_size
-                )
-                page = snapshots(connection, records)
-            yield from page
-            if len(records) < page_size:
-                return
-            after = (records[-1].start_time, records[-1].call_id)
+        return read_with_database_errors(call_pages(self.engine, filters, page_size))
 
     def count_calls(self, *, state: str | Sequence[str] | None = None) -> int:
         """How many calls are in `state` (one or several; every call when None), counted by the
@@ -268,7 +249,7 @@ class Tracker:
         """The event log, oldest first, of `call_id` and with `outcome` when given; `limit`
         keeps the newest entries. With no limit, every entry, and a `ValueError` when more than
         `MAX_LISTED` match: read those with `iter_events`. Bad arguments raise `ValueError`."""
-        _check_event_filters(call_id, outcome)
+        check_event_filters(call_id, outcome)
         check_limit(limit)
         self._check_schema()
         with database_errors(), self.engine.connect() as connection:
@@ -288,24 +269,10 @@ class Tracker:
         """Every entry `events()` would list with these filters, oldest first, read `page_size`
         entries at a time, each page in a short read of its own: memory follows `page_size`,
         never the size of the log. Bad arguments raise `ValueError` at once."""
-        _check_event_filters(call_id, outcome)
+        check_event_filters(call_id, outcome)
         check_positive("page_size", page_size)
         self._check_schema()
-        return read_with_database_errors(self._event_pages(call_id, outcome, page_size))
-
-    def _event_pages(
-        self, call_id: str | None, outcome: str | None, page_size: int
-    ) -> Iterator[Event]:
-        after_id = 0
-        while True:
-            with self.engine.connect() as connection:
-                page = storage.where_events(
-                    connection, call_id=call_id, outcome=outcome, after_id=after_id, limit=page_size
-                )
-            yield from page
-            if len(page) < page_size:
-                return
-            after_id = page[-1].id
+        return read_with_database_errors(event_pages(self.engine, call_id, outcome, page_size))
 
     # --- calls out ------------------------------------------------------------------------
 
@@ -427,12 +394,6 @@ class Tracker:
             return rebuilding.rebuild(
                 self.engine, write if apply else None, max_body_bytes=self._max_body_bytes
             )
-
-
-def _check_event_filters(call_id: object, outcome: object) -> None:
-    check_text("call_id", call_id)
-    if outcome is not None:
-        check_choice("outcome", outcome, [outcome.value for outcome in Outcome])
 
 
 def _within_cap(limit: int | None) -> int:
