@@ -1,9 +1,10 @@
-"""The tracker's writing transactions: connections kept between deliveries, and a transaction
-run again when it loses a race.
+"""The tracker's writing transactions: connections kept between deliveries, a transaction run
+again when it loses a race, and the one rule telling a lost race from a failure.
 
-Part of the storage stage, used by the `Tracker` facade alone. Every write of the tracker's own
-(a delivery, a batch, a batch of the sweep, the prune or the rebuild) runs through
-`Writer.run`; a write inside the host's transaction does not (see `tracker.joining`).
+Part of the storage stage. Every write of the tracker's own (a delivery, a batch, a batch of
+the sweep, the prune, the re-drive or the rebuild) runs through `Writer.run`; a write inside
+the host's transaction does not (see `tracker.joining`), but tells its failures by the same
+rule (`is_lost_race`, `storage_error`).
 """
 
 from __future__ import annotations
