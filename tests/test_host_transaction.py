@@ -443,6 +443,8 @@ def test_a_lock_wait_that_timed_out_is_a_storage_error_and_the_transaction_goes_
             with pytest.raises(StorageError, match="your transaction is open") as raised:
                 tracker.apply(disconnect(call_id, direction="inbound"), connection=connection)
             assert not isinstance(raised.value, ConflictError)
+            # Told as `Tracker.apply` tells it: the database did not answer in time.
+            assert raised.value.unavailable
             place_order(connection, "kept too")
     assert order_ids(host_engine) == ["kept", "kept too"]
     assert [event.event_type for event in tracker.events(call_id=call_id)] == [

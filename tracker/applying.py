@@ -8,10 +8,10 @@ before. `apply` is a batch of one, so both paths are the same code and give the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
@@ -27,6 +27,27 @@ from tracker.records import (
     Transition,
     clipped,
 )
+
+if TYPE_CHECKING:
+    from tracker.writing import Writer
+
+
+def apply_bodies(
+    writer: Writer,
+    bodies: Iterable[bytes | str | object],
+    max_body_bytes: int,
+    origin: str | None = None,
+) -> list[Result]:
+    """Read `bodies` (`parsing.read`, a body over `max_body_bytes` unread) and apply them in
+    order in one transaction of `writer`, run again when it loses a race: the path of
+    `Tracker.apply_many`, of the bodies the sweep's `resolve` returns (`origin` `sweep`), of a
+    re-drive and of a rebuild's replay."""
+    deliveries = [parsing.read(body, max_body_bytes) for body in bodies]
+    received_at = datetime.now(UTC)
+    return writer.run(
+        lambda connection: apply_deliveries(connection, deliveries, received_at, origin),
+        subject="these deliveries" if len(deliveries) > 1 else "this delivery",
+    )
 
 
 def apply_deliveries(

@@ -27,7 +27,7 @@ from typing import Any, Final, TextIO
 
 from sqlalchemy import Connection, Engine
 
-from tracker import storage
+from tracker import instants, storage
 from tracker.errors import check_account, check_batch_size, check_window
 from tracker.storage.export import ExportedCall, LegAnswer
 
@@ -37,7 +37,6 @@ PERS: Final = (PER_LEG, PER_CONVERSATION)
 
 # Formats `tracker export` writes; Parquet needs the optional extra (`require_pyarrow`).
 FORMATS: Final = ("csv", "jsonl", "parquet")
-
 # Calls read per statement by default, by `Tracker.export` and `tracker export --batch-size`.
 EXPORT_BATCH_SIZE: Final = 1000
 
@@ -277,10 +276,8 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def _iso(instant: datetime) -> str:
-    """ISO 8601 in UTC, always with microseconds and `Z`: one width, sortable as text. (Every
-    instant read is in UTC: `storage.UTCDateTime`.) The arguments are positional: a C method's
-    keyword arguments cost more than the formatting."""
-    return instant.isoformat("T", "microseconds")[:-6] + "Z"
+    """ISO 8601 in UTC, always with microseconds and `Z`: one width, sortable as text."""
+    return instants.text(instant, "microseconds")
 
 
 # How CSV writes a column of the kinds the `csv` module would not write as the README says
@@ -288,8 +285,7 @@ def _iso(instant: datetime) -> str:
 # column of a slice of rows at a time: a comprehension costs less per value than a call.
 _CSV_COLUMN: Final[dict[Kind, Callable[[Sequence[Any]], list[Any]]]] = {
     Kind.TIME: lambda values: [
-        None if value is None else value.isoformat("T", "microseconds")[:-6] + "Z"
-        for value in values
+        None if value is None else instants.text(value, "microseconds") for value in values
     ],
     Kind.SECONDS: lambda values: [None if value is None else f"{value:.6f}" for value in values],
     Kind.BOOLEAN: lambda values: ["true" if value else "false" for value in values],

@@ -73,21 +73,21 @@ import binascii
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, bindparam, text
 from sqlalchemy.exc import DBAPIError
 
-from tracker import lifecycle, storage
+from tracker import reading, storage
 from tracker.errors import StorageError
-from tracker.records import Call, Change, ChangesPage, Outcome
-
-Snapshots = Callable[[Connection, Sequence[lifecycle.CallRecord]], list[Call]]
+from tracker.records import Change, ChangesPage, Outcome
 
 CURSOR_VERSION: Final = 1
 MAX_LIMIT: Final = 10_000
+# The applied deliveries a page of `Tracker.changes` holds at most by default.
+DEFAULT_LIMIT: Final = 1000
 
 # Tries at a fresh copy of INNODB_TRX, and the pause between them: InnoDB refreshes its copy
 # only once nobody read it for 100 ms.
@@ -131,7 +131,7 @@ class _Position:
     gaps: tuple[_Gap, ...]
 
 
-def changes(engine: Engine, after: str | None, limit: int, snapshots: Snapshots) -> ChangesPage:
+def changes(engine: Engine, after: str | None, limit: int) -> ChangesPage:
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be between 1 and {MAX_LIMIT}; got {limit}")
     position = decode(after)
@@ -148,7 +148,9 @@ def changes(engine: Engine, after: str | None, limit: int, snapshots: Snapshots)
             records = storage.where_calls_by_id(
                 connection, [row.call_id for row in applied if row.call_id is not None]
             )
-            calls = dict(zip(records, snapshots(connection, list(records.values())), strict=True))
+            calls = dict(
+                zip(records, reading.snapshots(connection, list(records.values())), strict=True)
+            )
         full = len(rows) == limit
         # Ids the read covered: every gap id up to its last row (all of them unless it was full).
         checked_through = rows[-1].id if full else max(position.high, rows[-1].id if rows else 0)

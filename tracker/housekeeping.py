@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from tracker import applying, lifecycle, storage
+from tracker import applying, lifecycle, parsing, reading, storage
 from tracker.errors import StorageError, check_batch_size, check_instant
 from tracker.records import (
     REDRIVEN_OUTCOMES,
@@ -27,14 +26,10 @@ from tracker.records import (
     InvalidReason,
     Outcome,
     RedriveReport,
-    Result,
     SweepReport,
 )
+from tracker.writing import Writer
 
-# Runs one unit of work in a writing transaction, retried on lost races (`Tracker`'s).
-Run = Callable[[Callable[[Connection], int]], int]
-RunExpiry = Callable[[Callable[[Connection], list[str]]], list[str]]
-ApplyMany = Callable[[Iterable[bytes]], list[Result]]
 Body = bytes | str | Mapping[str, Any]
 Resolve = Callable[[Call], Body | None]
 
@@ -45,35 +40,35 @@ Resolve = Callable[[Call], Body | None]
 # refused again, as the first time. Memory stays bounded however large the log.
 REDRIVE_MEMORY: Final = 100_000
 
-# The default batch sizes of `Tracker.sweep`, `prune` and `redrive`, and of the command line's
-# --batch-size: each batch is one short transaction.
+# The batch sizes by default (of `Tracker.sweep`, `prune` and `redrive`, and the commands'
+# `--batch-size`): calls ended, log entries looked at, and logged deliveries applied again per
+# transaction.
 SWEEP_BATCH_SIZE: Final = 200
 PRUNE_BATCH_SIZE: Final = 1000
 REDRIVE_BATCH_SIZE: Final = 500
 
 
 def sweep(
-    engine: Engine,
-    run: RunExpiry,
-    get_call: Callable[[str], Call | None],
-    apply_resolved: Callable[[list[Body]], list[Result]],
+    writer: Writer,
     older_than: timedelta,
     *,
     now: datetime,
     resolve: Resolve | None,
     batch_size: int,
+    max_body_bytes: int,
 ) -> SweepReport:
     """End the live calls last heard of before `now - older_than`, `batch_size` at a time, each
-    batch in a transaction of its own (`applying.expire_calls`). With `resolve`, each such call
-    is first offered to it (outside any transaction: it may ask a remote API), and a body it
-    returns is applied, logged with origin `sweep`; the call is expired only if it is still
-    live and old after that."""
+    batch in a transaction of `writer` of its own (`applying.expire_calls`). With `resolve`,
+    each such call is first offered to it (outside any transaction: it may ask a remote API),
+    and a body it returns is applied (read up to `max_body_bytes`), logged with origin `sweep`;
+    the call is expired only if it is still live and old after that."""
     if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
         raise ValueError(
             f"older_than must be a positive timedelta, e.g. timedelta(hours=4); got {older_than!r}"
         )
     check_instant("now", now)
     check_batch_size(batch_size)
+    engine = writer.engine
     cutoff = now - older_than
     checked = 0
     expired: list[str] = []
@@ -91,7 +86,7 @@ def sweep(
         if resolve is not None:
             offered, due = due, []
             for call_id in offered:
-                verdict = _offer(engine, call_id, get_call, apply_resolved, resolve, cutoff)
+                verdict = _offer(writer, call_id, resolve, cutoff, max_body_bytes)
                 if verdict == "due":
                     due.append(call_id)
                 elif verdict == "resolved":
@@ -99,43 +94,40 @@ def sweep(
                 elif verdict == "kept":
                     kept.append(call_id)
         if due:
-            expired += run(
-                partial(applying.expire_calls, call_ids=due, swept_at=now, cutoff=cutoff)
+            expired += writer.run(
+                partial(applying.expire_calls, call_ids=due, swept_at=now, cutoff=cutoff),
+                subject="this batch of the sweep",
             )
     return SweepReport(checked, tuple(expired), tuple(resolved), tuple(kept))
 
 
 def _offer(
-    engine: Engine,
-    call_id: str,
-    get_call: Callable[[str], Call | None],
-    apply_resolved: Callable[[list[Body]], list[Result]],
-    resolve: Resolve,
-    cutoff: datetime,
+    writer: Writer, call_id: str, resolve: Resolve, cutoff: datetime, max_body_bytes: int
 ) -> str:
     """Offer one call to `resolve` and apply the body it returns. What the call is then: `due`
     (still live and old: expire it), `resolved` (the body ended it), `kept` (the body showed
     it alive lately) or `gone` (it ended before it was offered)."""
-    call = get_call(call_id)
+    call = reading.get_call(writer.engine, call_id)
     if call is None or not call.live:
         return "gone"
     body = resolve(call)
     if body is None:
         return "due"
-    apply_resolved([body])
-    with engine.connect() as connection:
+    applying.apply_bodies(writer, [body], max_body_bytes, parsing.SWEEP_ORIGIN)
+    with writer.engine.connect() as connection:
         after = storage.find_call(connection, call_id)
     if after is None or after.state == lifecycle.DISCONNECTED:
         return "resolved"
     return "due" if lifecycle.sweepable(after, cutoff) else "kept"
 
 
-def prune(engine: Engine, run: Run, before: datetime, *, batch_size: int) -> int:
+def prune(writer: Writer, before: datetime, *, batch_size: int) -> int:
     """Delete the log entries received before `before`; how many were deleted. The log is
-    walked in id order `batch_size` entries at a time, each page's old entries deleted by `run`
-    in a transaction of their own."""
+    walked in id order `batch_size` entries at a time, each page's old entries deleted in a
+    transaction of `writer` of their own."""
     check_instant("before", before)
     check_batch_size(batch_size)
+    engine = writer.engine
     with engine.connect() as connection:
         last = storage.last_event_id(connection)
     deleted = 0
@@ -148,10 +140,11 @@ def prune(engine: Engine, run: Run, before: datetime, *, batch_size: int) -> int
                 break
             through = min(page[-1][0], last)
             if any(received_at < before for _id, received_at in page):
-                deleted += run(
+                deleted += writer.run(
                     partial(
                         storage.delete_events, after_id=after, through_id=through, before=before
-                    )
+                    ),
+                    subject="this batch of the prune",
                 )
             after = through
     except (StorageError, DBAPIError) as error:
@@ -164,15 +157,16 @@ def prune(engine: Engine, run: Run, before: datetime, *, batch_size: int) -> int
 
 
 def redrive(
-    engine: Engine,
-    apply_many: ApplyMany,
+    writer: Writer,
     outcome: str,
     *,
     reason: str | None,
     call_id: str | None,
     batch_size: int,
+    max_body_bytes: int,
 ) -> RedriveReport:
-    """Apply again, with `apply_many`, the logged deliveries that came out `outcome`.
+    """Apply again, in transactions of `writer`, the logged deliveries that came out `outcome`
+    (read up to `max_body_bytes`, as `Tracker.apply_many` reads them).
 
     Only entries logged before the re-drive started are read, so its own new entries are not
     re-driven again by the same run; they are `batch_size` at a time, each page applied in log
@@ -187,6 +181,7 @@ def redrive(
             "duplicate or ignored would only come back duplicate or ignored"
         )
     check_batch_size(batch_size)
+    engine = writer.engine
     with engine.connect() as connection:
         through_id = storage.last_event_id(connection)
         too_large = 0
@@ -222,7 +217,7 @@ def redrive(
             else:
                 bodies.append(entry.body)
         try:
-            results = apply_many(bodies) if bodies else []
+            results = applying.apply_bodies(writer, bodies, max_body_bytes) if bodies else []
         except StorageError as error:
             raise StorageError(
                 f"{error} (the re-drive stopped at log entry {page[0].id}: the entries "

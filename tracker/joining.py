@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Final, TypeVar
 
 from sqlalchemy import Connection, Engine, NestedTransaction
@@ -28,9 +29,12 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool
 
-from tracker import _private_apis, storage
-from tracker.errors import ConflictError, SchemaError, StorageError, failure_message
+from tracker import _private_apis, parsing, storage
+from tracker.applying import apply_deliveries
+from tracker.errors import ConflictError, SchemaError
+from tracker.records import Result
 from tracker.schema import check_current_on
+from tracker.writing import is_lost_race, storage_error
 
 T = TypeVar("T")
 
@@ -38,13 +42,26 @@ T = TypeVar("T")
 # Tracker checks its own engine once, since every connection of a pool reaches one database.
 _checked_pools: Final = weakref.WeakSet[Pool]()
 
-# In a host's transaction begun deferred (a plain BEGIN), the tracker's first write turns a read
-# transaction into a write one, and SQLite refuses that with SQLITE_BUSY, at once and without
-# the busy timeout, while another connection writes, or for good once another has committed since
-# the transaction's snapshot (SQLITE_BUSY_SNAPSHOT). Either is a lost race for the host to retry.
-_SQLITE_BUSY: Final = 5
-
 _RETRY: Final = "roll it back and run it again, the apply included"
+
+
+def apply_in_host_transaction(
+    given: Connection | Session,
+    engine: Engine,
+    bodies: Iterable[bytes | str | object],
+    max_body_bytes: int,
+) -> list[Result]:
+    """Apply `bodies` in order in a SAVEPOINT of the transaction `given` holds (the path of
+    `Tracker.apply(..., connection=given)`), read as `tracker.applying.apply_bodies` reads
+    them."""
+    connection = host_connection(given, engine)
+    deliveries = [parsing.read(body, max_body_bytes) for body in bodies]
+    received_at = datetime.now(UTC)
+    return apply_in_savepoint(
+        connection,
+        lambda c: apply_deliveries(c, deliveries, received_at),
+        subject="these deliveries" if len(deliveries) > 1 else "this delivery",
+    )
 
 
 def host_connection(given: Connection | Session, engine: Engine) -> Connection:
@@ -112,56 +129,50 @@ def apply_in_savepoint(
     connection: Connection,
     work: Callable[[Connection], T],
     *,
-    is_lost_race: Callable[[DBAPIError], bool],
     subject: str = "this delivery",
 ) -> T:
     """Run `work` in a SAVEPOINT of the host's transaction on `connection`; release it, or roll
-    it back and raise. `is_lost_race` tells a database error that lost a race (deadlock,
-    serialization failure) from a failure."""
+    it back and raise: `ConflictError` for a lost race (`writing.is_lost_race`), `StorageError`
+    for any other failure."""
     try:
         savepoint = connection.begin_nested()
     except DBAPIError as error:
-        raise StorageError(
-            f"the database failed and nothing of {subject} was written: {error.orig}"
-        ) from error
+        raise storage_error(error, subject) from error
     try:
         _check_schema_once(connection)
         result = work(connection)
         savepoint.commit()
     except storage.LostRaceError as error:
-        raise ConflictError(
-            f"another writer changed a call while {subject} was applied, and nothing of it was "
-            f"written{_after(_undo(connection, savepoint))}"
-        ) from error
-    except IntegrityError as error:
-        kept = _undo(connection, savepoint)
-        if not storage.is_unique_violation(error):
-            raise StorageError(
-                failure_message(error, subject, after=_after(kept, retry=False))
-            ) from error
-        raise ConflictError(
-            f"another writer took a key of {subject} first, and nothing of it was "
-            f"written{_after(kept)}: {error.orig}"
-        ) from error
-    except DBAPIError as error:
-        kept = _undo(connection, savepoint)
-        if is_lost_race(error) or getattr(error.orig, "sqlite_errorcode", None) == _SQLITE_BUSY:
-            raise ConflictError(
-                f"the database gave {subject} up to a concurrent writer, and nothing of it was "
-                f"written{_after(kept)}: {error.orig}"
-            ) from error
-        raise StorageError(
-            failure_message(error, subject, after=_after(kept, retry=False))
-        ) from error
+        raise ConflictError(_conflict(error, subject, _undo(connection, savepoint))) from error
     except SQLAlchemyError as error:
         kept = _undo(connection, savepoint)
-        raise StorageError(
-            failure_message(error, subject, after=_after(kept, retry=False))
-        ) from error
+        if is_lost_race(error, in_host_transaction=True):
+            raise ConflictError(_conflict(error, subject, kept)) from error
+        raise storage_error(error, subject, after=_after(kept, retry=False)) from error
     except BaseException:
         _undo(connection, savepoint)
         raise
     return result
+
+
+def _conflict(error: Exception, subject: str, kept: bool) -> str:
+    """What a `ConflictError` says: which race was lost, and what became of the host's
+    transaction."""
+    if isinstance(error, storage.LostRaceError):
+        return (
+            f"another writer changed a call while {subject} was applied, and nothing of it was "
+            f"written{_after(kept)}"
+        )
+    original = getattr(error, "orig", error)
+    if isinstance(error, IntegrityError):
+        return (
+            f"another writer took a key of {subject} first, and nothing of it was "
+            f"written{_after(kept)}: {original}"
+        )
+    return (
+        f"the database gave {subject} up to a concurrent writer, and nothing of it was "
+        f"written{_after(kept)}: {original}"
+    )
 
 
 def _check_schema_once(connection: Connection) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from transitions import Machine, MachineError
 
+from tracker import instants
 from tracker.parsing import (
     CallUrl,
     Disconnect,
@@ -29,13 +30,14 @@ from tracker.parsing import (
     read_call_url,
     shown,
 )
+
+# The states are defined with the records that carry them; named here too, as the machine's.
+from tracker.records import ANSWERED as ANSWERED
+from tracker.records import DISCONNECTED as DISCONNECTED
+from tracker.records import INITIATED as INITIATED
+from tracker.records import LIVE_STATES as LIVE_STATES
+from tracker.records import STATES as STATES
 from tracker.records import Outcome, Reason, TransferAttempt, Transition
-
-INITIATED: Final = "initiated"
-ANSWERED: Final = "answered"
-DISCONNECTED: Final = "disconnected"
-
-STATES: Final = (INITIATED, ANSWERED, DISCONNECTED)
 
 # The whole lifecycle. `disconnected` is terminal: no transition leaves it.
 TRANSITIONS: Final = (
@@ -88,7 +90,6 @@ _ANSWER_NEWS: Final = (
     "machineDetectionComplete",
 )
 TERMINAL_RANK: Final = RANKS["transferDisconnect"]
-LIVE_STATES: Final = (INITIATED, ANSWERED)
 
 
 # Not frozen: a frozen dataclass's constructor costs ten times a plain one's, and a record is
@@ -306,7 +307,9 @@ def decide(
         outcome=Outcome.APPLIED,
         detail=_what_happened(event, after),
         call=(call, after),
-        parent=_parent_after(event, after, parent) if event.parent_call_id else None,
+        parent=_parent_after(event, after, parent, tree_account.account)
+        if event.parent_call_id
+        else None,
         transfer=transfer,
         history=history,
         fill_account=tree_account.account if tree_account.tree_learns_it else None,
@@ -329,7 +332,7 @@ def last_known_time(call: CallRecord) -> datetime | None:
 def sweepable(call: CallRecord, cutoff: datetime) -> bool:
     """Whether the sweep ends `call`: live, and last heard of before `cutoff` (or never dated:
     see `expire`)."""
-    if call.state == DISCONNECTED:
+    if call.state not in LIVE_STATES:
         return False
     known = last_known_time(call)
     return known is None or known < cutoff
@@ -342,7 +345,7 @@ def expire(call: CallRecord | None, at: datetime, cutoff: datetime | None) -> De
     was heard of at or after `cutoff` (None: no age check, as when a rebuild replays a sweep).
     A call no fact dates is swept: its age is unknown, and the sweep is undone by the real end
     when it comes (`_merge`), so ending it wrongly costs less than leaving it live for ever."""
-    if call is None or call.state == DISCONNECTED:
+    if call is None or call.state not in LIVE_STATES:
         return None
     if cutoff is not None and not sweepable(call, cutoff):
         return None
@@ -484,15 +487,16 @@ def _what_happened(event: Event, call: CallRecord) -> str:
 
 
 def _parent_after(
-    event: Event, leg: CallRecord, parent: CallRecord | None
+    event: Event, leg: CallRecord, parent: CallRecord | None, account: str | None
 ) -> tuple[CallRecord | None, CallRecord]:
     """The parent as this leg leaves it. A leg always writes its parent (at least its version),
-    so that a concurrent change to the parent and this leg cannot both commit unseen."""
+    so that a concurrent change to the parent and this leg cannot both commit unseen. `account`
+    is the tree's, as `_account_of` resolved it: a parent without one takes it."""
     assert event.parent_call_id is not None and leg.start_time is not None
     if parent is None:
         placeholder = CallRecord(
             call_id=event.parent_call_id,
-            account_id=leg.account_id,
+            account_id=account,
             from_number=event.from_number,
             to_number=event.to_number,
             numbers_leg_id=leg.call_id,
@@ -501,7 +505,7 @@ def _parent_after(
         return None, placeholder
     after = parent
     if parent.account_id is None:  # the tree learns its account (see `_account_of`)
-        after = changed(after, {"account_id": leg.account_id})
+        after = changed(after, {"account_id": account})
     # The original call's numbers, as its legs' events repeat them, stand until an event of
     # its own says them; of several legs, the earliest one's.
     own_numbers = {"from_number", "to_number"} & parent.sources.keys()
@@ -717,7 +721,7 @@ def _reject(reason: Reason, detail: str) -> Decision:
 
 
 def _iso(value: datetime | None) -> str:
-    return value.isoformat().replace("+00:00", "Z") if value else "none"
+    return instants.text(value) if value else "none"
 
 
 def _show(value: object) -> str:

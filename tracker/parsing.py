@@ -36,7 +36,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import CoreSchema, PydanticCustomError, from_json, to_json
 from pydantic_core.core_schema import DatetimeSchema
 
-from tracker import _private_apis
+from tracker import _private_apis, instants
 from tracker.records import MAX_ID_LENGTH, InvalidReason
 
 # Column sizes of the storage layer; a longer value is refused here, with a clear error, rather
@@ -634,12 +634,10 @@ def _in_utc(event: Event) -> Event | Unreadable:
         value: datetime | None = getattr(event, name, None)
         if value is None:
             continue
-        offset = value.utcoffset()  # None when the stamp has no zone
         try:
-            if offset is None:
-                value = changes[name] = value.replace(tzinfo=UTC)
-            elif offset:
-                value = changes[name] = value.astimezone(UTC)
+            in_utc = instants.as_utc(value)
+            if in_utc is not value:
+                value = changes[name] = in_utc
             in_range = value.year >= _EARLIEST.year
         except OverflowError:
             in_range = False
@@ -877,7 +875,7 @@ class SweepEntry:
 
 def sweep_body(call_id: str, swept_at: datetime, last_known: datetime | None) -> bytes:
     def instant(value: datetime | None) -> str | None:
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+        return instants.text(value) if value else None
 
     return json.dumps(
         {

@@ -24,21 +24,22 @@ delivery it names in the live database, and one that names another is a real dif
 
 from __future__ import annotations
 
+import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Final, Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, text
 
 from tracker import lifecycle, parsing, storage
+from tracker.applying import apply_bodies, expire_calls
 from tracker.errors import TrackerError
 from tracker.lifecycle import CallRecord
 from tracker.records import CallDifference, RebuildReport, TransferAttempt
-
-if TYPE_CHECKING:
-    from tracker.tracker import Tracker
+from tracker.schema import upgrade_schema
+from tracker.writing import MAX_ATTEMPTS, Writer
 
 # Bodies replayed per scratch transaction, calls compared per page, calls written per live
 # transaction: each bounds the memory held and, for writing, how long locks are held.
@@ -53,7 +54,7 @@ _Transfers = list[tuple[TransferAttempt, int, str]]
 # The calls a batch wrote, and those it left because a delivery changed them meanwhile.
 _Written = tuple[list[str], list[str]]
 # Runs a batch in one writing transaction of the live database, again when it loses a race.
-Writer = Callable[[Callable[[Connection], _Written]], _Written]
+WriteBatch = Callable[[Callable[[Connection], _Written]], _Written]
 
 _LOG_MOVED: Final = (
     "deliveries were applied (or the log pruned) while the rebuild ran, so its records may miss "
@@ -88,19 +89,58 @@ class _LiveIds:
         return len(self.ids)
 
 
-def rebuild(
-    live: Engine,
-    scratch: Tracker,
-    replay_sweep: Callable[[parsing.SweepEntry], None],
-    write: Writer | None,
-) -> RebuildReport:
-    """Replay the log of `live` into `scratch` (migrated, empty), compare, and with `write`
-    write the recomputed records of the differing calls back. `replay_sweep` replays one of
-    the sweep's own entries into `scratch` (a call the sweep ended has no delivery for its
-    end: the entry is its end)."""
+class _Scratch:
+    """The empty database the log is replayed into: a temporary SQLite file in `folder`,
+    written as any database of the tracker is (`tracker.applying` in `tracker.writing`'s
+    transactions), without the durability a file thrown away afterwards does not need."""
+
+    def __init__(self, folder: str, max_body_bytes: int) -> None:
+        self.engine = storage.create_engine(
+            f"sqlite:///{folder}/replay.db", durable=False, timeout=None
+        )
+        self.max_body_bytes = max_body_bytes
+        upgrade_schema(self.engine)
+        self.writer = Writer(self.engine, owns_engine=True, max_attempts=MAX_ATTEMPTS)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.engine.dispose()
+
+    def apply_many(self, bodies: Sequence[bytes]) -> None:
+        """Apply these logged bodies in order, in one transaction, as they were applied live."""
+        apply_bodies(self.writer, bodies, self.max_body_bytes)
+
+    def replay_sweep(self, entry: parsing.SweepEntry) -> None:
+        """Replay one of the sweep's own entries: a call the sweep ended has no delivery for
+        its end, the entry is its end."""
+        self.writer.run(
+            partial(
+                expire_calls,
+                call_ids=[entry.call_id],
+                swept_at=entry.swept_at,
+                cutoff=None,
+                replaying=True,
+            )
+        )
+
+
+def rebuild(live: Engine, write: WriteBatch | None, *, max_body_bytes: int) -> RebuildReport:
+    """Replay the log of `live` into a scratch database (`_Scratch`, in a temporary folder of
+    TMPDIR), compare, and with `write` write the recomputed records of the differing calls
+    back. `max_body_bytes` is the live tracker's, so that a body reads in the replay as it read
+    when it was applied."""
+    with tempfile.TemporaryDirectory(prefix="tracker-rebuild-") as folder:
+        scratch = _Scratch(folder, max_body_bytes)
+        try:
+            return _rebuild(live, scratch, write)
+        finally:
+            scratch.close()
+
+
+def _rebuild(live: Engine, scratch: _Scratch, write: WriteBatch | None) -> RebuildReport:
     with live.connect() as connection:
         up_to = storage.last_event_id(connection)
-    live_ids = _replay(live, scratch, replay_sweep, up_to)
+    live_ids = _replay(live, scratch, up_to)
     with scratch.engine.connect() as connection:
         if storage.last_event_id(connection) != len(live_ids):
             raise TrackerError("the scratch log is not numbered 1, 2, ...: please report this")
@@ -223,12 +263,7 @@ class _PendingCalls:
             ]
 
 
-def _replay(
-    live: Engine,
-    scratch: Tracker,
-    replay_sweep: Callable[[parsing.SweepEntry], None],
-    up_to: int,
-) -> _LiveIds:
+def _replay(live: Engine, scratch: _Scratch, up_to: int) -> _LiveIds:
     live_ids = _LiveIds()
     after = 0
     while True:
@@ -242,7 +277,7 @@ def _replay(
                 if bodies:  # in log order: the deliveries before the sweep first
                     scratch.apply_many(bodies)
                     bodies = []
-                replay_sweep(parsing.read_sweep_body(body))
+                scratch.replay_sweep(parsing.read_sweep_body(body))
             else:
                 bodies.append(body)
         if bodies:
@@ -336,7 +371,7 @@ def _not_live(live: Engine, scratch: Engine) -> Iterator[str]:
 def _write(
     live: Engine,
     scratch: Engine,
-    write: Writer,
+    write: WriteBatch,
     report: RebuildReport,
     pending: _PendingCalls,
     up_to: int,

@@ -62,6 +62,15 @@ class IgnoredReason(StrEnum):
     UNTRACKED_EVENT_TYPE = "untracked_event_type"
 
 
+# The states a call is in (`tracker.lifecycle` moves it between them). A call is live, ringing
+# or talking, in the first two: `LIVE_STATES` is the one definition of "live", for the calls'
+# filters, counts and sweep alike (`Call.live`, `storage`, the endpoint's gauge).
+INITIATED: Final = "initiated"
+ANSWERED: Final = "answered"
+DISCONNECTED: Final = "disconnected"
+STATES: Final = (INITIATED, ANSWERED, DISCONNECTED)
+LIVE_STATES: Final = (INITIATED, ANSWERED)
+
 # The longest id (call, account, application) stored; the storage layer's id columns have this
 # size, and parsing refuses a longer id with a clear error rather than let the database fail.
 MAX_ID_LENGTH: Final = 256
@@ -153,8 +162,8 @@ class Call:
 
     @property
     def live(self) -> bool:
-        """Ringing or talking now: `initiated` or `answered`."""
-        return self.state != "disconnected"
+        """Ringing or talking now: `initiated` or `answered` (`LIVE_STATES`)."""
+        return self.state in LIVE_STATES
 
     @property
     def answered(self) -> bool:

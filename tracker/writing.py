@@ -1,9 +1,10 @@
-"""The tracker's writing transactions: connections kept between deliveries, and a transaction
-run again when it loses a race.
+"""The tracker's writing transactions: connections kept between deliveries, a transaction run
+again when it loses a race, and the one rule telling a lost race from a failure.
 
-Part of the storage stage, used by the `Tracker` facade alone. Every write of the tracker's own
-(a delivery, a batch, a batch of the sweep, the prune or the rebuild) runs through
-`Writer.run`; a write inside the host's transaction does not (see `tracker.joining`).
+Part of the storage stage. Every write of the tracker's own (a delivery, a batch, a batch of
+the sweep, the prune, the re-drive or the rebuild) runs through `Writer.run`; a write inside
+the host's transaction does not (see `tracker.joining`), but tells its failures by the same
+rule (`is_lost_race`, `storage_error`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from tracker.storage import driver
 
 T = TypeVar("T")
 
+# How often a transaction that keeps losing races is run, at most, unless told otherwise
+# (`Tracker(max_attempts=...)`).
+MAX_ATTEMPTS: Final = 30
+
 # Connections kept for writing between deliveries, at most: as many as the writing threads of a
 # busy process, fewer than the pool holds, so that reads always find one.
 _KEPT_WRITERS: Final = 4
@@ -37,6 +42,11 @@ _TRANSIENT_MYSQL_CODES: Final = frozenset({1213})
 # SQLITE_BUSY_RECOVERY and SQLITE_BUSY_SNAPSHOT: SQLite returns them at once, without waiting for
 # the busy timeout, when another connection is mid-recovery or wrote since this one's snapshot.
 _TRANSIENT_SQLITE_CODES: Final = frozenset({261, 517})
+# In a host's transaction begun deferred (a plain BEGIN), the tracker's first write turns a read
+# transaction into a write one, and SQLite refuses that with SQLITE_BUSY, at once and without
+# the busy timeout, while another connection writes, or for good once another has committed since
+# the transaction's snapshot (SQLITE_BUSY_SNAPSHOT). Either is a lost race for the host to retry.
+_SQLITE_BUSY: Final = 5
 
 # The database could not be reached or did not answer in time (see `is_unavailable`).
 # PostgreSQL: a connection exception (class 08), too many connections, a statement or lock
@@ -107,31 +117,19 @@ class Writer:
             except storage.LostRaceError as error:
                 self._release(connection)
                 lost = error
-            except IntegrityError as error:
-                connection.close()
-                if not storage.is_unique_violation(error):
-                    raise StorageError(failure_message(error, subject)) from error
-                lost = error
-            except DBAPIError as error:
+            except SQLAlchemyError as error:
                 connection.close()
                 if (
-                    error.connection_invalidated
+                    isinstance(error, DBAPIError)
+                    and error.connection_invalidated
                     and sent.get(driver.SENT) == 0
                     and not replaced_dead_connection
                 ):
                     replaced_dead_connection = True
                     continue  # not an attempt lost to a race: no pause, no count
-                if not is_transient(error):
-                    raise StorageError(
-                        failure_message(error, subject, committing=committing),
-                        unavailable=is_unavailable(error),
-                    ) from error
+                if not is_lost_race(error):
+                    raise storage_error(error, subject, committing=committing) from error
                 lost = error
-            except SQLAlchemyError as error:
-                # Not the database's answer but SQLAlchemy's own refusal (a statement the
-                # dialect cannot run): never a raw SQLAlchemy error out of `apply`.
-                connection.close()
-                raise StorageError(failure_message(error, subject)) from error
             except BaseException:
                 connection.close()
                 raise
@@ -163,6 +161,41 @@ class Writer:
             self._idle.append(connection)
         else:
             connection.close()
+
+
+def is_lost_race(error: Exception, *, in_host_transaction: bool = False) -> bool:
+    """The one rule telling a lost race from a failure, for the tracker's own transactions
+    (`Writer.run` runs them again) and for a host's (`tracker.joining` raises `ConflictError`):
+    a compare-and-set missed (`storage.LostRaceError`), a unique key another writer took first,
+    or the database refusing the transaction as a race's loser (`is_transient`). Nothing of the
+    transaction was written. `in_host_transaction`: SQLite's plain SQLITE_BUSY is one too, since
+    a host's deferred transaction meets it at its first write, without waiting."""
+    if isinstance(error, storage.LostRaceError):
+        return True
+    if isinstance(error, IntegrityError):
+        return storage.is_unique_violation(error)
+    if not isinstance(error, DBAPIError):
+        return False
+    if is_transient(error):
+        return True
+    return in_host_transaction and getattr(error.orig, "sqlite_errorcode", None) == _SQLITE_BUSY
+
+
+def storage_error(
+    error: SQLAlchemyError, subject: str, *, committing: bool = False, after: str = ""
+) -> StorageError:
+    """The `StorageError` of a failure that is no lost race (`is_lost_race`), worded by its
+    class (`errors.failure_message`), `unavailable` when the database was out of reach
+    (`is_unavailable`; a refused constraint never is)."""
+    unavailable = (
+        isinstance(error, DBAPIError)
+        and not isinstance(error, IntegrityError)
+        and is_unavailable(error)
+    )
+    return StorageError(
+        failure_message(error, subject, committing=committing, after=after),
+        unavailable=unavailable,
+    )
 
 
 def is_transient(error: DBAPIError) -> bool:
