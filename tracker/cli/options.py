@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 import click
+
+from tracker import instants
 
 
 def instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
@@ -20,9 +22,7 @@ def instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
             f"{value!r} is not an ISO 8601 date or datetime "
             "(e.g. 2026-03-17 or 2026-03-17T14:00:00Z)"
         ) from None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    return instants.as_utc(parsed)
 
 
 def batch_size_option(

@@ -13,7 +13,7 @@ from typing import Any, Final
 import click
 from rich.console import Console
 
-from tracker import Call
+from tracker import Call, instants
 
 # A pipe has no width, and rich would otherwise cut tables at its default of 80 columns; tables
 # take only the width they need, so a wide page loses nothing.
@@ -97,14 +97,14 @@ def stdout_console() -> Console:
 
 def iso(instant: datetime | None) -> str | None:
     """An instant for JSON: ISO 8601, UTC written `Z`."""
-    return None if instant is None else instant.isoformat().replace("+00:00", "Z")
+    return None if instant is None else instants.text(instant)
 
 
 def when(instant: datetime | None) -> str:
     """An instant for people: UTC to the millisecond, as Bandwidth writes them."""
     if instant is None:
         return "-"
-    return instant.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return instants.text(instant, "milliseconds")
 
 
 def seconds(duration: timedelta | None) -> float | None:
