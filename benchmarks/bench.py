@@ -859,7 +859,7 @@ class Report:
         }
 
     def as_text(self) -> str:
-        """A Markdown table, ready to paste into the README."""
+        """A Markdown table, ready to paste into docs/benchmark.md."""
         lines = [
             f"{self.deliveries} distinct deliveries per run, median of {self.repeat} interleaved "
             f"repetitions, batches of {self.batch}; 'of floor' is the median over repetitions of "

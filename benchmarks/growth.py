@@ -514,7 +514,7 @@ class Report:
         }
 
     def as_text(self) -> str:
-        """Markdown tables, ready to paste into the README."""
+        """Markdown tables, ready to paste into docs/growth.md."""
         lines = [
             f"{self.deliveries:,} deliveries telling of {self.calls_asked:,} calls (seed "
             f"{self.seed}; {self.repeated:.0%} of the deliveries sent twice), applied with "

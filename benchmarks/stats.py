@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--daily",
         action="store_true",
         help="calls start on a daily curve (busiest at 15:00 UTC, few at night) instead of a "
-        "steady two a second: the README's plot",
+        "steady two a second: the documentation's plot",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)

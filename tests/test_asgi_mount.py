@@ -1,6 +1,6 @@
 """The webhook app mounted in a host's Starlette application (FastAPI mounts the same way), as
-the README shows: the callback and the app's own paths answer below the mount point, and the
-host's routes stay the host's. The served app, over a real socket, is in `test_http.py`."""
+docs/endpoint.md shows: the callback and the app's own paths answer below the mount point, and
+the host's routes stay the host's. The served app, over a real socket, is in `test_http.py`."""
 
 from __future__ import annotations
 

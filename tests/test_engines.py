@@ -1,6 +1,6 @@
 """Engines: a host's engine set up or refused, every wait bounded, and one way to migrate.
 
-The promises under test (README, "Databases and many workers"): `Tracker(engine)` gives a SQLite
+The promises under test (docs/databases.md): `Tracker(engine)` gives a SQLite
 engine the same setup as `Tracker(url)` and leaves a server engine's own connections alone;
 `timeout` ends a delivery stuck behind a lock or a silent server with `StorageError`, once,
 not once per retry; the `alembic` command takes the same upgrade lock as `Tracker.upgrade()`;
@@ -158,7 +158,7 @@ def test_apply_blocked_by_a_lock_fails_after_the_timeout_then_works_again(
 
 def test_tracker_on_a_host_engine_bounds_its_lock_waits(backend: str, database_url: str) -> None:
     """SQLite and PostgreSQL: the tracker sets the bound itself. MariaDB: the bound belongs to
-    the engine's owner; the engine here is made as the README tells a host to."""
+    the engine's owner; the engine here is made as docs/databases.md tells a host to."""
     if backend == "mariadb":
         host = create_engine(
             database_url,
@@ -194,7 +194,7 @@ def test_apply_on_a_mariadb_server_that_stopped_answering_fails_after_the_timeou
 ) -> None:
     """The server's process frozen (a relay that swallows what it gets and answers nothing):
     no server-side timeout can fire, the client's read timeout does. PostgreSQL's drivers have
-    no such timeout (README); SQLite has no server."""
+    no such timeout (docs/operations.md); SQLite has no server."""
     for url in fresh_database("mariadb", tmp_path):
         migrate(url)
         target = make_url(url)

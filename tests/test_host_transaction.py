@@ -67,7 +67,7 @@ def host_engine(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def tracker(host_engine: Engine) -> Iterator[Tracker]:
-    """A tracker sharing the host's engine, the setup the README recommends."""
+    """A tracker sharing the host's engine, the setup docs/databases.md recommends."""
     with Tracker(host_engine) as instance:
         instance.upgrade()
         yield instance

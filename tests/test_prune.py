@@ -114,8 +114,8 @@ def test_ids_of_pruned_entries_are_never_given_again(tracker: Tracker) -> None:
 def test_a_late_retry_of_a_pruned_delivery_changes_nothing_but_a_second_transfer_attempt(
     tracker: Tracker,
 ) -> None:
-    """What the README promises of a pruned log: a terminal event is still a duplicate (its
-    call says so), any other event is applied again, to the same facts and history, except
+    """What docs/housekeeping.md promises of a pruned log: a terminal event is still a duplicate
+    (its call says so), any other event is applied again, to the same facts and history, except
     that a `transferComplete` records its attempt a second time."""
     bodies = realistic_bodies(150)
     tracker.apply_many(bodies)

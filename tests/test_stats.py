@@ -156,7 +156,7 @@ def expected(
     until: datetime | None = None,
     account_id: str | None = None,
 ) -> dict[Any, Expected]:
-    """Bucket key -> figures, by the README's definitions, with no SQL in sight."""
+    """Bucket key -> figures, by docs/statistics.md's definitions, with no SQL in sight."""
     attempts = [
         call
         for call in calls

@@ -1,6 +1,6 @@
 """Schema upgrades with many workers: every worker may call `upgrade()` at start-up.
 
-The promise under test (README, Guarantees): `upgrade` is "safe to call again", also from
+The promise under test (docs/guarantees.md): `upgrade` is "safe to call again", also from
 many processes at once. Several processes upgrading a new database together leave exactly one
 schema, the one a single upgrade gives, with one row at the head revision in the tracker's own
 version table; and `upgrade` on a database already at head succeeds and changes nothing.

@@ -9,7 +9,7 @@ of their transfer trees: a few for the whole page, none per call. Memory follows
 never the number of calls, and workers applying meanwhile are not held up by a long export.
 
 The columns are a contract: `LEG_COLUMNS` and `CONVERSATION_COLUMNS` name them in order with
-their kind, and the README's table says what each means (tests/test_export.py keeps the two in
+their kind, and docs/export.md's table says what each means (tests/test_export.py keeps the two in
 step). Add a column at the end, never rename or reorder one.
 """
 
@@ -280,7 +280,7 @@ def _iso(instant: datetime) -> str:
     return instants.text(instant, "microseconds")
 
 
-# How CSV writes a column of the kinds the `csv` module would not write as the README says
+# How CSV writes a column of the kinds the `csv` module would not write as docs/export.md says
 # (it writes None as an empty cell, a str as it is and an int in digits by itself). A whole
 # column of a slice of rows at a time: a comprehension costs less per value than a call.
 _CSV_COLUMN: Final[dict[Kind, Callable[[Sequence[Any]], list[Any]]]] = {

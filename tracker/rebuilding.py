@@ -2,7 +2,7 @@
 request written back (`Tracker.rebuild`).
 
 Why a replay can judge the live records: they depend only on the set of applied deliveries,
-neither on the order those came in nor on how often each came (README, Guarantees 6). So the
+neither on the order those came in nor on how often each came (docs/guarantees.md, 6). So the
 log's applied deliveries, replayed into an empty scratch database, give the records the live ones
 must equal. Only applied deliveries are replayed: the others changed no call when they came
 (Guarantee 7; a duplicate, an invalid or an ignored body never does), and a rejected delivery

@@ -23,7 +23,7 @@ class Outcome(StrEnum):
 
 
 # The reason codes of `Result.reason`, one enum per outcome that has them. Stable: callers branch
-# on them, and the README lists every one (tests/test_project.py keeps the two in step).
+# on them, and docs/concepts.md lists every one (tests/test_project.py keeps the two in step).
 
 
 class Reason(StrEnum):
@@ -328,7 +328,7 @@ class CallStatistics:
     it. `start`/`end` bound the bucket (an hour or a day; the window asked for otherwise, None
     where open); `account_id` is the bucket's account (`by="account"`; None there is the calls of
     no known account) or the account asked for. Times are float seconds. How each figure is
-    counted is in the README ("Statistics") and in `tracker.statistics`."""
+    counted is in docs/statistics.md and in `tracker.statistics`."""
 
     start: datetime | None
     end: datetime | None

@@ -9,7 +9,7 @@ two instants, how to cut one to its hour and how to read a bound one; `microseco
 as text, see `storage.UTCDateTime`), and tests/test_stats.py holds every backend to the figures
 counted in Python, equal to the last bit.
 
-What counts as what (the README's "Statistics" says it for users):
+What counts as what (docs/statistics.md says it for users):
 
 - An *attempt* is a call (a leg: a transferred leg is an attempt of its own, as it is a CDR of
   its own) whose `start_time` falls in the window, `since <= start_time < until`. A parent known

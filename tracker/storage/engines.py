@@ -90,7 +90,7 @@ def adopt_engine(
     host's connections stay as they are; the tracker's own run at READ COMMITTED, and on
     PostgreSQL each of its transactions sets `timeout` as its local lock and statement timeout.
     On MySQL/MariaDB the bounds are session settings and socket timeouts, which only the
-    engine's owner can set without changing every connection of the pool (see the README).
+    engine's owner can set without changing every connection of the pool (see docs/databases.md).
     """
     _check_timeout(timeout)
     if schema is not None:
