@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from benchmarks import bench
+from benchmarks import bench, measures
 from benchmarks import stats as stats_bench
+from benchmarks.endpoint import HTTP_TARGET
 from tracker.parsing import Disconnect, TransferDisconnect
 from tracker.testing import ACCOUNTS
 
@@ -46,8 +47,8 @@ def aliases(model: type[BaseModel]) -> dict[str, str | None]:
 @pytest.mark.parametrize(
     ("plain", "tracker_model"),
     [
-        (bench.PlainDisconnect, Disconnect),
-        (bench.PlainTransferDisconnect, TransferDisconnect),
+        (measures.PlainDisconnect, Disconnect),
+        (measures.PlainTransferDisconnect, TransferDisconnect),
     ],
 )
 def test_plain_parse_baseline_reads_the_same_fields_as_the_tracker(
@@ -76,7 +77,7 @@ def test_http_benchmark_drives_a_served_endpoint_with_1_and_32_clients(
     # One client waits for each answer before it sends again: every commit holds one delivery.
     assert runs[1]["deliveries_per_commit"] == 1.0
     assert runs[32]["deliveries_per_commit"] >= 1.0
-    assert runs[32]["target"] == bench.HTTP_TARGET
+    assert runs[32]["target"] == HTTP_TARGET
     assert list(tmp_path.iterdir()) == []  # every database and server log it made is gone
 
 
