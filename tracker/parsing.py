@@ -1,11 +1,11 @@
 """Stage 1 of the pipeline: a callback body as received becomes a typed event, or a reason why not.
 
-Nothing here knows about databases or lifecycles. The models follow what Bandwidth really sends
-(Bandwidth's callback documentation and live captures): every documented field, unknown keys
-kept, causes left as free strings, `from`/`to` as opaque strings (`Anonymous`, SIP URIs),
-timestamps of any precision, and an explicit JSON `null` treated exactly like an absent key.
-Every field that reaches a column has a bound checked here, so that no backend's column decides
-what is stored; NaN and infinities, which are not JSON, are refused wherever they are.
+Nothing here knows about databases or lifecycles. The models of Bandwidth's callbacks, with the
+bound of every field that reaches a column, are in `tracker.callbacks`; this module reads a body
+with them (stamps in any zone converted to UTC), refuses what the models alone let through (NaN
+and infinities, which are not JSON, wherever they are; NUL in any stored field) and explains each
+refusal in a sentence a person can act on. A delivery's identity is `tracker.content_key`. The
+names of both are importable from here too.
 """
 
 from __future__ import annotations
@@ -16,37 +16,82 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from functools import lru_cache
-from typing import Annotated, Any, ClassVar, Final, Literal, Union, cast
-from urllib.parse import unquote, urlsplit
+from datetime import datetime
+from typing import Annotated, Any, Final, Union, cast
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    GetCoreSchemaHandler,
-    Strict,
-    TypeAdapter,
-    ValidationError,
-    create_model,
-)
-from pydantic.alias_generators import to_camel
-from pydantic_core import CoreSchema, PydanticCustomError, from_json, to_json
-from pydantic_core.core_schema import DatetimeSchema
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model
+from pydantic_core import from_json
 
 from tracker import _private_apis, instants
+from tracker.callbacks import (
+    EARLIEST,
+    FLAT_TYPES,
+    MAX_JSON_BYTES,
+    MAX_TEXT_LENGTH,
+    TERMINAL_EVENT_TYPES,
+    TIMESTAMP_FIELDS,
+    TRACKED_EVENT_TYPES,
+    Answer,
+    AnyZoneTimestamp,
+    CallUrl,
+    Disconnect,
+    Event,
+    Identifier,
+    Initiate,
+    JsonObject,
+    MachineDetectionComplete,
+    MachineDetectionResult,
+    StirShaken,
+    Text,
+    Timestamp,
+    TransferAnswer,
+    TransferComplete,
+    TransferDisconnect,
+    Untracked,
+    nested_fields,
+    read_call_url,
+)
+from tracker.content_key import content_key
 from tracker.records import MAX_ID_LENGTH, InvalidReason
 
-# Column sizes of the storage layer; a longer value is refused here, with a clear error, rather
-# than failing (or being truncated) inside the database.
-MAX_TEXT_LENGTH: Final = 4096
-# A JSON object field (`diversion`, `sipHeaders`) is stored as compact UTF-8 JSON text: at most
-# this many bytes, what a text field's 4,096 characters take at most in UTF-8, and a quarter of
-# the 65,535 bytes MariaDB's TEXT holds. Counted on the text written (`to_json` of the parsed
-# value, as the storage writes it), so escapes and spacing in the body do not count.
-MAX_JSON_BYTES: Final = 4 * MAX_TEXT_LENGTH
+# What other modules, the tests and the docs import from here: this module's own names and,
+# where they always were, those of the callbacks' models and of the content key.
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_JSON_BYTES",
+    "MAX_TEXT_LENGTH",
+    "SWEEP_ORIGIN",
+    "TERMINAL_EVENT_TYPES",
+    "TOO_LARGE_PREFIX",
+    "TRACKED_EVENT_TYPES",
+    "Answer",
+    "CallUrl",
+    "Delivery",
+    "Disconnect",
+    "Event",
+    "Identifier",
+    "Initiate",
+    "JsonObject",
+    "MachineDetectionComplete",
+    "MachineDetectionResult",
+    "StirShaken",
+    "SweepEntry",
+    "Text",
+    "Timestamp",
+    "TransferAnswer",
+    "TransferComplete",
+    "TransferDisconnect",
+    "Unreadable",
+    "Untracked",
+    "content_key",
+    "identifier",
+    "read",
+    "read_call_url",
+    "read_sweep_body",
+    "shown",
+    "sweep_body",
+    "untracked_detail",
+]
 
 # A callback is a few hundred bytes. A body over this limit is not parsed: it is `invalid`
 # (`too_large`) and the log keeps its first `TOO_LARGE_PREFIX` bytes, with its length and hash in
@@ -54,274 +99,6 @@ MAX_JSON_BYTES: Final = 4 * MAX_TEXT_LENGTH
 # statements over `max_allowed_packet`, 16 MiB by default). `Tracker(max_body_bytes=...)`.
 MAX_BODY_BYTES: Final = 1024 * 1024
 TOO_LARGE_PREFIX: Final = 64 * 1024
-
-# Bandwidth stamps are UTC; MySQL/MariaDB DATETIME cannot hold years before 1000.
-_EARLIEST: Final = datetime(1000, 1, 1, tzinfo=UTC)
-
-
-class _UtcSince1000:
-    """A stamp in UTC (`Z` or `+00:00`) from the year 1000 on, checked by pydantic-core itself:
-    what nearly every body carries, so nearly every body is read without a line of Python."""
-
-    def __get_pydantic_core_schema__(
-        self, source: type[Any], handler: GetCoreSchemaHandler
-    ) -> CoreSchema:
-        schema = cast(DatetimeSchema, handler(source))
-        schema["tz_constraint"] = 0
-        schema["ge"] = _EARLIEST
-        return schema
-
-
-# The models' stamps are UTC. A body whose stamps are not (no zone, another offset, a year
-# before 1000) is read again by twins of the models that take any stamp (`_AnyZone`), and
-# `_in_utc` converts it or explains the refusal, as if the model had read it.
-Timestamp = Annotated[datetime, Strict(), _UtcSince1000()]
-_AnyZoneTimestamp = Annotated[datetime, Strict()]
-_TIMESTAMPS: Final = ("event_time", "enqueued_time", "start_time", "answer_time", "end_time")
-Identifier = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_ID_LENGTH)]
-Text = Annotated[str, Strict(), Field(max_length=MAX_TEXT_LENGTH)]
-
-
-def _bounded_json(value: dict[str, Any]) -> dict[str, Any]:
-    size = len(to_json(value))
-    if size > MAX_JSON_BYTES:
-        raise PydanticCustomError(
-            "json_too_large",
-            "should be at most {limit} bytes written as compact JSON (UTF-8), not {size}",
-            {"limit": f"{MAX_JSON_BYTES:,}", "size": f"{size:,}"},
-        )
-    return value
-
-
-JsonObject = Annotated[dict[str, Any], Strict(), AfterValidator(_bounded_json)]
-
-
-class _Model(BaseModel):
-    """Bandwidth's spelling (camelCase keys) and `extra="allow"`: an unknown key is never a
-    reason to refuse a body (live captures carry keys no document lists)."""
-
-    model_config = ConfigDict(
-        extra="allow", alias_generator=to_camel, validate_by_name=False, frozen=True
-    )
-
-
-class MachineDetectionResult(_Model):
-    """`machineDetectionResult`: the value is kept verbatim (`human`, `answering-machine`,
-    `silence`, `timeout`, `error`, or values no list names yet)."""
-
-    value: Annotated[str, Strict(), Field(min_length=1, max_length=MAX_TEXT_LENGTH)]
-    duration: Text | None = None
-
-
-class StirShaken(_Model):
-    """`stirShaken` on `initiate`: how far the carrier vouches for the caller's number."""
-
-    verstat: Text | None = None
-    attestation_indicator: Text | None = None
-    originating_id: Text | None = None
-
-
-class _Callback(_Model):
-    """Fields every lifecycle callback may carry; each event type below says which it
-    requires. The properties give the lifecycle one vocabulary for all of them."""
-
-    event_time: Timestamp | None = None
-    account_id: Identifier | None = None
-    application_id: Identifier | None = None
-    from_number: Text | None = Field(default=None, alias="from")
-    to_number: Text | None = Field(default=None, alias="to")
-    direction: Literal["inbound", "outbound"] | None = None
-    call_id: Identifier
-    call_url: Text | None = None
-    enqueued_time: Timestamp | None = None
-    start_time: Timestamp | None = None
-    answer_time: Timestamp | None = None
-    tag: Text | None = None
-    sip_call_id: Text | None = None
-
-    # Whether the event says the call is a transfer leg: True for the transfer events, False
-    # for those only an original call receives, None where either may (see `parent_call_id`).
-    IS_LEG: ClassVar[bool | None] = None
-
-    @property
-    def own_from(self) -> str | None:
-        """This call's own caller: `from`, except on a leg's events (`transferCallerId`)."""
-        return self.from_number
-
-    @property
-    def own_to(self) -> str | None:
-        return self.to_number
-
-    @property
-    def machine_detection(self) -> str | None:
-        return None
-
-
-# The same names are fields on some event types and properties on the others, so that the
-# lifecycle reads every event the same way (a pydantic field may not shadow a parent's
-# property, hence mixins rather than defaults on `_Callback`).
-
-
-class _NoParent:
-    """An event that names no parent call."""
-
-    @property
-    def parent_call_id(self) -> str | None:
-        return None
-
-
-class _Ongoing:
-    """An event that does not end the call."""
-
-    @property
-    def end_time(self) -> datetime | None:
-        return None
-
-    @property
-    def ending_cause(self) -> str | None:
-        return None
-
-
-class _Terminal(_Callback):
-    """The event that ends a call, with the call's complete facts."""
-
-    start_time: Timestamp
-    end_time: Timestamp
-    cause: Annotated[str, Strict(), Field(min_length=1, max_length=MAX_TEXT_LENGTH)]
-    error_message: Text | None = None
-    error_id: Text | None = None
-    sip_response_code: Annotated[int, Strict()] | None = None
-
-    @property
-    def ending_cause(self) -> str | None:
-        return self.cause
-
-
-class _LegEvent(_Callback):
-    """On a leg created by `<Transfer>`, `from`/`to` are the original call's numbers; the leg's
-    own are `transferCallerId`/`transferTo`. Always outbound."""
-
-    IS_LEG: ClassVar[bool | None] = True
-
-    transfer_caller_id: Text | None = None
-    transfer_to: Text | None = None
-
-    @property
-    def own_from(self) -> str | None:
-        return self.transfer_caller_id
-
-    @property
-    def own_to(self) -> str | None:
-        return self.transfer_to
-
-
-class Disconnect(_NoParent, _Terminal):
-    """`disconnect`: an original call ended, for any reason."""
-
-    IS_LEG: ClassVar[bool | None] = False
-
-    event_type: Literal["disconnect"]
-
-
-class TransferDisconnect(_Terminal, _LegEvent):
-    """`transferDisconnect`: a leg created by `<Transfer>` ended."""
-
-    event_type: Literal["transferDisconnect"]
-    parent_call_id: Identifier
-
-
-class Initiate(_NoParent, _Ongoing, _Callback):
-    """`initiate`: an inbound call arrived and is ringing; nothing has answered it yet."""
-
-    IS_LEG: ClassVar[bool | None] = False
-
-    event_type: Literal["initiate"]
-    start_time: Timestamp
-    diversion: JsonObject | None = None
-    stir_shaken: StirShaken | None = None
-    caller_display_name: Text | None = None
-    uui: Text | None = None
-    sip_headers: JsonObject | None = None
-
-
-class Answer(_NoParent, _Ongoing, _Callback):
-    """`answer`: an outbound call was answered (inbound calls get none)."""
-
-    IS_LEG: ClassVar[bool | None] = False
-
-    event_type: Literal["answer"]
-    start_time: Timestamp
-    answer_time: Timestamp
-    machine_detection_result: MachineDetectionResult | None = None
-
-    @property
-    def machine_detection(self) -> str | None:
-        result = self.machine_detection_result
-        return result.value if result else None
-
-
-class TransferAnswer(_Ongoing, _LegEvent):
-    """`transferAnswer`: a leg created by `<Transfer>` answered. The docs list `parentCallId`;
-    Bandwidth's SDK model drops it, so it is optional: such a leg is linked to its parent when
-    its `transferDisconnect` comes."""
-
-    event_type: Literal["transferAnswer"]
-    start_time: Timestamp
-    answer_time: Timestamp
-    parent_call_id: Identifier | None = None
-
-
-class TransferComplete(_NoParent, _Ongoing, _Callback):
-    """`transferComplete`: one `<Transfer>` attempt of this (original) call ended. Its `cause`
-    is the transfer's outcome, never the call's: the call goes on."""
-
-    event_type: Literal["transferComplete"]
-    cause: Annotated[str, Strict(), Field(min_length=1, max_length=MAX_TEXT_LENGTH)]
-    transfer_caller_id: Text | None = None
-    transfer_to: Text | None = None
-    error_message: Text | None = None
-    error_id: Text | None = None
-
-
-class MachineDetectionComplete(_NoParent, _Ongoing, _Callback):
-    """`machineDetectionComplete`: the answering-machine detection of this call finished."""
-
-    event_type: Literal["machineDetectionComplete"]
-    machine_detection_result: MachineDetectionResult
-
-    @property
-    def machine_detection(self) -> str | None:
-        return self.machine_detection_result.value
-
-
-class Untracked(BaseModel):
-    """Any other event type: readable, needs only a string `eventType`, and is not tracked."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    event_type: Annotated[str, Strict()] = Field(alias="eventType")
-    call_id: Any = Field(default=None, alias="callId")
-
-
-Event = (
-    Initiate
-    | Answer
-    | TransferAnswer
-    | TransferComplete
-    | MachineDetectionComplete
-    | Disconnect
-    | TransferDisconnect
-)
-TRACKED_EVENT_TYPES: Final = (
-    "initiate",
-    "answer",
-    "transferAnswer",
-    "transferComplete",
-    "machineDetectionComplete",
-    "disconnect",
-    "transferDisconnect",
-)
-TERMINAL_EVENT_TYPES: Final = frozenset({"disconnect", "transferDisconnect"})
 
 # Tracked types are told apart by a plain tag, which pydantic resolves without leaving Rust;
 # any other event type falls back to `Untracked`.
@@ -334,22 +111,22 @@ _read_tracked: Final = _private_apis.json_validator(_TRACKED)
 _UNTRACKED_TAG: Final = frozenset({"union_tag_invalid", "union_tag_not_found"})
 
 
-def _any_zone(model: type[_Callback]) -> type[_Callback]:
+def _any_zone(model: type[BaseModel]) -> type[BaseModel]:
     """`model` with stamps of any zone and year: the same fields, aliases, order and errors."""
     stamps: dict[str, Any] = {
         name: (
-            (_AnyZoneTimestamp, ...)
+            (AnyZoneTimestamp, ...)
             if field.is_required()
-            else (_AnyZoneTimestamp | None, field.default)
+            else (AnyZoneTimestamp | None, field.default)
         )
         for name, field in model.model_fields.items()
-        if name in _TIMESTAMPS
+        if name in TIMESTAMP_FIELDS
     }
     return create_model(f"{model.__name__}InAnyZone", __base__=model, **stamps)
 
 
 # Each twin of a tracked type, and the type it stands for.
-_AnyZone: Final[dict[type[_Callback], type[Event]]] = {
+_AnyZone: Final[dict[type[BaseModel], type[Event]]] = {
     _any_zone(model): model for model in Event.__args__
 }
 _any_zone_event: Any = Union[tuple(_AnyZone)]  # noqa: UP007 (a union built at run time)
@@ -537,20 +314,11 @@ def _holds_nul(value: object) -> bool:
     return False
 
 
-# The fields whose values are JSON objects: free-form (`diversion`, `sipHeaders`) or models that
-# keep unknown keys (`stirShaken`, `machineDetectionResult`). With the body's unknown keys, the
-# only places a value of any JSON type (a float, an object with keys in any order) can be.
-_NESTED: Final = ("diversion", "sip_headers", "stir_shaken", "machine_detection_result")
+# The nested objects of each tracked type and of its twin: with the body's unknown keys, the only
+# places a value of any JSON type (a float, an object with keys in any order) can be.
 _NESTED_OF: Final[dict[type[BaseModel], tuple[tuple[str, str], ...]]] = {
-    model: tuple(
-        (name, model.model_fields[name].alias or name)
-        for name in _NESTED
-        if name in model.model_fields
-    )
-    for model in (*Event.__args__, *_AnyZone)
+    model: nested_fields(model) for model in (*Event.__args__, *_AnyZone)
 }
-# What a walk for floats or nested objects need not enter.
-_FLAT: Final = frozenset({str, int, bool, type(None)})
 _Path = tuple[str | int, ...]
 
 
@@ -562,7 +330,7 @@ def _non_finite_in_event(event: Event) -> Unreadable | None:
     extra = event.__pydantic_extra__
     if extra:
         for value in extra.values():
-            if type(value) not in _FLAT:
+            if type(value) not in FLAT_TYPES:
                 found = _non_finite(extra, ())
                 break
     if found is None:
@@ -591,7 +359,7 @@ def _non_finite(value: object, path: _Path) -> tuple[_Path, float] | None:
     else:
         return None
     for key, item in items:
-        if type(item) not in _FLAT:
+        if type(item) not in FLAT_TYPES:
             found = _non_finite(item, (*path, key))
             if found is not None:
                 return found
@@ -630,7 +398,7 @@ def _in_utc(event: Event) -> Event | Unreadable:
     `event` is an `_AnyZone` twin; what is returned is of the model it stands for."""
     model = _AnyZone[type(event)]
     changes: dict[str, datetime] = {}
-    for name in _TIMESTAMPS:
+    for name in TIMESTAMP_FIELDS:
         value: datetime | None = getattr(event, name, None)
         if value is None:
             continue
@@ -638,7 +406,7 @@ def _in_utc(event: Event) -> Event | Unreadable:
             in_utc = instants.as_utc(value)
             if in_utc is not value:
                 value = changes[name] = in_utc
-            in_range = value.year >= _EARLIEST.year
+            in_range = value.year >= EARLIEST.year
         except OverflowError:
             in_range = False
         if not in_range:
@@ -739,122 +507,6 @@ def shown(value: object) -> str:
 def untracked_detail(event_type: str) -> str:
     tracked = ", ".join(TRACKED_EVENT_TYPES)
     return f"{shown(event_type)} events are not tracked; only {tracked} are"
-
-
-def content_key(event: Event) -> str:
-    """The identity of a delivery: the parsed content, whatever its spelling.
-
-    Two bodies share a key when they differ only in key order (at any depth), whitespace,
-    explicit nulls for absent keys (at any depth, in objects: a null in an array is a value), or
-    the spelling of an instant (offset, fraction digits): the ways a relay re-serializes a body.
-    Timestamps are compared to the microsecond.
-    """
-    # Declared fields serialise in declaration order, so only unknown keys need sorting. The
-    # bytes are those of `model_dump_json(...).encode()` and `json.dumps(...)`, which stored keys
-    # were made of; the serializer and the encoder are called directly because their wrappers
-    # cost as much as the work. Nested objects are put in canonical form only when the body
-    # has one that may need it, so a flat body costs what it did and keeps its key; a nested
-    # one already canonical (keys sorted, no null) keeps the key it had too.
-    unknown = event.__pydantic_extra__
-    exclude = set(unknown) if unknown else None
-    serializer = event.__pydantic_serializer__
-    nested = _canonical_nested(event)
-    if nested:
-        document = serializer.to_python(
-            event, mode="json", by_alias=True, exclude_none=True, exclude=exclude
-        )
-        document.update(nested)  # in place: each key keeps its position
-        canonical = to_json(document)
-    else:
-        canonical = serializer.to_json(event, by_alias=True, exclude_none=True, exclude=exclude)
-    if unknown:
-        extras = {
-            key: value if type(value) in _FLAT else _canonical(value)
-            for key, value in unknown.items()
-            if value is not None
-        }
-        if extras:
-            canonical += _EXTRAS_JSON.encode(extras).encode("utf-8", "surrogatepass")
-    return hashlib.sha256(canonical).hexdigest()
-
-
-def _canonical_nested(event: Event) -> dict[str, Any] | None:
-    """The nested objects of `event` that the serializer would not write canonically, in
-    canonical form by alias: a free-form object, or a model with unknown keys (its declared
-    fields stay first, in declaration order, as the serializer writes them)."""
-    nested: dict[str, Any] | None = None
-    for name, alias in _NESTED_OF[type(event)]:
-        value = getattr(event, name)
-        if value is None:
-            continue
-        if type(value) is not dict:  # a model
-            extra = value.__pydantic_extra__
-            if not extra:
-                continue  # declared fields only: written in declaration order, nulls left out
-            canonical = value.__pydantic_serializer__.to_python(
-                value, mode="json", by_alias=True, exclude_none=True, exclude=set(extra)
-            )
-            canonical.update(_canonical(extra))
-        else:
-            canonical = _canonical(value)
-        if nested is None:
-            nested = {}
-        nested[alias] = canonical
-    return nested
-
-
-def _canonical(value: Any) -> Any:
-    """A parsed JSON value with the keys of its objects sorted and their nulls left out, at every
-    depth; arrays keep their order and their nulls."""
-    kind = type(value)
-    if kind is dict:
-        return {key: _canonical(value[key]) for key in sorted(value) if value[key] is not None}
-    if kind is list:
-        return [item if type(item) in _FLAT else _canonical(item) for item in value]
-    return value
-
-
-# `json.dumps(extras, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`, built once.
-_EXTRAS_JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-_CALL_PATH: Final = re.compile(r"/accounts/(?P<account>[^/]+)/calls/(?P<call>[^/?#]+)/?$")
-
-
-@dataclass(frozen=True, slots=True)
-class CallUrl:
-    """What the path of a `callUrl` names. The host varies (test.voice.bandwidth.com), the path
-    `/accounts/{accountId}/calls/{callId}` does not."""
-
-    account_id: str
-    call_id: str
-
-
-def read_call_url(url: str | None) -> CallUrl | None:
-    """What `url`'s path names, or None when it names no call. The several callbacks of one
-    call carry one URL within minutes, so the URLs of usual length are remembered."""
-    if not url:
-        return None
-    if len(url) <= _REMEMBERED_URL_LENGTH:
-        return _read_remembered_call_url(url)
-    return _read_call_url(url)
-
-
-# At most `maxsize` URLs of at most this length are remembered: a bounded memory, whatever the
-# bodies say.
-_REMEMBERED_URL_LENGTH: Final = 256
-
-
-@lru_cache(maxsize=4096)
-def _read_remembered_call_url(url: str) -> CallUrl | None:
-    return _read_call_url(url)
-
-
-def _read_call_url(url: str) -> CallUrl | None:
-    match = _CALL_PATH.search(urlsplit(url).path)
-    if match is None:
-        return None
-    return CallUrl(unquote(match["account"]), unquote(match["call"]))
 
 
 # --- the sweep's own log entries ----------------------------------------------------------------
