@@ -52,7 +52,7 @@ def conflicting_ends(tracker: Tracker) -> tuple[str, dict[str, Any]]:
 def accept_sub_accounts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Play the release after an upgrade: a callUrl naming another account is no longer
     refused."""
-    monkeypatch.setattr(lifecycle, "_check_call_url", lambda _event, _url: None)
+    monkeypatch.setattr(lifecycle, "check_call_url", lambda _event, _url: None)
 
 
 def entries(tracker: Tracker, outcome: str | None = None) -> list[Event]:
