@@ -12,6 +12,7 @@ from sqlalchemy.sql.elements import ClauseElement
 
 from tracker.storage import driver
 from tracker.storage.columns import UTCDateTime
+from tracker.storage.reads import BY_KNOWN_START_TIME
 from tracker.storage.statements import cached, chunks
 from tracker.storage.tables import calls, transfers
 
@@ -114,7 +115,7 @@ def _select_calls_page(
             keys.append("after_id")
     else:
         query = query.where(calls.c.start_time.is_not(None))
-        query = query.order_by(calls.c.start_time, calls.c.call_id)
+        query = query.order_by(*BY_KNOWN_START_TIME)
         if after:
             # The range alone bounds the index scan; the OR only skips the ties already read.
             after_start = bindparam("after_start", type_=UTCDateTime)
