@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tracker import Tracker
+from tests.http_server import Server, migrate
+from tests.http_support import BODY_TIMEOUT, CREDENTIALS, OLD
+from tracker import Event, Tracker
 
 SERVERS = {
     "postgresql": os.environ.get(
@@ -129,3 +132,51 @@ def two_trackers(
             in_order.upgrade()
             shuffled.upgrade()
             yield in_order, shuffled
+
+
+# --- the webhook tests' servers (tests/test_http_*.py) -------------------------------------
+
+
+@pytest.fixture
+def serve(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start `tracker serve` on the test's migrated database: `serve(*serve options,
+    global_options=(...), credentials=...)`. Every server started is stopped afterwards."""
+    migrate(database_url)
+    started: list[Server] = []
+
+    def start(
+        *serve_options: str,
+        global_options: Sequence[str] = (),
+        credentials: str | None = CREDENTIALS,
+    ) -> Server:
+        server = Server(
+            database_url,
+            tmp_path / "server",
+            serve_options=("--body-timeout", str(BODY_TIMEOUT), *serve_options),
+            global_options=tuple(global_options),
+            credentials=credentials,
+        )
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def server(serve: Callable[..., Server]) -> Server:
+    return serve()
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(auth=OLD, timeout=30.0) as instance:
+        yield instance
+
+
+@pytest.fixture
+def log(database_url: str) -> Iterator[Callable[[], list[Event]]]:
+    """The event log as the database holds it now, read by a tracker of the test's own."""
+    with Tracker(database_url) as reader:
+        yield reader.events

@@ -1,4 +1,4 @@
-"""`tracker serve` as a real process on a loopback port, for the webhook tests (tests/test_http.py).
+"""`tracker serve` as a real process on a loopback port, for the webhook tests (test_http_*.py).
 
 The server is the command line itself (`tracker.cli.main`, as the `tracker` console script runs
 it) in a child interpreter of the test's own Python, so it imports the tree under test. Its stderr

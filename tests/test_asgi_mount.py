@@ -1,6 +1,7 @@
 """The webhook app mounted in a host's Starlette application (FastAPI mounts the same way), as
 docs/endpoint.md shows: the callback and the app's own paths answer below the mount point, and
-the host's routes stay the host's. The served app, over a real socket, is in `test_http.py`."""
+the host's routes stay the host's. The served app, over a real socket, is in the
+`test_http_*.py` files."""
 
 from __future__ import annotations
 

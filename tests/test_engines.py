@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
 
 from tests.conftest import fresh_database
-from tests.test_faults import LOCK_TIMEOUTS, TABLES, Relay, default_port, faults, table_rows
+from tests.faults_support import LOCK_TIMEOUTS, TABLES, Relay, default_port, faults, table_rows
 from tests.test_upgrade_concurrency import migrate, schema_of, version_rows
 from tracker import Outcome, StorageError, Tracker
 from tracker.schema import head_revision

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults_support import faults
 from tests.test_concurrency import leg_body, migrate, to_json
-from tests.test_faults import faults
 from tests.workers import apply_rounds, run_together
 from tracker import Outcome, Reason, Tracker
 from tracker.testing import ACCOUNT, machine_detection_complete, new_call_id

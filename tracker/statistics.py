@@ -6,8 +6,8 @@ process: one grouped scan of the calls that started in the window, and one for c
 whose running count of calls up is a window function. The backends disagree on how to subtract
 two instants, how to cut one to its hour and how to read a bound one; `microseconds_between`,
 `start_of_hour`, `start_of_day` and `bound_instant` say it once for each (SQLite keeps instants
-as text, see `storage.UTCDateTime`), and tests/test_stats.py holds every backend to the figures
-counted in Python, equal to the last bit.
+as text, see `storage.UTCDateTime`), and tests/test_stats_figures.py holds every backend to the
+figures counted in Python, equal to the last bit.
 
 What counts as what (docs/statistics.md says it for users):
 
