@@ -20,7 +20,7 @@ from tracker.storage import VERSION_TABLE
 from tracker.testing import disconnect
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = {"tracker_calls", "tracker_events", "tracker_transfers"}
+TABLES = {"tracker_calls", "tracker_events", "tracker_transfers", "tracker_leases"}
 
 
 def tracker_tables(url: str) -> set[str]:

@@ -15,7 +15,7 @@ from operator import attrgetter
 from typing import Any, Final
 
 from tracker.parsing import Disconnect, Event, Initiate, TransferDisconnect
-from tracker.records import INITIATED, Outcome, Reason, TransferAttempt, Transition
+from tracker.records import DISCONNECTED, INITIATED, Outcome, Reason, TransferAttempt, Transition
 
 # Causes Bandwidth documents map to a disposition; every other cause (including ones no list
 # names yet) is a failure, and the cause itself is kept verbatim.
@@ -99,6 +99,8 @@ class CallRecord:
     # When the sweep ended a call whose end was lost (`lifecycle.expire`); None once a real terminal
     # event says how it ended.
     swept_at: datetime | None = None
+    # Where the call's end came from (`END_SOURCES`), None while live: `end_source_of`.
+    end_source: str | None = None
     # For a placeholder: the leg whose from/to it shows. The earliest leg (start time, then id)
     # wins, so the result does not depend on which leg arrived first.
     numbers_leg_id: str | None = None
@@ -179,6 +181,25 @@ def changed(call: CallRecord, changes: dict[str, Any]) -> CallRecord:
     for name, value in changes.items():
         values[_POSITION[name]] = value
     return CallRecord(*values)
+
+
+# Where an ended call's end came from: a terminal callback, Bandwidth's call state API (its
+# answer when the callback was lost), or the sweep (nobody could say).
+CALLBACK: Final = "callback"
+PROVIDER: Final = "provider"
+SWEPT: Final = "sweep"
+END_SOURCES: Final = (CALLBACK, PROVIDER, SWEPT)
+
+
+def end_source_of(state: str, terminal_event: str | None, swept_at: datetime | None) -> str | None:
+    """A function of the facts, so of the deliveries and not of their order: a terminal
+    callback's end wins over the provider's, which wins over the sweep's (`lifecycle.provide`,
+    `lifecycle.expire`)."""
+    if state != DISCONNECTED:
+        return None
+    if terminal_event is not None:
+        return CALLBACK
+    return SWEPT if swept_at is not None else PROVIDER
 
 
 def answer_news(event_type: str | None) -> int:

@@ -29,7 +29,7 @@ from tracker.facts import RECORD_FIELDS as RECORD_FIELDS
 from tracker.facts import CallRecord as CallRecord
 from tracker.facts import Decision as Decision
 from tracker.facts import TransitionTaken as TransitionTaken
-from tracker.facts import answer_news, offered_by
+from tracker.facts import answer_news, end_source_of, offered_by
 from tracker.facts import changed as changed
 from tracker.facts import disposition_of as disposition_of
 from tracker.facts import facts_of as facts_of
@@ -206,7 +206,7 @@ def expire(call: CallRecord | None, at: datetime, cutoff: datetime | None) -> De
     known = last_known_time(call)
     after = changed(call, {"swept_at": at, "disposition": EXPIRED})
     state, history = history_of(after)
-    after = changed(after, {"state": state})
+    after = changed(after, {"state": state, "end_source": end_source_of(state, None, at)})
     heard = f"nothing heard of it since {iso(known)}" if known else "no time known for it"
     return Decision(
         outcome=Outcome.APPLIED,
@@ -259,6 +259,13 @@ def _merge(
         )
     )
     changes["state"] = state
+    changes["end_source"] = end_source_of(
+        state,
+        *(
+            changes[name] if name in changes else getattr(call, name)
+            for name in ("terminal_event", "swept_at")
+        ),
+    )
     return changed(call, changes), history
 
 

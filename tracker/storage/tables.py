@@ -117,6 +117,8 @@ class CallRow(Base):
     caller_display_name: Mapped[str | None] = mapped_column(Text)
     # When the sweep ended the call (revision 0007); NULL once its real terminal event came.
     swept_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Where the end came from: `callback`, `provider` or `sweep`; NULL while live (revision 0010).
+    end_source: Mapped[str | None] = mapped_column(String(16))
     numbers_leg_id: Mapped[str | None] = mapped_column(ID)
     numbers_leg_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
     seen_rank: Mapped[int] = mapped_column(Integer)
@@ -187,9 +189,22 @@ class TransferRow(Base):
     sort_key: Mapped[str] = mapped_column(String(64))
 
 
+class LeaseRow(Base):
+    """A named lease (revision 0010): the one holder of a job several processes could run, such
+    as the background sweep of `tracker serve`, until it expires or its holder gives it up."""
+
+    __tablename__ = "tracker_leases"
+    __table_args__ = (_MYSQL_OPTIONS,)
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 calls: Final = cast(Table, CallRow.__table__)
 transfers: Final = cast(Table, TransferRow.__table__)
 events: Final = cast(Table, EventRow.__table__)
+leases: Final = cast(Table, LeaseRow.__table__)
 
 # The columns of a call in `CallRecord`'s field order, so a row reads as a record.
 CALL_COLUMNS: Final = tuple(calls.c[name] for name in lifecycle.RECORD_FIELDS)
