@@ -56,12 +56,15 @@ def sweep(
     resolve: Resolve | None,
     batch_size: int,
     max_body_bytes: int,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SweepReport:
     """End the live calls last heard of before `now - older_than`, `batch_size` at a time, each
     batch in a transaction of `writer` of its own (`applying.expire_calls`). With `resolve`,
     each such call is first offered to it (outside any transaction: it may ask a remote API),
     and a body it returns is applied (read up to `max_body_bytes`), logged with origin `sweep`;
-    the call is expired only if it is still live and old after that."""
+    the call is expired only if it is still live and old after that. `should_stop` is asked
+    before each batch and before each offer: True ends the sweep there, between transactions,
+    and the report says what was done until then."""
     if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
         raise ValueError(
             f"older_than must be a positive timedelta, e.g. timedelta(hours=4); got {older_than!r}"
@@ -75,7 +78,7 @@ def sweep(
     resolved: list[str] = []
     kept: list[str] = []
     after: str | None = None
-    while True:
+    while should_stop is None or not should_stop():
         with engine.connect() as connection:
             page = storage.where_sweep_candidates(connection, after, cutoff, batch_size)
         if not page:
@@ -86,6 +89,8 @@ def sweep(
         if resolve is not None:
             offered, due = due, []
             for call_id in offered:
+                if should_stop is not None and should_stop():
+                    break
                 verdict = _offer(writer, call_id, resolve, cutoff, max_body_bytes)
                 if verdict == "due":
                     due.append(call_id)

@@ -2,43 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
 from datetime import datetime, timedelta
-from typing import Final
 
 import click
 from rich.table import Table
 from rich.text import Text
 
 from tracker import REDRIVEN_OUTCOMES
-from tracker.cli.options import batch_size_option, instant
+from tracker.cli.options import batch_size_option, duration, instant
 from tracker.cli.output import clock, echo_json, iso, shown, stdout_console, when
 from tracker.cli.session import Session
 from tracker.housekeeping import PRUNE_BATCH_SIZE, SWEEP_BATCH_SIZE
 
 # --- sweep ------------------------------------------------------------------------------------
-
-_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
-_UNIT_SECONDS: Final = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-
-
-def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> timedelta:
-    """`4h`, `90m`, `1h30m`, `2d`, or plain seconds."""
-    text = value.strip().lower()
-    seconds: float | None = None
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        seconds = float(text)
-    elif text and re.fullmatch(f"(?:{_DURATION_PART.pattern})+", text):
-        seconds = sum(
-            float(amount) * _UNIT_SECONDS[unit] for amount, unit in _DURATION_PART.findall(text)
-        )
-    if not seconds:
-        raise click.BadParameter(
-            f"{value!r} is not a positive duration; write it like 4h, 90m, 1h30m, 2d or 14400 "
-            "(seconds)"
-        )
-    return timedelta(seconds=seconds)
 
 
 @click.command()
@@ -46,7 +23,7 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> timed
     "--older-than",
     required=True,
     metavar="DURATION",
-    callback=_duration,
+    callback=duration,
     help="End live calls last heard of longer ago than this (4h, 90m, 2d, seconds).",
 )
 @click.option(

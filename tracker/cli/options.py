@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
+import re
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any, Final
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
 
 import click
 
 from tracker import instants
+from tracker.provider import ProviderError
+
+if TYPE_CHECKING:
+    from tracker.sweeping import Resolver
 
 
 def instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
@@ -23,6 +29,74 @@ def instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
             "(e.g. 2026-03-17 or 2026-03-17T14:00:00Z)"
         ) from None
     return instants.as_utc(parsed)
+
+
+_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+_UNIT_SECONDS: Final = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> timedelta | None:
+    """`4h`, `90m`, `1h30m`, `2d`, or plain seconds; None when the option was not given."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    seconds: float | None = None
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        seconds = float(text)
+    elif text and re.fullmatch(f"(?:{_DURATION_PART.pattern})+", text):
+        seconds = sum(
+            float(amount) * _UNIT_SECONDS[unit] for amount, unit in _DURATION_PART.findall(text)
+        )
+    if not seconds:
+        raise click.BadParameter(
+            f"{value!r} is not a positive duration; write it like 4h, 90m, 1h30m, 2d or 14400 "
+            "(seconds)"
+        )
+    return timedelta(seconds=seconds)
+
+
+# The providers `--resolve` can ask, and the environment each one is configured from (never
+# the command line: a secret there shows in `ps`).
+RESOLVERS: Final = ("bandwidth",)
+BANDWIDTH_VARIABLES: Final = (
+    "BANDWIDTH_USERNAME and BANDWIDTH_PASSWORD (or BANDWIDTH_CLIENT_ID and "
+    "BANDWIDTH_CLIENT_SECRET), BANDWIDTH_ACCOUNT_ID, and TRACKER_BANDWIDTH_API_URL to point "
+    "elsewhere than Bandwidth's Voice API"
+)
+
+
+def resolve_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--resolve PROVIDER` of the commands that ask the provider before expiring a call (sweep,
+    serve): the provider's name, turned into a resolver by `resolver` once the command has
+    checked its other options."""
+    return click.option(
+        "--resolve",
+        type=click.Choice(RESOLVERS),
+        metavar="PROVIDER",
+        help=help,
+    )
+
+
+def resolver(name: str | None) -> Resolver | None:
+    """The resolver `--resolve NAME` asks for, configured from the environment; None for None.
+    A missing extra or missing credentials are the command line's errors (exit 2), naming the
+    fix; the credentials themselves are never shown."""
+    if name is None:
+        return None
+    try:
+        # By name: the module needs the extra's packages, which the core never imports.
+        bandwidth = importlib.import_module("tracker.bandwidth")
+    except ImportError as error:
+        raise click.UsageError(
+            f"--resolve bandwidth needs the bandwidth extra ({error}); "
+            "pip install 'tracker[bandwidth]'"
+        ) from error
+    try:
+        found: Resolver = bandwidth.resolver_from_environment()
+    except ProviderError as error:
+        fix = f"; set {BANDWIDTH_VARIABLES}" if error.refused else ""
+        raise click.UsageError(f"--resolve bandwidth: {error}{fix}") from error
+    return found
 
 
 def batch_size_option(
