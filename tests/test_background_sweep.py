@@ -190,6 +190,44 @@ def test_refused_credentials_stop_the_round_said_once_and_leave_the_calls_live(
     assert len(refusals) == 1
 
 
+class SlowResolver:
+    """A provider that takes its time and finds nothing."""
+
+    def __init__(self, pause: float) -> None:
+        self.pause = pause
+        self.asked = 0
+
+    def __call__(self, call: Call) -> bytes | None:
+        self.asked += 1
+        time.sleep(self.pause)
+        return None
+
+
+def test_a_sweeper_whose_lease_was_taken_over_stops_at_its_next_renewal(
+    sqlite_tracker: Tracker,
+    sweeps: Callable[..., BackgroundSweep],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    old_live_calls(sqlite_tracker, 20)
+    resolver = SlowResolver(0.05)
+    sweep = sweeps(resolve=resolver, lease_term=timedelta(milliseconds=300))
+    with caplog.at_level(logging.INFO, logger="tracker.sweeping"):
+        sweep.start()
+        wait_for(lambda: resolver.asked >= 2, "the sweep to ask")
+        with sqlite_tracker.engine.begin() as connection:  # as if it expired unseen, and went
+            connection.execute(
+                storage.leases.update().values(
+                    holder="elsewhere", expires_at=datetime.now(UTC) + HOUR
+                )
+            )
+        wait_for(lambda: "lost to another server" in caplog.text, "the sweep to stop")
+        assert sweep.stop()
+
+    assert resolver.asked < 20
+    holding = lease_row(sqlite_tracker)
+    assert holding is not None and holding.holder == "elsewhere", "not given up: not its own"
+
+
 class NotFoundResolver:
     """A resolver that finds none of the calls at the provider (each is older than it keeps),
     counting its requests as `tracker.bandwidth`'s resolver does."""

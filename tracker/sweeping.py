@@ -103,11 +103,12 @@ class BackgroundSweep:
         self._ended: Counter[str] = Counter()
         self._rounds = 0
         self._refused: ProviderError | None = None
-        self._lease_lost = False
+        self._stopped_because: str | None = None  # why `_should_stop` ended this round
         self._other_holder: str | None = None
 
     @property
     def holder(self) -> str:
+        """The name this process holds the lease by (`host:pid:random` by default)."""
         return self.lease.holder
 
     @property
@@ -172,7 +173,7 @@ class BackgroundSweep:
     def _round(self) -> None:
         """One round: take (or keep) the lease, sweep under it. Every failure ends here."""
         self._refused = None
-        self._lease_lost = False
+        self._stopped_because = None
         try:
             if not self.lease.acquire():
                 self._say_who_sweeps()
@@ -231,13 +232,16 @@ class BackgroundSweep:
         """Asked by the sweep between transactions: stop when the server stops, when the
         provider refused the credentials, or when the lease could not be kept. The lease is
         renewed once a third of its term has passed, so that it never expires mid-sweep."""
-        if self._stopping.is_set() or self._refused is not None:
-            return True
-        due = self.lease.remaining() < self.lease.term.total_seconds() * 2 / 3
-        if due and not self.lease.renew():
-            self._lease_lost = True
-            return True
-        return False
+        if self._stopping.is_set():
+            self._stopped_because = "the server is stopping"
+        elif self._refused is not None:
+            self._stopped_because = "the provider refused the credentials"
+        elif self._renewal_due() and not self.lease.renew():
+            self._stopped_because = "the lease was lost to another server"
+        return self._stopped_because is not None
+
+    def _renewal_due(self) -> bool:
+        return self.lease.remaining() < self.lease.term.total_seconds() * 2 / 3
 
     def _count(self, report: SweepReport) -> None:
         self._ended[SWEPT] += len(report.expired)
@@ -245,13 +249,7 @@ class BackgroundSweep:
 
     def _say_what_it_did(self, report: SweepReport, started: datetime) -> None:
         failed: tuple[str, ...] = getattr(report, "failed", ())
-        stopped = ""
-        if self._stopping.is_set():
-            stopped = "; stopped early: the server is stopping"
-        elif self._lease_lost:
-            stopped = "; stopped early: the lease was lost to another server"
-        elif self._refused is not None:
-            stopped = "; stopped early: the provider refused the credentials"
+        stopped = f"; stopped early: {self._stopped_because}" if self._stopped_because else ""
         level = logging.INFO if report.checked or stopped else logging.DEBUG
         _log.log(
             level,

@@ -88,6 +88,8 @@ def take_lease(
     `holder`'s now. An INSERT colliding with a concurrent taker's raises the unique violation
     (`storage.is_unique_violation`) for the caller to run this again."""
     values = {"lease": name, "taker": holder, "now": now, "until": until}
+    # A row count of rows matched, not changed, on MySQL too: SQLAlchemy's MySQL dialects
+    # connect with CLIENT_FOUND_ROWS, so a renewal to the same instant still counts.
     if connection.execute(_TAKE, values).rowcount == 1:
         return True
     if find_lease(connection, name) is not None:  # another's, and not expired
