@@ -34,12 +34,12 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Final, Protocol
+from typing import Final
 
 from tracker import instants, leasing
 from tracker.errors import SchemaError, StorageError, check_batch_size
 from tracker.facts import PROVIDER, SWEPT
-from tracker.housekeeping import SWEEP_BATCH_SIZE, Body
+from tracker.housekeeping import SWEEP_BATCH_SIZE, Body, Resolve
 from tracker.provider import ProviderError
 from tracker.records import Call, SweepReport
 from tracker.tracker import Tracker
@@ -60,13 +60,6 @@ STOP_TIMEOUT: Final = 30.0
 _log = logging.getLogger(__name__)
 
 
-class Resolver(Protocol):
-    """What `Tracker.sweep` offers each old live call to before expiring it (for example
-    `tracker.bandwidth`'s resolver): a body to apply, or None."""
-
-    def __call__(self, call: Call, /) -> Body | None: ...
-
-
 class BackgroundSweep:
     """Sweeps `tracker` every `every` in a thread of its own, ending the live calls last heard
     of more than `older_than` ago, `batch_size` per transaction, offering each to `resolve`
@@ -81,7 +74,7 @@ class BackgroundSweep:
         *,
         every: timedelta,
         older_than: timedelta,
-        resolve: Resolver | None = None,
+        resolve: Resolve | None = None,
         batch_size: int = SWEEP_BATCH_SIZE,
         lease_term: timedelta | None = None,
         holder: str | None = None,

@@ -6,15 +6,13 @@ import importlib
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import click
 
 from tracker import instants
+from tracker.housekeeping import Resolve
 from tracker.provider import ProviderError
-
-if TYPE_CHECKING:
-    from tracker.sweeping import Resolver
 
 
 def instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
@@ -77,7 +75,7 @@ def resolve_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., An
     )
 
 
-def resolver(name: str | None) -> Resolver | None:
+def resolver(name: str | None) -> Resolve | None:
     """The resolver `--resolve NAME` asks for, configured from the environment; None for None.
     A missing extra or missing credentials are the command line's errors (exit 2), naming the
     fix; the credentials themselves are never shown."""
@@ -92,7 +90,7 @@ def resolver(name: str | None) -> Resolver | None:
             "pip install 'tracker[bandwidth]'"
         ) from error
     try:
-        found: Resolver = bandwidth.resolver_from_environment()
+        found: Resolve = bandwidth.resolver_from_environment()
     except ProviderError as error:
         fix = f"; set {BANDWIDTH_VARIABLES}" if error.refused else ""
         raise click.UsageError(f"--resolve bandwidth: {error}{fix}") from error
