@@ -64,13 +64,12 @@ BANDWIDTH_VARIABLES: Final = (
 
 
 def resolve_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """`--resolve PROVIDER` of the commands that ask the provider before expiring a call (sweep,
+    """`--resolve bandwidth` of the commands that ask the provider before expiring a call (sweep,
     serve): the provider's name, turned into a resolver by `resolver` once the command has
     checked its other options."""
     return click.option(
         "--resolve",
         type=click.Choice(RESOLVERS),
-        metavar="PROVIDER",
         help=help,
     )
 
