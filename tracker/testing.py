@@ -15,6 +15,9 @@ benchmarks and `samples/callbacks.jsonl` are built with nothing else):
   `machine_detection_complete`, `disconnect`, `transfer_disconnect`, `untracked`) are plain
   `dict`s in Bandwidth's spelling with defaults for everything a test is not about; keyword
   arguments override or add fields in Bandwidth's spelling, and `...` removes one.
+- `call_state` is Bandwidth's call state document of a call a terminal body ended, as its call
+  state API answers once the callback was lost (`Tracker.apply_call_states`, a sweep's
+  `resolve`).
 - `conversation` builds every callback of one call and its transfer legs, in the order Bandwidth
   sends them, with the ids, the times and the facts the tracker should end up with.
 - `relayed` re-serializes a body as a relay might (the tracker reads it as the same delivery);
@@ -49,6 +52,7 @@ from tracker._bodies import (
     TRANSFER_CALLER_ID,
     TRANSFER_TO,
     answer,
+    call_state,
     call_url,
     disconnect,
     disconnect_between,
@@ -97,6 +101,7 @@ __all__ = [
     "Stream",
     "answer",
     "at",
+    "call_state",
     "call_trees",
     "call_url",
     "conversation",
