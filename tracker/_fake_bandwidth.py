@@ -365,8 +365,9 @@ class FakeBandwidth:
         self.fail(call_id, status=None, delay=delay, times=times)
 
     def down(self, *, status: int | None = 503) -> None:
-        """The whole API fails until `up()`: every request is answered `status`, or with
-        `status` None, the port refuses connections (every open one is closed)."""
+        """The whole API fails until `up()`: every Voice API request is answered `status` (the
+        token endpoint still answers), or with `status` None, the port refuses every connection
+        (and every open one is closed)."""
         if status is None:
             self._stop()
         else:
