@@ -20,7 +20,7 @@ from tracker.testing import (
     ACCOUNT,
     BASE_TIME,
     answer,
-    call_state,
+    call_state_from,
     disconnect,
     initiate,
     new_call_id,
@@ -57,7 +57,7 @@ def test_a_call_state_ends_a_live_call_as_the_providers(tracker: Tracker) -> Non
     lost = disconnect(call_id, start=BASE_TIME, direction="inbound", cause="busy", ring=None)
     applied(tracker, initiate(call_id, start=BASE_TIME))
 
-    (result,) = tracker.apply_call_states([call_state(lost)])
+    (result,) = tracker.apply_call_states([call_state_from(lost)])
 
     assert result.outcome is Outcome.APPLIED, result
     call = tracker.get_call(call_id)
@@ -80,7 +80,9 @@ def test_a_late_terminal_callback_replaces_the_providers_end_entirely(
     call_id = new_call_id()
     live = answer(call_id, start=BASE_TIME, ring=4, direction="outbound")
     real = disconnect(call_id, start=BASE_TIME, ring=4, talk=60, direction="outbound")
-    provider = call_state(real, endTime=one_ms_later(real["endTime"]), disconnectCause="cancel")
+    provider = call_state_from(
+        real, endTime=one_ms_later(real["endTime"]), disconnectCause="cancel"
+    )
     applied(callbacks_only, live, real)
 
     applied(with_provider, live)
@@ -101,7 +103,7 @@ def test_the_providers_answer_never_changes_a_call_its_callback_ended(tracker: T
     before = tracker.get_call(call_id)
 
     (result,) = tracker.apply_call_states(
-        [call_state(real, disconnectCause="timeout", endTime=one_ms_later(real["endTime"]))]
+        [call_state_from(real, disconnectCause="timeout", endTime=one_ms_later(real["endTime"]))]
     )
 
     assert (result.outcome, result.reason) == (Outcome.IGNORED, "ended_by_callback")
@@ -112,7 +114,7 @@ def test_the_providers_answer_never_changes_a_call_its_callback_ended(tracker: T
 def test_a_call_state_saying_the_call_goes_on_changes_nothing(tracker: Tracker) -> None:
     call_id = new_call_id()
     applied(tracker, initiate(call_id, start=BASE_TIME))
-    still = call_state(
+    still = call_state_from(
         disconnect(call_id, start=BASE_TIME), state="answered", endTime=..., disconnectCause=...
     )
 
@@ -132,7 +134,7 @@ def test_a_call_state_of_a_call_never_heard_of_records_it_until_its_callbacks_co
     bodies = [initiate(call_id, start=BASE_TIME), real]
     applied(callbacks_only, *bodies)
 
-    assert with_provider.apply_call_states([call_state(real)])[0].outcome is Outcome.APPLIED
+    assert with_provider.apply_call_states([call_state_from(real)])[0].outcome is Outcome.APPLIED
     created = with_provider.get_call(call_id)
     assert created is not None
     assert (created.end_source, created.from_number, created.account_id) == (
@@ -150,7 +152,7 @@ def test_a_provider_end_replaces_the_sweeps_and_a_later_sweep_leaves_it(tracker:
     applied(tracker, initiate(call_id, start=BASE_TIME))
     assert tracker.sweep(FOUR_HOURS, now=NOW).expired == (call_id,)
 
-    assert tracker.apply_call_states([call_state(lost)])[0].outcome is Outcome.APPLIED
+    assert tracker.apply_call_states([call_state_from(lost)])[0].outcome is Outcome.APPLIED
     assert tracker.sweep(FOUR_HOURS, now=NOW + timedelta(days=1)).expired == ()
 
     call = tracker.get_call(call_id)
@@ -166,7 +168,7 @@ def test_a_legs_call_state_links_it_to_its_parent_seen_or_not(tracker: Tracker) 
     leg_end = transfer_disconnect(parent, leg, start=BASE_TIME)
     other_end = transfer_disconnect(unseen, other_leg, start=BASE_TIME)
 
-    results = tracker.apply_call_states([call_state(leg_end), call_state(other_end)])
+    results = tracker.apply_call_states([call_state_from(leg_end), call_state_from(other_end)])
 
     assert [result.outcome for result in results] == [Outcome.APPLIED, Outcome.APPLIED]
     linked, other = tracker.get_call(leg), tracker.get_call(other_leg)
@@ -213,7 +215,7 @@ def test_a_rebuild_replays_the_providers_answers(tracker: Tracker) -> None:
         applied(tracker, initiate(call_id, start=BASE_TIME))
     tracker.sweep(FOUR_HOURS, now=NOW)
     tracker.apply_call_states(
-        [call_state(disconnect(c, start=BASE_TIME)) for c in (ended, swept_then_ended)]
+        [call_state_from(disconnect(c, start=BASE_TIME)) for c in (ended, swept_then_ended)]
     )
     report = tracker.rebuild()
     assert (report.differences, report.not_reapplied) == ((), ())
@@ -250,7 +252,7 @@ def test_callbacks_sweeps_and_provider_answers_in_any_order_converge(
     if delivered:
         deliveries += [("callback", json.dumps(rng.choice(delivered))) for _ in range(2)]
     deliveries += [
-        ("provider", call_state(body, endTime=one_ms_later(body["endTime"])))
+        ("provider", call_state_from(body, endTime=one_ms_later(body["endTime"])))
         for body in terminals
         if body["callId"] in answered_there
     ]
@@ -316,8 +318,8 @@ def test_the_sweep_ends_each_call_as_the_provider_says(tracker: Tracker) -> None
     for call_id in (ended, going, unknown, failing):
         applied(tracker, initiate(call_id, start=BASE_TIME))
     provider = Provider()
-    provider.states[ended] = call_state(disconnect(ended, start=BASE_TIME, cause="timeout"))
-    provider.states[going] = call_state(
+    provider.states[ended] = call_state_from(disconnect(ended, start=BASE_TIME, cause="timeout"))
+    provider.states[going] = call_state_from(
         disconnect(going, start=BASE_TIME), state="answered", endTime=..., disconnectCause=...
     )
     provider.failing[failing] = ProviderError("Bandwidth answered 503 three times")
@@ -452,7 +454,7 @@ def test_an_answer_with_impossible_times_is_refused_and_the_call_expired(
 ) -> None:
     call_id = new_call_id()
     applied(tracker, initiate(call_id, start=BASE_TIME))
-    impossible = call_state(
+    impossible = call_state_from(
         disconnect(call_id, start=BASE_TIME), endTime=stamp(BASE_TIME - timedelta(seconds=1))
     )
 
@@ -488,7 +490,7 @@ def test_once_every_callback_came_the_provider_leaves_no_trace_in_the_records(
     deliveries += [
         (
             "provider",
-            call_state(body, endTime=one_ms_later(body["endTime"]), disconnectCause="error"),
+            call_state_from(body, endTime=one_ms_later(body["endTime"]), disconnectCause="error"),
         )
         for body in trees
         if body["eventType"] in TERMINAL_TYPES

@@ -172,36 +172,6 @@ def _finish(
     return body
 
 
-# --- Bandwidth's call state ------------------------------------------------------------------
-
-
-def call_state(terminal: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
-    """Bandwidth's call state document (`GET /accounts/{accountId}/calls/{callId}`) of the call
-    a `disconnect` or `transferDisconnect` body ended, as Bandwidth would answer once it lost
-    that callback: state `disconnected`, the same times and cause. A leg's own numbers are its
-    `transferCallerId`/`transferTo`. Keyword arguments override or add fields as for the
-    callbacks (`state="answered"` and `endTime=...` for a call still going there)."""
-    leg = terminal["eventType"] == "transferDisconnect"
-    document: dict[str, Any] = {
-        "applicationId": terminal.get("applicationId", APPLICATION),
-        "accountId": terminal.get("accountId", ACCOUNT),
-        "callId": terminal["callId"],
-        "parentCallId": terminal.get("parentCallId"),
-        "to": terminal.get("transferTo" if leg else "to"),
-        "from": terminal.get("transferCallerId" if leg else "from"),
-        "direction": terminal.get("direction", "outbound" if leg else None),
-        "state": "disconnected",
-        "startTime": terminal["startTime"],
-        "answerTime": terminal.get("answerTime"),
-        "endTime": terminal["endTime"],
-        "disconnectCause": terminal["cause"],
-        "errorMessage": terminal.get("errorMessage"),
-        "errorId": terminal.get("errorId"),
-        "lastUpdate": terminal["endTime"],
-    }
-    return _finish({k: v for k, v in document.items() if v is not None}, None, fields)
-
-
 # --- the live callbacks -----------------------------------------------------------------------
 
 
