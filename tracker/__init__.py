@@ -9,7 +9,9 @@ correlated with their transfer legs, and persisted.
 """
 
 from tracker.errors import ConflictError, SchemaError, StorageError, TrackerError
+from tracker.facts import END_SOURCES
 from tracker.lifecycle import ALL_DISPOSITIONS, DISPOSITIONS, LIVE_STATES, STATES, TRANSITIONS
+from tracker.provider import ProviderError
 from tracker.records import (
     REDRIVEN_OUTCOMES,
     Call,
@@ -36,6 +38,7 @@ __all__ = [
     "ALL_DISPOSITIONS",
     "DEFAULT_DATABASE_URL",
     "DISPOSITIONS",
+    "END_SOURCES",
     "LIVE_STATES",
     "REDRIVEN_OUTCOMES",
     "STATES",
@@ -50,6 +53,7 @@ __all__ = [
     "IgnoredReason",
     "InvalidReason",
     "Outcome",
+    "ProviderError",
     "Reason",
     "RebuildReport",
     "RedriveReport",

@@ -6,7 +6,7 @@ Plain frozen dataclasses, detached from any database session, safe to keep and p
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
@@ -54,12 +54,18 @@ class InvalidReason(StrEnum):
     MISSING_FIELD = "missing_field"
     INVALID_FIELD = "invalid_field"
     UNSUPPORTED_BODY = "unsupported_body"
+    # A provider's answer (origin `provider`) that is not Bandwidth's call state.
+    NOT_A_CALL_STATE = "not_a_call_state"
 
 
 class IgnoredReason(StrEnum):
     """Why a readable callback was `ignored`."""
 
     UNTRACKED_EVENT_TYPE = "untracked_event_type"
+    # A provider's answer (origin `provider`) that does not end the call here: Bandwidth says
+    # the call is still going, or a terminal callback ended the call already.
+    LIVE_THERE = "live_there"
+    ENDED_BY_CALLBACK = "ended_by_callback"
 
 
 # The states a call is in (`tracker.lifecycle` moves it between them). A call is live, ringing
@@ -154,6 +160,10 @@ class Call:
     # When the sweep ended the call, its terminal event never having come (disposition
     # `expired`); None for every other call, and again once the real end arrives.
     swept_at: datetime | None = None
+    # Where the end came from: `callback` (its terminal callback), `provider` (Bandwidth's call
+    # state API, the callback having been lost) or `sweep` (expired: nobody could say); None
+    # while live. A function of the deliveries, whatever their order.
+    end_source: str | None = None
 
     @property
     def swept(self) -> bool:
@@ -232,14 +242,16 @@ class RedriveReport:
 @dataclass(frozen=True, slots=True)
 class SweepReport:
     """What `Tracker.sweep` did. `checked`: the live calls it looked at; `expired`: the ids of
-    those it ended (disposition `expired`); `resolved`: the ids of those a body from the
-    `resolve` hook ended instead; `kept`: calls a `resolve` body showed alive and recent, so
-    left live."""
+    those it ended (disposition `expired`); `resolved`: the ids of those the provider's answer
+    (from the `resolve` hook) ended instead; `kept`: calls the answer showed still going (or
+    alive lately), so left live; `failed`: calls whose look-up failed (`ProviderError`), left
+    live for the next sweep to ask again: never expired on a failure."""
 
     checked: int
     expired: tuple[str, ...]
     resolved: tuple[str, ...] = ()
     kept: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +356,9 @@ class CallStatistics:
     dispositions: Mapping[str, int]
     causes: Mapping[str, int]
     peak_concurrent_calls: int
+    # Ended attempts per where their end came from (`callback`, `provider`, `sweep`): a rising
+    # provider or sweep share is a tenant whose callbacks are being lost.
+    end_sources: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def asr(self) -> float | None:

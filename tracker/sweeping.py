@@ -11,8 +11,10 @@ What an operator can rely on:
    joined by a second one. A holder that dies without giving it up blocks the sweep for one
    term at most; then another server takes it over.
 2. **Clean stops.** Asked to stop (SIGTERM: the ASGI lifespan's shutdown), the sweep ends
-   between two transactions (each batch of expired calls, each provider answer applied, is one
-   already), never inside one, and the lease is given up so another server sweeps at once.
+   between two transactions (each batch of expired calls, each batch of provider answers
+   applied, is one already), never inside one: the look-ups of the batch under way not yet
+   made are not made, and those calls stay live. The lease is given up, so another server
+   sweeps at once.
 3. **Failures stay in their round.** A database failure ends the round, is logged, and the next
    round tries again; the server goes on taking callbacks. A provider look-up that fails for
    one call leaves that call live for the next round (`Tracker.sweep`); refused or missing
@@ -95,8 +97,11 @@ class BackgroundSweep:
         self._thread: threading.Thread | None = None
         self._ended: Counter[str] = Counter()
         self._rounds = 0
-        self._refused: ProviderError | None = None
-        self._stopped_because: str | None = None  # why `_should_stop` ended this round
+        # Why this round stopped early (`_keep_going`), and the look-ups it skipped for that.
+        self._stopped_because: str | None = None
+        self._not_asked = 0
+        # The lease is renewed from the sweep's thread and from the resolver's threads.
+        self._renewing = threading.Lock()
         self._other_holder: str | None = None
 
     @property
@@ -165,8 +170,8 @@ class BackgroundSweep:
 
     def _round(self) -> None:
         """One round: take (or keep) the lease, sweep under it. Every failure ends here."""
-        self._refused = None
         self._stopped_because = None
+        self._not_asked = 0
         try:
             if not self.lease.acquire():
                 self._say_who_sweeps()
@@ -176,62 +181,50 @@ class BackgroundSweep:
             report = self.tracker.sweep(
                 self.older_than,
                 now=started,
-                resolve=None if self.resolve is None else self._resolve,
+                resolve=None if self.resolve is None else _Guarded(self.resolve, self),
                 batch_size=self.batch_size,
-                should_stop=self._should_stop,
+                should_stop=lambda: not self._keep_going(),
             )
         except ProviderError as error:
-            if not error.refused:
-                _log.error(
-                    "the background sweep stopped: a provider look-up failed (%s); the calls "
-                    "not looked at stay live, and the next round asks again",
-                    error,
-                )
-                return
-            self._refused = self._refused or error
+            # The sweep goes on past a look-up that failed, and stops at refused credentials.
+            _log.error(
+                "the background sweep stopped: the provider refused the credentials (%s); the "
+                "calls not looked at stay live, and the next round asks again",
+                error,
+            )
         except (StorageError, SchemaError) as error:
             _log.error(
                 "the background sweep failed; the next round, in %s, tries again: %s",
                 self.every,
                 error,
             )
-            return
         except Exception:
             _log.exception("the background sweep failed unexpectedly; the next round tries again")
-            return
         else:
             self._rounds += 1
             self._count(report)
             self._say_what_it_did(report, started)
-        if self._refused is not None:
-            _log.error(
-                "the background sweep stopped: the provider refused the credentials (%s); the "
-                "calls not looked at stay live, and the next round asks again",
-                self._refused,
-            )
 
-    def _resolve(self, call: Call) -> Body | None:
-        """The resolver's answer; a refusal is remembered so that the round stops at the next
-        transaction's end, however the sweep counts it."""
-        assert self.resolve is not None
-        try:
-            return self.resolve(call)
-        except ProviderError as error:
-            if error.refused and self._refused is None:
-                self._refused = error
-            raise
+    def _keep_going(self) -> bool:
+        """Asked before each batch and each look-up: not when the server stops, nor when the
+        lease could not be kept. The lease is renewed once a third of its term has passed, so
+        that it never expires mid-sweep."""
+        with self._renewing:
+            if self._stopped_because is not None:
+                return False
+            if self._stopping.is_set():
+                self._stopped_because = "the server is stopping"
+            elif self._renewal_due() and not self.lease.renew():
+                self._stopped_because = "the lease was lost to another server"
+            return self._stopped_because is None
 
-    def _should_stop(self) -> bool:
-        """Asked by the sweep between transactions: stop when the server stops, when the
-        provider refused the credentials, or when the lease could not be kept. The lease is
-        renewed once a third of its term has passed, so that it never expires mid-sweep."""
-        if self._stopping.is_set():
-            self._stopped_because = "the server is stopping"
-        elif self._refused is not None:
-            self._stopped_because = "the provider refused the credentials"
-        elif self._renewal_due() and not self.lease.renew():
-            self._stopped_because = "the lease was lost to another server"
-        return self._stopped_because is not None
+    def _stop_because(self, reason: str) -> None:
+        with self._renewing:
+            self._stopped_because = self._stopped_because or reason
+
+    def _skipped(self) -> None:
+        with self._renewing:
+            self._not_asked += 1
 
     def _renewal_due(self) -> bool:
         return self.lease.remaining() < self.lease.term.total_seconds() * 2 / 3
@@ -241,8 +234,12 @@ class BackgroundSweep:
         self._ended[PROVIDER] += len(report.resolved)
 
     def _say_what_it_did(self, report: SweepReport, started: datetime) -> None:
-        failed: tuple[str, ...] = getattr(report, "failed", ())
-        stopped = f"; stopped early: {self._stopped_because}" if self._stopped_because else ""
+        failed = len(report.failed) - self._not_asked
+        stopped = ""
+        if self._stopped_because is not None:
+            stopped = f"; stopped early: {self._stopped_because}"
+            if self._not_asked:
+                stopped += f", {self._not_asked} left live without asking"
         level = logging.INFO if report.checked or stopped else logging.DEBUG
         _log.log(
             level,
@@ -256,7 +253,7 @@ class BackgroundSweep:
             len(report.expired),
             len(report.resolved),
             len(report.kept),
-            len(failed),
+            failed,
             stopped,
         )
 
@@ -287,3 +284,28 @@ class BackgroundSweep:
                 error,
                 self.lease.term,
             )
+
+
+class _Guarded:
+    """The resolver as a round of the background sweep offers calls to it: a call is asked
+    about only while the round may go on (`BackgroundSweep._keep_going`); past that it is left
+    live without a request, which the sweep counts a failed look-up. So a stopping server does
+    not wait for the rest of a batch's look-ups, a sweeper that lost its lease stops asking,
+    and refused credentials are not tried again for the rest of the batch. Keeps the
+    resolver's `concurrency`, which the sweep reads."""
+
+    def __init__(self, resolve: Resolve, sweep: BackgroundSweep) -> None:
+        self.resolve = resolve
+        self.sweep = sweep
+        self.concurrency = getattr(resolve, "concurrency", 1)
+
+    def __call__(self, call: Call) -> Body | None:
+        if not self.sweep._keep_going():
+            self.sweep._skipped()
+            raise ProviderError(f"{call.call_id} not asked: {self.sweep._stopped_because}")
+        try:
+            return self.resolve(call)
+        except ProviderError as error:
+            if error.refused:  # asking on is useless: the rest of the batch is not asked
+                self.sweep._stop_because("the provider refused the credentials")
+            raise

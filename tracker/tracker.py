@@ -25,6 +25,7 @@ from tracker import (
 )
 from tracker.applying import apply_bodies
 from tracker.errors import check_limit, check_positive
+from tracker.provider import PROVIDER_ORIGIN
 from tracker.reading import (
     CallFilters,
     call_pages,
@@ -183,6 +184,15 @@ class Tracker:
             )
         self._check_schema()
         return apply_bodies(self._writer, bodies, self._max_body_bytes)
+
+    def apply_call_states(self, documents: Iterable[bytes | str | object]) -> list[Result]:
+        """Apply what Bandwidth's call state API says of calls (`GET .../calls/{callId}`, as
+        received; a terminal callback built from it is read the same way) in one transaction:
+        a call it says disconnected ends with its facts as the provider's end (`end_source`
+        `provider`), logged with origin `provider`. Below every callback: a terminal callback,
+        before or after, wins, and one ended by its callback is left as it is (`ignored`)."""
+        self._check_schema()
+        return apply_bodies(self._writer, documents, self._max_body_bytes, PROVIDER_ORIGIN)
 
     # --- reading --------------------------------------------------------------------------
 

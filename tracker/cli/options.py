@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -53,14 +52,9 @@ def duration(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     return timedelta(seconds=seconds)
 
 
-# The providers `--resolve` can ask, and the environment each one is configured from (never
-# the command line: a secret there shows in `ps`).
+# The providers `--resolve` can ask; each is configured from the environment, never from the
+# command line (a secret there shows in `ps`).
 RESOLVERS: Final = ("bandwidth",)
-BANDWIDTH_VARIABLES: Final = (
-    "BANDWIDTH_USERNAME and BANDWIDTH_PASSWORD (or BANDWIDTH_CLIENT_ID and "
-    "BANDWIDTH_CLIENT_SECRET), BANDWIDTH_ACCOUNT_ID, and TRACKER_BANDWIDTH_API_URL to point "
-    "elsewhere than Bandwidth's Voice API"
-)
 
 
 def resolve_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -81,19 +75,16 @@ def resolver(name: str | None) -> Resolve | None:
     if name is None:
         return None
     try:
-        # By name: the module needs the extra's packages, which the core never imports.
-        bandwidth = importlib.import_module("tracker.bandwidth")
+        from tracker.bandwidth import resolver_from_environment
     except ImportError as error:
         raise click.UsageError(
             f"--resolve bandwidth needs the bandwidth extra ({error}); "
             "pip install 'tracker[bandwidth]'"
         ) from error
     try:
-        found: Resolve = bandwidth.resolver_from_environment()
-    except ProviderError as error:
-        fix = f"; set {BANDWIDTH_VARIABLES}" if error.refused else ""
-        raise click.UsageError(f"--resolve bandwidth: {error}{fix}") from error
-    return found
+        return resolver_from_environment()
+    except ProviderError as error:  # `tracker.bandwidth`'s words name the variables to set
+        raise click.UsageError(f"--resolve bandwidth: {error}") from error
 
 
 def batch_size_option(

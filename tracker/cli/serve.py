@@ -203,7 +203,12 @@ def serve(
                 for number, handler in previous.items():
                     signal.signal(number, handler)
 
-    Server(config).run()
+    try:
+        Server(config).run()
+    finally:
+        close = getattr(resolving, "close", None)
+        if close is not None:
+            close()
 
 
 def _say_sweeps_on_stderr() -> None:
