@@ -30,7 +30,15 @@ from tracker.asgi import create_app
 from tracker.cli import cli
 from tracker.provider import ProviderError
 from tracker.sweeping import BackgroundSweep
-from tracker.testing import answer, disconnect, encode, initiate, new_call_id
+from tracker.testing import (
+    FakeBandwidth,
+    answer,
+    call_state_from,
+    disconnect,
+    encode,
+    initiate,
+    new_call_id,
+)
 
 HOUR = timedelta(hours=1)
 QUICKLY = timedelta(milliseconds=50)
@@ -411,3 +419,69 @@ def test_sigterm_during_a_sweep_exits_0_with_whole_batches_and_the_lease_given_u
         assert sum(sweep_entries(tracker).values()) == swept
         assert lease_row(tracker) is None
         assert "stopped early: the server is stopping" in server.stderr
+
+
+def metric_samples(server: Server, name: str, label: str) -> dict[str, float]:
+    samples = _samples(httpx.get(server.url("/metrics")).text)
+    return {labels[label]: value for sample, labels, value in samples if sample == name}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_server_resolving_with_bandwidth_ends_calls_by_its_answers_and_counts_them(
+    serve: Callable[..., Server], database_url: str, bandwidth_api: FakeBandwidth
+) -> None:
+    """Disconnected at Bandwidth: ended by the provider; still active there: kept live;
+    unknown there: expired. The metrics count the ends by source and the requests by outcome."""
+    two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
+    ended, active, unknown = new_call_id(), new_call_id(), new_call_id()
+    bodies = {call_id: answer(call_id, start=two_hours_ago) for call_id in (ended, active, unknown)}
+    with Tracker(database_url) as tracker:
+        migrate(database_url)
+        tracker.apply_many([encode(body) for body in bodies.values()])
+        bandwidth_api.put(
+            call_state_from(
+                disconnect(ended, start=two_hours_ago, cause="busy"), disconnectCause="busy"
+            )
+        )
+        bandwidth_api.put(call_state_from(bodies[active]))
+        server = serve("--sweep-every", "0.2", "--sweep-older-than", "1h", "--resolve", "bandwidth")
+
+        wait_for(lambda: tracker.count_calls(state="disconnected") == 2, "the sweep")
+        ends = metric_samples(server, "tracker_call_ends_total", "source")
+        requests = metric_samples(server, "tracker_provider_requests_total", "outcome")
+        assert server.terminate() == 0
+
+        by_provider, expired, kept = (tracker.get_call(i) for i in (ended, unknown, active))
+        assert by_provider is not None and (by_provider.cause, by_provider.end_source) == (
+            "busy",
+            "provider",
+        )
+        assert expired is not None and expired.end_source == "sweep"
+        assert kept is not None and kept.live
+    assert ends == {"callback": 0, "provider": 1, "sweep": 1}
+    assert requests["ok"] >= 2 and requests["not_found"] >= 1
+    assert bandwidth_api.password not in server.stderr
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_refused_credentials_are_said_once_a_round_while_the_server_serves_on(
+    serve: Callable[..., Server],
+    database_url: str,
+    bandwidth_api: FakeBandwidth,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BANDWIDTH_PASSWORD", "not-the-password")
+    with Tracker(database_url) as tracker:
+        migrate(database_url)
+        tracker.apply_many(
+            [encode(answer(new_call_id(), start=datetime.now(UTC) - HOUR * 2)) for _ in range(20)]
+        )
+        server = serve("--sweep-every", "0.2", "--sweep-older-than", "1h", "--resolve", "bandwidth")
+        wait_for(lambda: server.stderr.count("refused the credentials") >= 3, "three rounds")
+        assert httpx.get(server.url("/healthz")).status_code == 200
+        assert server.terminate() == 0
+        rounds = server.stderr.count("refused the credentials")
+
+        assert tracker.count_calls(state="disconnected") == 0, "none expired unasked"
+    assert len(bandwidth_api.requests) <= 4 * rounds, "a refusal stops the round's look-ups"
+    assert "not-the-password" not in server.stderr
