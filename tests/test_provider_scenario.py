@@ -16,7 +16,15 @@ import pytest
 from tests.test_order_independence import ids_of, snapshot
 from tracker import Outcome, ProviderError, Tracker
 from tracker.bandwidth import BandwidthResolver
-from tracker.testing import FakeBandwidth, FakeRequest, call_state_from, conversation, stamp
+from tracker.provider import KEPT_DAYS
+from tracker.testing import (
+    ACCOUNTS,
+    FakeBandwidth,
+    FakeRequest,
+    call_state_from,
+    conversation,
+    stamp,
+)
 
 # Small enough that a failing look-up costs milliseconds: three attempts, 20 then 40 ms apart.
 FAST: dict[str, Any] = {"timeout": 2.0, "backoff": 0.02, "max_backoff": 0.1, "attempts": 3}
@@ -38,6 +46,8 @@ PROVIDER_FACTS = (
 
 @pytest.fixture
 def resolver(bandwidth_api: FakeBandwidth) -> Iterator[BandwidthResolver]:
+    """The resolver `tracker sweep --resolve bandwidth` builds, from the environment the
+    `bandwidth_api` fixture set (HTTP Basic), with small timeouts and backoff."""
     instance = BandwidthResolver.from_environment(**FAST)
     yield instance
     instance.close()
@@ -53,6 +63,11 @@ def asked(fake: FakeBandwidth, call_id: str) -> list[FakeRequest]:
     return [request for request in fake.requests if request.call_id == call_id]
 
 
+def account_of(request: FakeRequest) -> str:
+    """The account a call state request asked under (`/api/v2/accounts/{account}/calls/...`)."""
+    return request.path.split("/")[4]
+
+
 @dataclass
 class Day:
     """A day of calls: every callback Bandwidth sent, and the terminal ones that were lost,
@@ -64,10 +79,12 @@ class Day:
     active: dict[str, dict[str, Any]] = field(default_factory=dict)
     unknown: dict[str, dict[str, Any]] = field(default_factory=dict)
     failing: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Started longer ago than Bandwidth keeps a call: not asked about.
+    forgotten: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def lost(self) -> dict[str, dict[str, Any]]:
-        return self.disconnected | self.active | self.unknown | self.failing
+        return self.disconnected | self.active | self.unknown | self.failing | self.forgotten
 
     @property
     def received(self) -> list[dict[str, Any]]:
@@ -77,12 +94,13 @@ class Day:
 
 
 def day_of_calls(now: datetime) -> Day:
-    """Twenty calls started between a day and three hours before `now` (inbound and outbound,
-    answered or not, transferred to one or to three legs), and one started three days ago; ten
-    of their terminal callbacks lost: four of calls Bandwidth says disconnected (an answered
-    call, an unanswered one, a transfer leg, the original call of a transfer), three of calls
-    it says still active (the three-day-old one among them), two it does not know, two it
-    fails to answer about."""
+    """Twenty calls of three accounts started between a day and three hours before `now`
+    (inbound and outbound, answered or not, transferred to one or to three legs), one started
+    three days ago and one eight days ago; twelve of their terminal callbacks lost: four of
+    calls Bandwidth says disconnected (an answered call, an unanswered one, a transfer leg, the
+    original call of a transfer), three of calls it says still active (the three-day-old one
+    among them), two it does not know, two it fails to answer about, and the eight-day-old
+    one's, older than Bandwidth keeps."""
     shapes: list[dict[str, Any]] = [
         {"direction": "inbound"},
         {"direction": "inbound", "answered": False},
@@ -92,10 +110,15 @@ def day_of_calls(now: datetime) -> Day:
         {"direction": "outbound", "machine_detection": "answering-machine"},
     ]
     talks = [
-        conversation(start=now - timedelta(hours=23) + index * timedelta(minutes=60), **shape)
+        conversation(
+            start=now - timedelta(hours=23) + index * timedelta(minutes=60),
+            account=ACCOUNTS[index % len(ACCOUNTS)],
+            **shape,
+        )
         for index, shape in enumerate(shapes * 3 + shapes[:2])
     ]
     talks.append(conversation("inbound", start=now - timedelta(days=3)))
+    talks.append(conversation("outbound", start=now - timedelta(days=KEPT_DAYS + 1)))
     day = Day(bodies=[body for talk in talks for body in talk.bodies])
 
     def lost_end(talk_index: int, *, leg: bool = False) -> tuple[str, dict[str, Any]]:
@@ -121,6 +144,8 @@ def day_of_calls(now: datetime) -> Day:
     for index, leg in ((12, False), (15, True)):
         call_id, body = lost_end(index, leg=leg)
         day.failing[call_id] = body
+    call_id, body = lost_end(21)
+    day.forgotten[call_id] = body
     return day
 
 
@@ -131,21 +156,23 @@ def still_active(terminal: dict[str, Any]) -> dict[str, Any]:
 
 
 def told_bandwidth(fake: FakeBandwidth, day: Day) -> None:
-    """Bandwidth knows every call but the unknown ones; it fails, every time, on the failing."""
-    fake.put_many(call_state_from(body) for body in (day.disconnected | day.failing).values())
+    """Bandwidth knows every call but the unknown ones, and fails every time on the failing;
+    the fake even holds the forgotten one, so that asking about it would show."""
+    ended = day.disconnected | day.failing | day.forgotten
+    fake.put_many(call_state_from(body) for body in ended.values())
     fake.put_many(still_active(body) for body in day.active.values())
     for call_id in day.failing:
         fake.fail(call_id, status=500, times=None)
 
 
+@pytest.mark.parametrize("oauth", [False, True], ids=["basic", "oauth2"])
 def test_a_day_of_calls_swept_with_bandwidth_then_its_lost_callbacks_arriving_late(
-    two_trackers: tuple[Tracker, Tracker],
-    bandwidth_api: FakeBandwidth,
-    resolver: BandwidthResolver,
+    two_trackers: tuple[Tracker, Tracker], bandwidth_api: FakeBandwidth, oauth: bool
 ) -> None:
     """Each outcome of a look-up does what SPEC 11 says; once the lost callbacks come, the
     records equal those of a database that got every callback, whatever the sweep did."""
     every_callback, lossy = two_trackers
+    resolver = BandwidthResolver.from_environment(bandwidth_api.environment(oauth=oauth), **FAST)
     now = datetime.now(UTC)
     day = day_of_calls(now)
     told_bandwidth(bandwidth_api, day)
@@ -157,7 +184,7 @@ def test_a_day_of_calls_swept_with_bandwidth_then_its_lost_callbacks_arriving_la
     assert report.checked == len(day.lost)
     assert sorted(report.resolved) == sorted(day.disconnected)
     assert sorted(report.kept) == sorted(day.active)
-    assert sorted(report.expired) == sorted(day.unknown)
+    assert sorted(report.expired) == sorted(day.unknown | day.forgotten)
     assert sorted(report.failed) == sorted(day.failing)
     for call_id in day.disconnected:
         ended, truth = lossy.get_call(call_id), every_callback.get_call(call_id)
@@ -169,26 +196,37 @@ def test_a_day_of_calls_swept_with_bandwidth_then_its_lost_callbacks_arriving_la
     for call_id in day.active | day.failing:
         live = lossy.get_call(call_id)
         assert live is not None and live.live and live.end_source is None, call_id
-    for call_id in day.unknown:
+    for call_id in day.unknown | day.forgotten:
         swept = lossy.get_call(call_id)
         assert swept is not None
         assert (swept.end_source, swept.disposition, swept.end_time) == ("sweep", "expired", None)
-    # Every look-up went through the real client: once a call, three times a failing one.
+    # Every look-up went through the real client: once a call, three times a failing one,
+    # never about the forgotten one; each call asked under its own account.
     assert resolver.requests == Counter(
         ok=len(day.disconnected) + len(day.active),
         not_found=len(day.unknown),
         retried=2 * len(day.failing),
         failed=len(day.failing),
     )
-    assert {call_id: len(asked(bandwidth_api, call_id)) for call_id in day.lost} == {
-        call_id: 3 if call_id in day.failing else 1 for call_id in day.lost
+    times = {call_id: 3 if call_id in day.failing else 1 for call_id in day.lost}
+    times |= dict.fromkeys(day.forgotten, 0)
+    assert {call_id: len(asked(bandwidth_api, call_id)) for call_id in day.lost} == times
+    accounts = {
+        call_id: {account_of(r) for r in asked(bandwidth_api, call_id)} for call_id in times
     }
+    assert accounts == {
+        call_id: {call_state_from(day.lost[call_id])["accountId"]} if count else set()
+        for call_id, count in times.items()
+    }
+    assert set().union(*accounts.values()) == set(ACCOUNTS)
+    resolver.close()
 
     for body in day.lost.values():
         assert lossy.apply(body).outcome is Outcome.APPLIED, body
     ids = ids_of(day.bodies)
     assert snapshot(lossy, ids) == snapshot(every_callback, ids)
-    assert {lossy.get_call(call_id).end_source for call_id in day.lost} == {"callback"}  # type: ignore[union-attr]
+    sources = {call_id: lossy.get_call(call_id).end_source for call_id in day.lost}  # type: ignore[union-attr]
+    assert set(sources.values()) == {"callback"}
 
 
 def test_an_active_call_stays_live_however_old_and_a_failing_one_is_asked_again(
@@ -300,3 +338,24 @@ def test_a_429_during_a_sweep_is_waited_out_and_the_call_still_resolved(
     call = tracker.get_call(limited)
     assert call is not None and call.end_source == "provider"
     assert call.end_time is not None and stamp(call.end_time) == talks[0].bodies[-1]["endTime"]
+
+
+def test_an_answer_slower_than_the_timeout_leaves_the_call_live_for_the_next_sweep(
+    tracker: Tracker, bandwidth_api: FakeBandwidth
+) -> None:
+    now = datetime.now(UTC)
+    talk = conversation("outbound", start=now - timedelta(hours=6))
+    delivered(tracker, list(talk.bodies[:-1]))
+    bandwidth_api.put(call_state_from(talk.bodies[-1]))
+    bandwidth_api.slow(talk.call_id, delay=0.5, times=2)
+    resolver = BandwidthResolver.from_environment(**FAST | {"timeout": 0.1, "attempts": 2})
+
+    timed_out = tracker.sweep(OLDER_THAN, now=now, resolve=resolver)
+    call = tracker.get_call(talk.call_id)
+    assert (timed_out.failed, timed_out.expired) == ((talk.call_id,), ())
+    assert call is not None and call.live
+    assert resolver.requests == Counter(retried=1, failed=1)
+
+    answered = tracker.sweep(OLDER_THAN, now=now, resolve=resolver)
+    resolver.close()
+    assert answered.resolved == (talk.call_id,)
