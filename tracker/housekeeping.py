@@ -63,12 +63,14 @@ def sweep(
     resolve: Resolve | None,
     batch_size: int,
     max_body_bytes: int,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SweepReport:
     """End the live calls last heard of before `now - older_than`, `batch_size` at a time, each
     batch in a transaction of `writer` of its own (`applying.expire_calls`). With `resolve`,
     the calls of each batch are first offered to it (outside any transaction: it asks a remote
     API), from `resolve.concurrency` threads at once when it says (one otherwise): see
-    `_resolve_batch` for what each answer does."""
+    `_resolve_batch` for what each answer does. `should_stop` is asked before each batch: True
+    ends the sweep there, between two transactions, and the report says what was done."""
     if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
         raise ValueError(
             f"older_than must be a positive timedelta, e.g. timedelta(hours=4); got {older_than!r}"
@@ -83,7 +85,7 @@ def sweep(
     after: str | None = None
     workers = max(1, int(getattr(resolve, "concurrency", 1))) if resolve is not None else 1
     with ThreadPoolExecutor(workers, thread_name_prefix="tracker-resolve") as pool:
-        while True:
+        while should_stop is None or not should_stop():
             with engine.connect() as connection:
                 page = storage.where_sweep_candidates(connection, after, cutoff, batch_size)
             if not page:
