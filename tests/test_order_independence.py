@@ -347,14 +347,17 @@ def test_a_body_with_nested_objects_reordered_or_null_padded_is_a_duplicate(
 
 
 # Values of any JSON type; keys that no nested model declares (a declared key has its own type).
+# Text is Unicode a body can carry: no NUL (refused), no lone surrogate (no UTF-8 can hold one,
+# and its `\ud800` escape is refused as not JSON).
+_characters = st.characters(exclude_characters="\x00", exclude_categories=("Cs",))
 _leaves = (
     st.none()
     | st.booleans()
     | st.integers(-(2**70), 2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(st.characters(exclude_characters="\x00"), max_size=8)
+    | st.text(_characters, max_size=8)
 )
-_keys = st.text(st.characters(exclude_characters="\x00"), max_size=6).map(lambda key: "k" + key)
+_keys = st.text(_characters, max_size=6).map(lambda key: "k" + key)
 _values = st.recursive(
     _leaves,
     lambda children: st.lists(children, max_size=3) | st.dictionaries(_keys, children, max_size=3),
