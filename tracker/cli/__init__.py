@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from tracker import DEFAULT_DATABASE_URL, SchemaError, StorageError
-from tracker.cli import calls, export, follow, housekeeping, ingest, schema, serve, stats
+from tracker.cli import calls, export, follow, housekeeping, ingest, reconcile, schema, serve, stats
 from tracker.cli.ingest import CHUNK_SIZE
 from tracker.cli.serve import CREDENTIALS_VARIABLE
 from tracker.cli.session import EXIT_NOT_FOUND, EXIT_SCHEMA, EXIT_STORAGE, Session, fail
@@ -104,6 +104,7 @@ for _command in (
     housekeeping.rebuild,
     housekeeping.sweep,
     housekeeping.prune,
+    reconcile.reconcile,
     export.export,
     serve.serve,
 ):
