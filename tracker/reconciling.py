@@ -184,8 +184,8 @@ def _millisecond(instant: datetime | None) -> datetime | None:
 
 
 def call_state_document(call: ProviderCall) -> dict[str, Any]:
-    """`call` written back as Bandwidth's call state document (camelCase, instants in UTC with
-    `Z`, absent facts left out): what `--apply` hands the tracker, read by
+    """`call` written back as Bandwidth's call state document (camelCase, instants in UTC to
+    the millisecond with `Z`, absent facts left out): what `--apply` hands the tracker, read by
     `provider.read_call_state` as the same call."""
     document: dict[str, Any] = {"callId": call.call_id, "state": call.state}
     for key, value in (
@@ -204,9 +204,17 @@ def call_state_document(call: ProviderCall) -> dict[str, Any]:
         ("errorMessage", call.error_message),
         ("errorId", call.error_id),
     ):
-        if value is not None:
-            document[key] = instants.text(value) if isinstance(value, datetime) else value
+        if isinstance(value, datetime):
+            document[key] = _bandwidth_instant(value)
+        elif value is not None:
+            document[key] = value
     return document
+
+
+def _bandwidth_instant(instant: datetime) -> str:
+    """As Bandwidth writes an instant, to the millisecond, unless it holds more: then all of it."""
+    exact = instant.microsecond % 1000 == 0
+    return instants.text(instant, "milliseconds" if exact else "microseconds")
 
 
 def bandwidth_lister() -> CallLister:
@@ -265,7 +273,8 @@ def reconcile(
     applied = pages = 0
 
     def done(page: ReconcilePage) -> None:
-        counts[ReconcileStatus.AGREES] += page.compared - len(page.calls)
+        if page.source == "bandwidth":  # the tracker's pages count only what it lists
+            counts[ReconcileStatus.AGREES] += page.compared - len(page.calls)
         for call in page.calls:
             counts[call.status] += 1
         if on_page is not None:
