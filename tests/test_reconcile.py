@@ -176,11 +176,19 @@ def test_a_swept_call_bandwidth_saw_end_is_live_here(tracker: Tracker) -> None:
     assert statuses == {call_id: ReconcileStatus.LIVE_HERE}
 
 
-def test_a_call_active_there_and_missing_here_is_missing(tracker: Tracker) -> None:
-    """A call the tracker never heard of is missing whether or not it has ended there."""
+def test_a_call_active_there_and_missing_here_is_missing_with_no_end_to_apply(
+    tracker: Tracker,
+) -> None:
+    """A call the tracker never heard of is missing whether or not it has ended there; while
+    it is still going there, `apply` has no end to give it, and writes nothing."""
     call_id = new_call_id()
-    _, statuses, _ = reconciled(tracker, Listed([there(call_id, state="active", answered=None)]))
+    listed = Listed([there(call_id, state="active", answered=None)])
+    report, statuses, pages = reconciled(tracker, listed, apply=True)
     assert statuses == {call_id: ReconcileStatus.MISSING}
+    assert [call.result for page in pages for call in page.calls] == [None]
+    assert report.applied == 0
+    assert tracker.get_call(call_id) is None
+    assert tracker.events() == []
 
 
 def test_more_calls_than_one_page_are_each_compared_once(tracker: Tracker) -> None:
@@ -244,13 +252,11 @@ def test_apply_ends_missing_and_live_here_calls_and_a_second_run_finds_nothing_t
         swept: "applied",
     }
     assert (report.applying, report.applied) == (True, 3)
-    for call_id in (missing, live_here, swept):
+    for call_id, cause in ((missing, "busy"), (live_here, "hangup"), (swept, "hangup")):
         call = tracker.get_call(call_id)
         assert call is not None
-        assert (call.state, call.cause, call.end_time) == ("disconnected", "hangup", ENDED)
-        assert call.end_source == "provider"
-    busy = tracker.get_call(missing)
-    assert busy is not None and busy.cause == "busy"
+        assert (call.state, call.cause, call.end_time) == ("disconnected", cause, ENDED)
+        assert (call.end_source, call.swept) == ("provider", False)
     unchanged = tracker.get_call(differs)
     assert unchanged is not None and unchanged.cause == "hangup"
 

@@ -198,6 +198,7 @@ def swept_version(record: dict[str, Any]) -> dict[str, Any]:
         **record,
         "state": "disconnected",
         "disposition": "expired",
+        "end_source": "sweep",
         "swept_at": "any sweep",
         "history": [
             *record["history"],

@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 from tracker import lifecycle, parsing, storage
 from tracker.lifecycle import CallRecord, Decision, TransitionTaken
 from tracker.parsing import Delivery, Event, Unreadable, Untracked
+from tracker.provider import CALL_STATE, PROVIDER_ORIGIN, ProviderCall
 from tracker.records import (
     MAX_DETAIL_LENGTH,
     IgnoredReason,
@@ -40,9 +41,10 @@ def apply_bodies(
 ) -> list[Result]:
     """Read `bodies` (`parsing.read`, a body over `max_body_bytes` unread) and apply them in
     order in one transaction of `writer`, run again when it loses a race: the path of
-    `Tracker.apply_many`, of the bodies the sweep's `resolve` returns (`origin` `sweep`), of a
-    re-drive and of a rebuild's replay."""
-    deliveries = [parsing.read(body, max_body_bytes) for body in bodies]
+    `Tracker.apply_many`, of a re-drive and of a rebuild's replay, and of the provider's answers
+    (`origin` `provider`: read as Bandwidth's call state, applied by `lifecycle.provide`)."""
+    read = parsing.read_provider_answer if origin == PROVIDER_ORIGIN else parsing.read
+    deliveries = [read(body, max_body_bytes) for body in bodies]
     received_at = datetime.now(UTC)
     return writer.run(
         lambda connection: apply_deliveries(connection, deliveries, received_at, origin),
@@ -56,8 +58,9 @@ def apply_deliveries(
     received_at: datetime,
     origin: str | None = None,
 ) -> list[Result]:
-    """`origin` marks each log entry: None for bodies handed to `apply`, `sweep` for those the
-    sweep's `resolve` hook returned."""
+    """`origin` marks each log entry: None for bodies handed to `apply`, `provider` for the
+    provider's answers, `sweep` for the bodies a sweep's `resolve` hook returned that were not
+    (a live callback)."""
     batch = _Batch(connection, received_at, origin)
     batch.prefetch(deliveries)
     results = [batch.apply(delivery) for delivery in deliveries]
@@ -117,7 +120,11 @@ class _Batch:
         """Read every call the batch names in one query, and the content keys that may repeat
         an applied delivery in another."""
         events = [d.content for d in deliveries if isinstance(d.content, Event)]
+        answers = [d.content for d in deliveries if isinstance(d.content, ProviderCall)]
         ids = {e.call_id for e in events} | {e.parent_call_id for e in events if e.parent_call_id}
+        ids |= {a.call_id for a in answers} | {
+            a.parent_call_id for a in answers if a.parent_call_id
+        }
         self.keys = {id(event): parsing.content_key(event) for event in events}
         found, self.stored_keys = storage.where_calls_and_applied_keys(
             self.connection, ids, [(event.call_id, self.keys[id(event)]) for event in events]
@@ -165,7 +172,26 @@ class _Batch:
                 ),
                 event_type=content.event_type,
             )
+        if isinstance(content, ProviderCall):
+            return self._provide(delivery.raw, content)
         return self._apply_event(delivery, content)
+
+    def _provide(self, raw: bytes, answer: ProviderCall) -> Result:
+        call = self.record(answer.call_id)
+        parent_known = answer.parent_call_id is not None and (
+            self.record(answer.parent_call_id) is not None
+        )
+        decision = lifecycle.provide(answer, call, parent_known)
+        result = Result(
+            decision.outcome,
+            answer.call_id,
+            decision.reason.value if decision.reason else None,
+            decision.detail,
+        )
+        self._log(raw, result, event_type=CALL_STATE)
+        if decision.outcome is Outcome.APPLIED:
+            self._keep(answer.call_id, decision)
+        return result
 
     def _apply_event(self, delivery: Delivery, event: Event) -> Result:
         key = self.keys[id(event)]

@@ -15,7 +15,15 @@ from operator import attrgetter
 from typing import Any, Final
 
 from tracker.parsing import Disconnect, Event, Initiate, TransferDisconnect
-from tracker.records import DISCONNECTED, INITIATED, Outcome, Reason, TransferAttempt, Transition
+from tracker.records import (
+    DISCONNECTED,
+    INITIATED,
+    IgnoredReason,
+    Outcome,
+    Reason,
+    TransferAttempt,
+    Transition,
+)
 
 # Causes Bandwidth documents map to a disposition; every other cause (including ones no list
 # names yet) is a failure, and the cause itself is kept verbatim.
@@ -60,6 +68,26 @@ _ANSWER_NEWS: Final = (
     "machineDetectionComplete",
 )
 TERMINAL_RANK: Final = RANKS["transferDisconnect"]
+# The rank `sources` gives a fact the provider's answer filled (`lifecycle.provide`): below every
+# callback's, so any callback that carries the fact replaces it, and a terminal callback
+# replaces every one of them (`lifecycle.without_provider`).
+PROVIDER_RANK: Final = 0
+# The facts a provider's answer may fill, each only where the callbacks said nothing of it.
+PROVIDER_FACTS: Final = (
+    "parent_call_id",
+    "application_id",
+    "direction",
+    "from_number",
+    "to_number",
+    "enqueued_time",
+    "start_time",
+    "answer_time",
+    "end_time",
+    "cause",
+    "disposition",
+    "error_message",
+    "error_id",
+)
 
 
 # Not frozen: a frozen dataclass's constructor costs ten times a plain one's, and a record is
@@ -158,7 +186,7 @@ class Decision:
 
     outcome: Outcome
     detail: str
-    reason: Reason | None = None
+    reason: Reason | IgnoredReason | None = None
     call: tuple[CallRecord | None, CallRecord] | None = None
     parent: tuple[CallRecord | None, CallRecord] | None = None
     transfer: TransferAttempt | None = None

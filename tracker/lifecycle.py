@@ -20,6 +20,14 @@ from transitions import Machine, MachineError
 # The dispositions, the record, its facts and the decision are defined with the ranks that merge
 # them; named here too, as the lifecycle's: callers import them from here.
 from tracker.facts import ALL_DISPOSITIONS as ALL_DISPOSITIONS
+from tracker.facts import (
+    CALLBACK,
+    PROVIDER_FACTS,
+    PROVIDER_RANK,
+    answer_news,
+    end_source_of,
+    offered_by,
+)
 from tracker.facts import DISPOSITIONS as DISPOSITIONS
 from tracker.facts import EXPIRED as EXPIRED
 from tracker.facts import FAILED as FAILED
@@ -29,7 +37,6 @@ from tracker.facts import RECORD_FIELDS as RECORD_FIELDS
 from tracker.facts import CallRecord as CallRecord
 from tracker.facts import Decision as Decision
 from tracker.facts import TransitionTaken as TransitionTaken
-from tracker.facts import answer_news, end_source_of, offered_by
 from tracker.facts import changed as changed
 from tracker.facts import disposition_of as disposition_of
 from tracker.facts import facts_of as facts_of
@@ -39,6 +46,7 @@ from tracker.parsing import (
     TransferComplete,
     read_call_url,
 )
+from tracker.provider import CALL_STATE, ProviderCall
 
 # The states are defined with the records that carry them; named here too, as the machine's.
 from tracker.records import ANSWERED as ANSWERED
@@ -46,7 +54,7 @@ from tracker.records import DISCONNECTED as DISCONNECTED
 from tracker.records import INITIATED as INITIATED
 from tracker.records import LIVE_STATES as LIVE_STATES
 from tracker.records import STATES as STATES
-from tracker.records import Outcome, TransferAttempt
+from tracker.records import IgnoredReason, Outcome, TransferAttempt
 from tracker.rules import (
     account_of,
     check_against,
@@ -113,6 +121,8 @@ def _walk(
     taken: list[TransitionTaken] = []
     if end_time is None and swept_at is not None:  # ended by the sweep until the real end comes
         end_time, terminal_event = swept_at, SWEEP
+    elif end_time is not None and terminal_event is None:  # the provider's end (`provide`)
+        terminal_event = CALL_STATE
     for trigger, at, event in (
         ("answer", answer_time, answer_event),
         ("end", end_time, terminal_event),
@@ -133,7 +143,31 @@ def decide(
 ) -> Decision:
     """Apply `event` to `call` (None when never seen) and its `parent` (None when the event names
     none, or names one never seen). `parent_ancestry` lists the parent's ancestors, nearest
-    first."""
+    first.
+
+    A callback is decided against what the callbacks alone said (`without_provider`): the
+    provider's facts are not theirs to contradict. They are laid back over the result where the
+    callbacks still say nothing, unless the event is the call's terminal one, which replaces the
+    provider's end entirely; so the record is the same whatever the order of the deliveries."""
+    own, provided = without_provider(call) if call is not None else (None, {})
+    parent_own, parent_provided = without_provider(parent) if parent is not None else (None, {})
+    decision = _decide(event, own, parent_own, parent_ancestry)
+    if (not provided and not parent_provided) or decision.outcome is not Outcome.APPLIED:
+        return decision
+    assert decision.call is not None
+    after = _with_provider(decision.call[1], provided)
+    parent_change = decision.parent
+    if parent_change is not None and parent_change[0] is not None:
+        parent_change = (parent, _with_provider(parent_change[1], parent_provided)[0])
+    return replace(decision, call=(call, after[0]), parent=parent_change, history=after[1])
+
+
+def _decide(
+    event: Event,
+    call: CallRecord | None,
+    parent: CallRecord | None,
+    parent_ancestry: Sequence[str],
+) -> Decision:
     url = read_call_url(event.call_url)
     rejection = (
         check_call_url(event, url)
@@ -168,6 +202,132 @@ def decide(
         history=history,
         fill_account=tree_account.account if tree_account.tree_learns_it else None,
     )
+
+
+def provide(answer: ProviderCall, call: CallRecord | None, parent_known: bool) -> Decision:
+    """Bandwidth's call state (`answer`) applied to `call` (None when never seen): when it says
+    the call disconnected, its facts end the call as the provider's end (`end_source`
+    `provider`), each filling only what the callbacks said nothing of, so that every callback,
+    whenever it comes, wins over them, and a terminal one replaces them all. A call a terminal
+    callback ended is left as it is: the provider's word never changes it (a disagreement is
+    for `Tracker.reconcile` to report). A sweep's expiry is replaced, as a callback replaces
+    it. `parent_known`: the parent the answer names has a row (a call is linked to a parent
+    only once that exists; the callbacks link it otherwise)."""
+    call_id = answer.call_id
+    if not answer.ended:
+        return Decision(
+            outcome=Outcome.IGNORED,
+            reason=IgnoredReason.LIVE_THERE,
+            detail=f"Bandwidth says call {call_id} is {answer.state}: nothing to apply",
+        )
+    if call is not None and call.end_source == CALLBACK:
+        return Decision(
+            outcome=Outcome.IGNORED,
+            reason=IgnoredReason.ENDED_BY_CALLBACK,
+            detail=f"call {call_id} was ended by its {call.terminal_event}, which the provider's "
+            f"answer never changes (there: {answer.cause or 'no cause'} at "
+            f"{iso(answer.ended_at)}; here: {call.cause} at {iso(call.end_time)})",
+        )
+    rejection = check_times(
+        "provider's call", answer.start_time, answer.answer_time, answer.ended_at
+    )
+    if rejection is not None:
+        return rejection
+    offered: dict[str, Any] = {
+        "parent_call_id": answer.parent_call_id if parent_known else None,
+        "application_id": answer.application_id,
+        "direction": answer.direction,
+        "from_number": answer.from_number,
+        "to_number": answer.to_number,
+        "enqueued_time": answer.enqueued_time,
+        "start_time": answer.start_time,
+        "answer_time": answer.answer_time,
+        "end_time": answer.ended_at,
+        "cause": answer.cause or UNKNOWN_CAUSE,
+        "error_message": answer.error_message,
+        "error_id": answer.error_id,
+    }
+    base = call if call is not None else CallRecord(call_id=call_id, account_id=answer.account_id)
+    after, history = _with_provider(base, offered)
+    if call is not None and after == call:
+        return Decision(
+            outcome=Outcome.DUPLICATE,
+            detail=f"call {call_id} already ended with what the provider says",
+        )
+    answered = f", answered at {iso(after.answer_time)}" if after.answer_time else ""
+    return Decision(
+        outcome=Outcome.APPLIED,
+        detail=f"call {call_id} ended as Bandwidth's call state says ({after.cause}){answered}",
+        call=(call, after),
+        history=history,
+        fill_account=answer.account_id
+        if call is not None and call.account_id is None and answer.account_id
+        else None,
+    )
+
+
+# The cause of a call Bandwidth says disconnected without saying why: its own word for that.
+UNKNOWN_CAUSE: Final = "unknown"
+
+
+def without_provider(call: CallRecord) -> tuple[CallRecord, dict[str, Any]]:
+    """The call as its callbacks alone leave it, and the facts the provider filled (by name):
+    what a callback is decided against, and what is laid back over the result."""
+    if PROVIDER_RANK not in call.sources.values():
+        return call, {}
+    provided = {
+        name: getattr(call, name) for name, rank in call.sources.items() if rank == PROVIDER_RANK
+    }
+    changes: dict[str, Any] = dict.fromkeys(provided)
+    changes["sources"] = {
+        name: rank for name, rank in call.sources.items() if rank != PROVIDER_RANK
+    }
+    if call.answer_event == CALL_STATE:
+        changes["answer_event"] = None
+    return _restated(changed(call, changes))[0], provided
+
+
+def _with_provider(
+    call: CallRecord, offered: dict[str, Any]
+) -> tuple[CallRecord, tuple[TransitionTaken, ...]]:
+    """`call` with the provider's facts filled in where its callbacks said nothing (no source
+    of theirs, no value), and its state and history walked again. Of two provider answers that
+    differ, the larger value of each fact wins, as between two callbacks of one type. A call a
+    terminal callback ended takes none of them."""
+    if call.terminal_event is not None or not offered:
+        return call, history_of(call)[1]
+    sources = dict(call.sources)
+    changes: dict[str, Any] = {}
+    if offered.get("end_time") is not None and call.swept_at is not None:
+        changes.update(swept_at=None, disposition=None)  # the provider's end replaces the sweep's
+    for name in PROVIDER_FACTS:
+        value = offered.get(name)
+        if value is None or name == "disposition":
+            continue
+        held = sources.get(name)
+        current = getattr(call, name)
+        if (held is None and current is None) or (
+            held == PROVIDER_RANK and value != current and str(value) > str(current)
+        ):
+            changes[name] = value
+            sources[name] = PROVIDER_RANK
+    if sources.get("cause") == PROVIDER_RANK:  # the disposition goes with the cause
+        cause = changes.get("cause", call.cause)
+        changes["disposition"] = disposition_of(cause) if cause is not None else None
+        sources["disposition"] = PROVIDER_RANK
+    if sources.get("answer_time") == PROVIDER_RANK and call.answer_event is None:
+        changes["answer_event"] = CALL_STATE
+    changes["sources"] = sources
+    return _restated(changed(call, changes))
+
+
+def _restated(call: CallRecord) -> tuple[CallRecord, tuple[TransitionTaken, ...]]:
+    """`call` with the state and end source its facts give, and its history."""
+    state, history = history_of(call)
+    source = end_source_of(state, call.terminal_event, call.swept_at)
+    if (state, source) != (call.state, call.end_source):
+        call = changed(call, {"state": state, "end_source": source})
+    return call, history
 
 
 def last_known_time(call: CallRecord) -> datetime | None:

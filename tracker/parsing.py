@@ -52,6 +52,7 @@ from tracker.callbacks import (
     read_call_url,
 )
 from tracker.content_key import content_key
+from tracker.provider import ProviderCall, read_call_state
 from tracker.records import MAX_ID_LENGTH, InvalidReason
 
 # What other modules, the tests and the docs import from here: this module's own names and,
@@ -87,6 +88,7 @@ __all__ = [
     "identifier",
     "read",
     "read_call_url",
+    "read_provider_answer",
     "read_sweep_body",
     "shown",
     "sweep_body",
@@ -159,7 +161,8 @@ class Delivery:
     """One body as received (`raw`, the bytes stored in the event log) and what it was read as."""
 
     raw: bytes
-    content: Event | Untracked | Unreadable
+    # A provider's answer (`read_provider_answer`) is read as Bandwidth's call state.
+    content: Event | Untracked | Unreadable | ProviderCall
 
     @property
     def call_id(self) -> str | None:
@@ -543,3 +546,80 @@ def sweep_body(call_id: str, swept_at: datetime, last_known: datetime | None) ->
 def read_sweep_body(raw: bytes) -> SweepEntry:
     document = json.loads(raw)
     return SweepEntry(document["callId"], datetime.fromisoformat(document["sweptAt"]))
+
+
+# --- the provider's answers -------------------------------------------------------------------
+
+
+def read_provider_answer(body: object, max_body_bytes: int = MAX_BODY_BYTES) -> Delivery:
+    """Read a provider's answer (origin `provider`): Bandwidth's call state document, or a
+    terminal callback built from it (what a `resolve` hook of a host may return), both as the
+    `ProviderCall` they say. Never raises for bad input: anything else is `invalid`, saying
+    why."""
+    delivery = read(body, max_body_bytes)
+    content = delivery.content
+    if isinstance(content, Disconnect | TransferDisconnect):
+        url = read_call_url(content.call_url)
+        answer = ProviderCall(
+            call_id=content.call_id,
+            state="disconnected",
+            account_id=content.account_id or (url.account_id if url else None),
+            application_id=content.application_id,
+            parent_call_id=content.parent_call_id,
+            direction=content.direction,
+            from_number=content.own_from,
+            to_number=content.own_to,
+            enqueued_time=content.enqueued_time,
+            start_time=content.start_time,
+            answer_time=content.answer_time,
+            end_time=content.end_time,
+            cause=content.cause,
+            error_message=content.error_message,
+            error_id=content.error_id,
+        )
+        return Delivery(delivery.raw, answer)
+    if isinstance(content, Event):
+        return Delivery(
+            delivery.raw,
+            Unreadable(
+                InvalidReason.NOT_A_CALL_STATE,
+                f"a {content.event_type} callback does not say how the call ended; a "
+                "provider's answer is a call state or a terminal callback",
+                content.call_id,
+            ),
+        )
+    if isinstance(content, Unreadable) and content.reason in _UNREADABLE_ANYWAY:
+        return delivery
+    if _holds_nul_escape(delivery.raw):
+        return Delivery(
+            delivery.raw,
+            Unreadable(
+                InvalidReason.INVALID_FIELD,
+                "the call state holds a NUL character, which no column stores",
+                delivery.call_id,
+            ),
+        )
+    try:
+        return Delivery(delivery.raw, read_call_state(delivery.raw))
+    except ValueError as error:
+        return Delivery(
+            delivery.raw,
+            Unreadable(InvalidReason.NOT_A_CALL_STATE, str(error), delivery.call_id),
+        )
+
+
+# What no reading as a call state can cure.
+_UNREADABLE_ANYWAY: Final = frozenset(
+    {
+        InvalidReason.NOT_UTF8,
+        InvalidReason.NOT_JSON,
+        InvalidReason.TOO_DEEPLY_NESTED,
+        InvalidReason.TOO_LARGE,
+        InvalidReason.NOT_AN_OBJECT,
+        InvalidReason.UNSUPPORTED_BODY,
+    }
+)
+
+
+def _holds_nul_escape(raw: bytes) -> bool:
+    return _BACKSLASH in raw and _NUL_ESCAPE.search(raw) is not None

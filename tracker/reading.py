@@ -189,6 +189,7 @@ def snapshots(connection: Connection, records: Sequence[lifecycle.CallRecord]) -
             caller_display_name=record.caller_display_name,
             transfers=tuple(transfers.get(record.call_id, ())),
             swept_at=record.swept_at,
+            end_source=record.end_source,
         )
         for record in records
     ]

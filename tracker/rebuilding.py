@@ -37,6 +37,7 @@ from tracker import lifecycle, parsing, storage
 from tracker.applying import apply_bodies, expire_calls
 from tracker.errors import TrackerError
 from tracker.lifecycle import CallRecord
+from tracker.provider import PROVIDER_ORIGIN
 from tracker.records import CallDifference, RebuildReport, TransferAttempt
 from tracker.schema import upgrade_schema
 from tracker.writing import MAX_ATTEMPTS, Writer
@@ -106,9 +107,10 @@ class _Scratch:
         self.writer.close()
         self.engine.dispose()
 
-    def apply_many(self, bodies: Sequence[bytes]) -> None:
-        """Apply these logged bodies in order, in one transaction, as they were applied live."""
-        apply_bodies(self.writer, bodies, self.max_body_bytes)
+    def apply_many(self, bodies: Sequence[bytes], origin: str | None = None) -> None:
+        """Apply these logged bodies in order, in one transaction, as they were applied live:
+        the provider's answers (`origin` `provider`) as such, the rest as deliveries."""
+        apply_bodies(self.writer, bodies, self.max_body_bytes, origin)
 
     def replay_sweep(self, entry: parsing.SweepEntry) -> None:
         """Replay one of the sweep's own entries: a call the sweep ended has no delivery for
@@ -272,16 +274,22 @@ def _replay(live: Engine, scratch: _Scratch, up_to: int) -> _LiveIds:
         if not page:
             return live_ids
         bodies: list[bytes] = []
+        kind: str | None = None  # `provider` while `bodies` are the provider's answers
         for _id, body, origin, event_type in page:
             if origin == parsing.SWEEP_ORIGIN and event_type == lifecycle.SWEEP:
                 if bodies:  # in log order: the deliveries before the sweep first
-                    scratch.apply_many(bodies)
+                    scratch.apply_many(bodies, kind)
                     bodies = []
                 scratch.replay_sweep(parsing.read_sweep_body(body))
-            else:
-                bodies.append(body)
+                continue
+            this_kind = PROVIDER_ORIGIN if origin == PROVIDER_ORIGIN else None
+            if bodies and this_kind != kind:
+                scratch.apply_many(bodies, kind)
+                bodies = []
+            kind = this_kind
+            bodies.append(body)
         if bodies:
-            scratch.apply_many(bodies)
+            scratch.apply_many(bodies, kind)
         live_ids.ids.extend(event_id for event_id, *_rest in page)
         after = page[-1][0]
 

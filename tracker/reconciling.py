@@ -19,7 +19,8 @@ Each call gets one status (`ReconcileStatus`):
   Bandwidth did not list.
 
 `--apply` (`apply=True`) applies Bandwidth's call state to the `missing` and `live_here` calls
-only, as the provider's end (`end_source` `provider`, logged with origin `provider`, so rebuild
+only (those that ended there: a call still active there has no end to apply yet), as the
+provider's end (`end_source` `provider`, logged with origin `provider`, so rebuild
 replays it); a `differs` call is reported, never changed: a callback's end outranks Bandwidth's
 list, and which side is wrong is for a person to say.
 
@@ -143,7 +144,8 @@ class CallLister(Protocol):
     ) -> Iterable[Sequence[ProviderCall]]: ...
 
 
-# Applies Bandwidth call state documents as the provider's end, in one transaction.
+# Applies Bandwidth call state documents as the provider's end, in one transaction
+# (`Tracker.apply_call_states`).
 ApplyDocuments = Callable[[Sequence[dict[str, Any]]], list[Result]]
 OnPage = Callable[[ReconcilePage], None]
 
@@ -375,15 +377,19 @@ def _snapshots(connection: Connection, records: Sequence[CallRecord]) -> dict[st
 
 
 def _apply(apply_documents: ApplyDocuments, page: ReconcilePage) -> tuple[ReconcilePage, int]:
-    """Apply Bandwidth's facts to the page's `missing` and `live_here` calls, in one
-    transaction; the page with each such call's result, and how many were applied."""
-    to_apply = [call for call in page.calls if call.status in APPLIED_STATUSES]
+    """Apply Bandwidth's facts to the page's `missing` and `live_here` calls that ended there,
+    in one transaction; the page with each such call's result, and how many were applied. A
+    call still active there has no end to apply: the tracker learns of it from its callbacks,
+    or from the sweep's resolver once it ends."""
+    to_apply = [
+        (call, call.there)
+        for call in page.calls
+        if call.status in APPLIED_STATUSES and call.there is not None and call.there.ended
+    ]
     if not to_apply:
         return page, 0
-    results = apply_documents(
-        [call_state_document(call.there) for call in to_apply if call.there is not None]
-    )
-    result_of = {call.call_id: result for call, result in zip(to_apply, results, strict=True)}
+    results = apply_documents([call_state_document(there) for _, there in to_apply])
+    result_of = {call.call_id: result for (call, _), result in zip(to_apply, results, strict=True)}
     calls = tuple(
         replace(call, result=result_of[call.call_id]) if call.call_id in result_of else call
         for call in page.calls

@@ -54,12 +54,18 @@ class InvalidReason(StrEnum):
     MISSING_FIELD = "missing_field"
     INVALID_FIELD = "invalid_field"
     UNSUPPORTED_BODY = "unsupported_body"
+    # A provider's answer (origin `provider`) that is not Bandwidth's call state.
+    NOT_A_CALL_STATE = "not_a_call_state"
 
 
 class IgnoredReason(StrEnum):
     """Why a readable callback was `ignored`."""
 
     UNTRACKED_EVENT_TYPE = "untracked_event_type"
+    # A provider's answer (origin `provider`) that does not end the call here: Bandwidth says
+    # the call is still going, or a terminal callback ended the call already.
+    LIVE_THERE = "live_there"
+    ENDED_BY_CALLBACK = "ended_by_callback"
 
 
 # The states a call is in (`tracker.lifecycle` moves it between them). A call is live, ringing
@@ -154,6 +160,10 @@ class Call:
     # When the sweep ended the call, its terminal event never having come (disposition
     # `expired`); None for every other call, and again once the real end arrives.
     swept_at: datetime | None = None
+    # Where the end came from: `callback` (its terminal callback), `provider` (Bandwidth's call
+    # state API, the callback having been lost) or `sweep` (expired: nobody could say); None
+    # while live. A function of the deliveries, whatever their order.
+    end_source: str | None = None
 
     @property
     def swept(self) -> bool:

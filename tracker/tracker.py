@@ -187,6 +187,15 @@ class Tracker:
         self._check_schema()
         return apply_bodies(self._writer, bodies, self._max_body_bytes)
 
+    def apply_call_states(self, documents: Iterable[bytes | str | object]) -> list[Result]:
+        """Apply what Bandwidth's call state API says of calls (`GET .../calls/{callId}`, as
+        received; a terminal callback built from it is read the same way) in one transaction:
+        a call it says disconnected ends with its facts as the provider's end (`end_source`
+        `provider`), logged with origin `provider`. Below every callback: a terminal callback,
+        before or after, wins, and one ended by its callback is left as it is (`ignored`)."""
+        self._check_schema()
+        return apply_bodies(self._writer, documents, self._max_body_bytes, PROVIDER_ORIGIN)
+
     # --- reading --------------------------------------------------------------------------
 
     def get_call(self, call_id: str) -> Call | None:
@@ -431,7 +440,6 @@ class Tracker:
         account = reconciling.account_from_environment(account_id)
         lister = reconciling.bandwidth_lister() if client is None else client
         self._check_schema()
-        write = partial(apply_bodies, self._writer, max_body_bytes=self._max_body_bytes)
         with database_errors():
             return reconciling.reconcile(
                 self.engine,
@@ -440,7 +448,7 @@ class Tracker:
                 until=(clock if until is None else until).astimezone(UTC),
                 account_id=account,
                 now=now,
-                apply_documents=partial(write, origin=PROVIDER_ORIGIN) if apply else None,
+                apply_documents=self.apply_call_states if apply else None,
                 on_page=on_page,
                 batch_size=batch_size,
             )

@@ -248,6 +248,8 @@ def _note(call: ReconciledCall) -> str:
         return call.result.outcome.value
     if call.differing:
         return "differs: " + ", ".join(call.differing)
+    if call.there is not None and not call.there.ended:
+        return "active there: no end yet"
     return ""
 
 
