@@ -42,6 +42,7 @@ import os
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -219,29 +220,37 @@ def _bandwidth_instant(instant: datetime) -> str:
     return instants.text(instant, "milliseconds" if exact else "microseconds")
 
 
-def bandwidth_lister() -> CallLister:
-    """Bandwidth's own API, configured from the environment (`tracker.bandwidth`): a
-    `ProviderError` (`refused`) naming what is missing when it cannot be."""
+@contextmanager
+def lister_and_account(client: CallLister | None) -> Iterator[tuple[CallLister, str | None]]:
+    """`client`, else Bandwidth's own API configured from the environment (`tracker.bandwidth`,
+    closed afterwards; a `ProviderError` (`refused`) naming the variables to set when it
+    cannot be), with the account to list when none is given: the settings' (else
+    `BANDWIDTH_ACCOUNT_ID`)."""
+    if client is not None:
+        yield client, os.environ.get(ACCOUNT_VARIABLE) or None
+        return
     try:
-        from tracker.bandwidth import BandwidthClient
+        from tracker.bandwidth import BandwidthClient, BandwidthSettings
     except ImportError as error:
         raise ProviderError(
             f"reconcile asks Bandwidth's API through the bandwidth extra, which is not "
             f"installed ({error}): pip install 'tracker[bandwidth]'",
             refused=True,
         ) from error
-    return BandwidthClient.from_environment()
+    settings = BandwidthSettings.from_environment()
+    with BandwidthClient(settings) as bandwidth:
+        yield bandwidth, settings.account_id
 
 
-def account_from_environment(account_id: str | None) -> str:
-    """`account_id`, else `BANDWIDTH_ACCOUNT_ID`: Bandwidth lists calls per account."""
-    account_id = account_id or os.environ.get(ACCOUNT_VARIABLE) or None
-    if account_id is None:
+def account_to_list(account_id: str | None, default: str | None) -> str:
+    """`account_id`, else `default`: Bandwidth lists calls per account, so one is needed."""
+    account = account_id or default
+    if account is None:
         raise ValueError(
             f"reconcile lists the calls of one Bandwidth account: pass it (--account ID, "
             f"account_id=...) or set {ACCOUNT_VARIABLE}"
         )
-    return account_id
+    return account
 
 
 def kept_from(now: datetime) -> datetime:

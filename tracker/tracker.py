@@ -437,21 +437,21 @@ class Tracker:
         check_window(since, clock if until is None else until)
         check_text("account_id", account_id)
         check_positive("batch_size", batch_size)
-        account = reconciling.account_from_environment(account_id)
-        lister = reconciling.bandwidth_lister() if client is None else client
-        self._check_schema()
-        with database_errors():
-            return reconciling.reconcile(
-                self.engine,
-                lister,
-                since=since.astimezone(UTC),
-                until=(clock if until is None else until).astimezone(UTC),
-                account_id=account,
-                now=now,
-                apply_documents=self.apply_call_states if apply else None,
-                on_page=on_page,
-                batch_size=batch_size,
-            )
+        with reconciling.lister_and_account(client) as (lister, default_account):
+            account = reconciling.account_to_list(account_id, default_account)
+            self._check_schema()
+            with database_errors():
+                return reconciling.reconcile(
+                    self.engine,
+                    lister,
+                    since=since.astimezone(UTC),
+                    until=(clock if until is None else until).astimezone(UTC),
+                    account_id=account,
+                    now=now,
+                    apply_documents=self.apply_call_states if apply else None,
+                    on_page=on_page,
+                    batch_size=batch_size,
+                )
 
 
 def _within_cap(limit: int | None) -> int:
