@@ -3,12 +3,15 @@ with `apply=True` applies Bandwidth's facts to the missing and live_here calls o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
+from click.testing import Result as ClickResult
 
 from tracker import (
     ProviderCall,
@@ -17,9 +20,21 @@ from tracker import (
     ReconcileStatus,
     Tracker,
 )
+from tracker.bandwidth import BandwidthClient, BandwidthSettings
+from tracker.cli import cli
 from tracker.provider import read_call_state
 from tracker.reconciling import call_state_document
-from tracker.testing import ACCOUNT, BASE_TIME, disconnect, initiate, new_call_id, stamp
+from tracker.testing import (
+    ACCOUNT,
+    BASE_TIME,
+    FakeBandwidth,
+    call_state,
+    call_state_from,
+    disconnect,
+    initiate,
+    new_call_id,
+    stamp,
+)
 
 SINCE = BASE_TIME - timedelta(hours=1)
 UNTIL = BASE_TIME + timedelta(hours=1)
@@ -361,3 +376,154 @@ def test_a_call_state_document_reads_back_as_the_same_call() -> None:
     assert document["disconnectCause"] == "hangup"
     assert document["endTime"] == stamp(ENDED)
     assert read_call_state(document) == call
+
+
+# --- through the real SDK, against the fake of Bandwidth's API --------------------------------
+
+RECENT = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+
+
+def recent_window() -> tuple[str, str]:
+    """A window Bandwidth still keeps, as the command line takes it."""
+    return stamp(RECENT - timedelta(hours=1)), stamp(RECENT + timedelta(hours=1))
+
+
+def run(database_url: str, *args: str) -> ClickResult:
+    isolated = {"COLUMNS": None, "FORCE_TERMINAL": None, "TTY_COMPATIBLE": None}
+    return CliRunner().invoke(cli, ["--db", database_url, "reconcile", *args], env=isolated)
+
+
+def test_pages_of_the_real_api_are_compared_and_applied_once(
+    tracker: Tracker, bandwidth_api: FakeBandwidth
+) -> None:
+    """Through `bandwidth-sdk` against the fake, following its `Link` pages: the lost ends are
+    applied, and a second run finds every call agreeing."""
+    agreeing = [disconnect(start=RECENT) for _ in range(3)]
+    lost = [disconnect(start=RECENT) for _ in range(3)]
+    tracker.apply_many([*agreeing, *(initiate(body["callId"], start=RECENT) for body in lost)])
+    bandwidth_api.put_many(call_state_from(body) for body in agreeing + lost)
+    since, until = RECENT - timedelta(hours=1), RECENT + timedelta(hours=1)
+    client = BandwidthClient(BandwidthSettings.from_environment(), page_size=2)
+    with client:
+        report = tracker.reconcile(since, until, client=client, apply=True)
+        assert report.counts == counts(agrees=3, live_here=3)
+        assert (report.pages, report.applied, report.reaches_past_kept) == (3, 3, False)
+        again = tracker.reconcile(since, until, client=client, apply=True)
+    assert again.counts == counts(agrees=6)
+    assert again.applied == 0
+    for body in lost:
+        call = tracker.get_call(body["callId"])
+        assert call is not None and call.end_source == "provider"
+        assert call.end_time is not None and stamp(call.end_time) == body["endTime"]
+
+
+def test_the_command_prints_one_json_object_per_call_then_a_summary(
+    database_url: str, tracker: Tracker, bandwidth_api: FakeBandwidth
+) -> None:
+    agreeing, lost, unknown = (disconnect(start=RECENT) for _ in range(3))
+    missing = call_state(start=RECENT, state="disconnected", cause="busy")
+    tracker.apply_many([agreeing, initiate(lost["callId"], start=RECENT), unknown])
+    bandwidth_api.put_many([call_state_from(agreeing), call_state_from(lost), missing])
+    result = run(database_url, "--since", *_window_options(), "--json")
+    assert result.exit_code == 0, result.output
+    *calls, summary = (json.loads(line) for line in result.stdout.splitlines())
+    assert {call["call_id"]: call["status"] for call in calls} == {
+        lost["callId"]: "live_here",
+        missing["callId"]: "missing",
+        unknown["callId"]: "unknown_there",
+    }
+    for call in calls:
+        assert set(call) == {"call_id", "status", "differing", "here", "there", "result"}
+        assert call["result"] is None
+    by_id = {call["call_id"]: call for call in calls}
+    assert by_id[missing["callId"]]["here"] is None
+    assert by_id[missing["callId"]]["there"]["cause"] == "busy"
+    assert by_id[unknown["callId"]]["there"] is None
+    assert by_id[lost["callId"]]["here"]["state"] == "initiated"
+    assert by_id[lost["callId"]]["there"]["end_time"] == lost["endTime"]
+    found = summary["summary"]
+    window = [datetime.fromisoformat(found.pop(name)) for name in ("since", "until", "kept_from")]
+    assert window[:2] == [RECENT - timedelta(hours=1), RECENT + timedelta(hours=1)]
+    assert window[2] < window[0]
+    assert found == {
+        **counts(agrees=1, missing=1, live_here=1, unknown_there=1),
+        "account_id": ACCOUNT,
+        "pages": 1,
+        "applying": False,
+        "applied": 0,
+        "reaches_past_kept": False,
+        "not_compared": 0,
+    }
+    assert tracker.get_call(missing["callId"]) is None  # without --apply, nothing written
+
+
+def _window_options() -> list[str]:
+    since, until = recent_window()
+    return [since, "--until", until]
+
+
+def test_the_command_applies_then_finds_nothing_left_to_apply(
+    database_url: str, tracker: Tracker, bandwidth_api: FakeBandwidth
+) -> None:
+    lost = disconnect(start=RECENT)
+    tracker.apply(initiate(lost["callId"], start=RECENT))
+    bandwidth_api.put(call_state_from(lost))
+    first = run(database_url, "--since", *_window_options(), "--apply")
+    assert first.exit_code == 0, first.output
+    assert lost["callId"] in first.stdout and "live_here" in first.stdout
+    assert "Applied Bandwidth's facts to 1 call." in first.stdout
+    second = run(database_url, "--since", *_window_options(), "--apply")
+    assert second.exit_code == 0, second.output
+    assert lost["callId"] not in second.stdout
+    assert "1 agrees, 0 missing, 0 live_here" in second.stdout
+    assert "Applied Bandwidth's facts to 0 calls." in second.stdout
+
+
+def test_missing_credentials_exit_2_naming_the_variables_and_write_nothing(
+    database_url: str,
+    tracker: Tracker,
+    bandwidth_api: FakeBandwidth,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bandwidth_api.put(call_state(start=RECENT))
+    monkeypatch.delenv("BANDWIDTH_PASSWORD")
+    result = run(database_url, "--since", *_window_options(), "--apply")
+    assert result.exit_code == 2
+    for variable in ("BANDWIDTH_PASSWORD", "BANDWIDTH_CLIENT_ID", "TRACKER_BANDWIDTH_API_URL"):
+        assert variable in result.stderr
+    assert tracker.events() == []
+    assert bandwidth_api.requests == []
+
+
+def test_refused_credentials_exit_2_and_write_nothing(
+    database_url: str,
+    tracker: Tracker,
+    bandwidth_api: FakeBandwidth,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bandwidth_api.put(call_state(start=RECENT))
+    monkeypatch.setenv("BANDWIDTH_PASSWORD", "not-the-password")
+    result = run(database_url, "--since", *_window_options(), "--apply")
+    assert result.exit_code == 2, result.output
+    assert "BANDWIDTH_USERNAME" in result.stderr
+    assert tracker.events() == []
+
+
+def test_bandwidth_down_ends_the_command_with_exit_4(
+    database_url: str, tracker: Tracker, bandwidth_api: FakeBandwidth
+) -> None:
+    bandwidth_api.down(status=503)
+    result = run(database_url, "--since", *_window_options())
+    assert result.exit_code == 4, result.output
+    assert "503" in result.stderr and "reconciling again is safe" in result.stderr
+
+
+def test_the_command_warns_when_the_window_reaches_past_what_bandwidth_keeps(
+    database_url: str, tracker: Tracker, bandwidth_api: FakeBandwidth
+) -> None:
+    tracker.apply(disconnect(start=RECENT - timedelta(days=30)))
+    result = run(database_url, "--since", stamp(RECENT - timedelta(days=31)))
+    assert result.exit_code == 0, result.output
+    assert "Warning: the window starts before" in result.stderr
+    assert "1 call here that started before it was not compared" in result.stderr
+    assert "0 unknown_there" in result.stdout

@@ -25,6 +25,13 @@ EXIT_USAGE: Final = 2
 # Bandwidth's API failed part way (a timeout, a 5xx, a 429 still refused).
 EXIT_PROVIDER: Final = 4
 
+# What a refused or missing configuration's error adds: every variable reconcile reads.
+_CONFIGURATION: Final = (
+    "reconcile reads BANDWIDTH_USERNAME and BANDWIDTH_PASSWORD, or BANDWIDTH_CLIENT_ID and "
+    "BANDWIDTH_CLIENT_SECRET; BANDWIDTH_ACCOUNT_ID unless --account is given; and "
+    "TRACKER_BANDWIDTH_API_URL for another API than Bandwidth's"
+)
+
 # The table's columns, fixed so that the rows of every page line up under one header.
 _WIDTHS: Final = {"call": 48, "status": 13, "here": 44, "there": 44, "note": 24}
 
@@ -116,19 +123,19 @@ def reconcile(
         except ValueError as error:
             raise click.UsageError(str(error)) from error
         except ProviderError as error:
-            if error.refused:
-                fail(str(error), EXIT_USAGE)
-            applied = f"; {printer.applied:,} calls applied before it stay applied" if write else ""
+            if error.refused and not printer.pages:
+                fail(f"{error} ({_CONFIGURATION})", EXIT_USAGE)
+            applied = f"; {_calls(printer.applied)} applied before it stay applied" if write else ""
             fail(
                 f"{error} (after {printer.pages:,} of Bandwidth's pages{applied}; reconciling "
                 "again is safe)",
-                EXIT_PROVIDER,
+                EXIT_USAGE if error.refused else EXIT_PROVIDER,
             )
     if report.reaches_past_kept:
         click.echo(
             f"Warning: the window starts before {when(report.kept_from)}, the oldest call "
-            f"Bandwidth still keeps ({KEPT_DAYS} days); {report.not_compared:,} calls here that "
-            "started before it were not compared.",
+            f"Bandwidth still keeps ({KEPT_DAYS} days); {_calls(report.not_compared)} here that "
+            f"started before it {'was' if report.not_compared == 1 else 'were'} not compared.",
             err=True,
         )
     if as_json:
@@ -155,7 +162,7 @@ def reconcile(
         f"{when(report.until)}), {report.pages:,} pages from Bandwidth: {counts}."
     )
     if report.applying:
-        click.echo(f"Applied Bandwidth's facts to {report.applied:,} calls.")
+        click.echo(f"Applied Bandwidth's facts to {_calls(report.applied)}.")
     elif report.counts["missing"] or report.counts["live_here"]:
         click.echo(
             "Nothing was written: --apply applies Bandwidth's facts to the missing and "
@@ -224,6 +231,10 @@ class _TablePrinter(_Printer):
                 Text(_note(call)),
             )
         self.console.print(table)
+
+
+def _calls(count: int) -> str:
+    return f"{count:,} call" if count == 1 else f"{count:,} calls"
 
 
 def _here(call: Call | None) -> str:
