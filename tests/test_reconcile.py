@@ -542,5 +542,5 @@ def test_the_command_warns_when_the_window_reaches_past_what_bandwidth_keeps(
     result = run(_url(sqlite_tracker), "--since", stamp(RECENT - timedelta(days=31)))
     assert result.exit_code == 0, result.output
     assert "Warning: the window starts before" in result.stderr
-    assert "1 call here that started before it was not compared" in result.stderr
+    assert "so 1 call here that started before it was not compared" in result.stderr
     assert "0 unknown_there" in result.stdout

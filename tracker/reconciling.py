@@ -16,7 +16,8 @@ Each call gets one status (`ReconcileStatus`):
   millisecond, so a time the tracker holds to the microsecond differs only when its
   millisecond does.
 - `unknown_there`: the tracker has a call that started in the window (of the account) that
-  Bandwidth did not list.
+  Bandwidth did not list. Only calls whose start and account the tracker knows are looked
+  for: a parent known only through its legs has no start time yet.
 
 `--apply` (`apply=True`) applies Bandwidth's call state to the `missing` and `live_here` calls
 only (those that ended there: a call still active there has no end to apply yet), as the
@@ -47,7 +48,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Final, Protocol
 
 from sqlalchemy import Connection, Engine
@@ -320,7 +320,7 @@ def reconcile(
         since=since,
         until=until,
         account_id=account_id,
-        counts=MappingProxyType({status.value: count for status, count in counts.items()}),
+        counts={status.value: count for status, count in counts.items()},
         pages=pages,
         applying=apply_documents is not None,
         applied=applied,

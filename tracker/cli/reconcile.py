@@ -33,7 +33,7 @@ _CONFIGURATION: Final = (
 )
 
 # The table's columns, fixed so that the rows of every page line up under one header.
-_WIDTHS: Final = {"call": 48, "status": 13, "here": 44, "there": 44, "note": 24}
+_WIDTHS: Final = {"call": 47, "status": 13, "here": 38, "there": 38, "note": 24}
 
 
 @click.command()
@@ -132,10 +132,11 @@ def reconcile(
                 EXIT_USAGE if error.refused else EXIT_PROVIDER,
             )
     if report.reaches_past_kept:
+        were = "was" if report.not_compared == 1 else "were"
         click.echo(
-            f"Warning: the window starts before {when(report.kept_from)}, the oldest call "
-            f"Bandwidth still keeps ({KEPT_DAYS} days); {_calls(report.not_compared)} here that "
-            f"started before it {'was' if report.not_compared == 1 else 'were'} not compared.",
+            f"Warning: the window starts before {when(report.kept_from)}: Bandwidth keeps calls "
+            f"{KEPT_DAYS} days and lists none older, so {_calls(report.not_compared)} here that "
+            f"started before it {were} not compared.",
             err=True,
         )
     if as_json:
@@ -159,7 +160,8 @@ def reconcile(
     counts = ", ".join(f"{count:,} {status}" for status, count in report.counts.items())
     click.echo(
         f"Reconciled account {report.account_id}, calls started in [{when(report.since)}, "
-        f"{when(report.until)}), {report.pages:,} pages from Bandwidth: {counts}."
+        f"{when(report.until)}), {report.pages:,} {'page' if report.pages == 1 else 'pages'} "
+        f"from Bandwidth: {counts}."
     )
     if report.applying:
         click.echo(f"Applied Bandwidth's facts to {_calls(report.applied)}.")
@@ -241,17 +243,18 @@ def _here(call: Call | None) -> str:
     if call is None:
         return "no record"
     if call.live:
-        return f"{call.state}, started {when(call.start_time)}"
-    ended = "swept" if call.swept else f"{call.cause or 'no cause'}, ended {when(call.end_time)}"
-    return f"{call.state} ({ended})"
+        return call.state
+    if call.swept:
+        return "swept"
+    return f"{call.cause or 'no cause'}, ended {when(call.end_time)}"
 
 
 def _there(call: ProviderCall | None) -> str:
     if call is None:
         return "not listed"
     if not call.ended:
-        return f"{call.state}, started {when(call.start_time)}"
-    return f"{call.state} ({call.cause or 'no cause'}, ended {when(call.ended_at)})"
+        return call.state
+    return f"{call.cause or 'no cause'}, ended {when(call.ended_at)}"
 
 
 def _note(call: ReconciledCall) -> str:
