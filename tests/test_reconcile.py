@@ -4,9 +4,11 @@ with `apply=True` applies Bandwidth's facts to the missing and live_here calls o
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -137,6 +139,7 @@ def test_every_status_is_told_apart(tracker: Tracker) -> None:
     assert found.here is not None and found.here.cause == "hangup"
     assert found.there is not None and found.there.cause == "busy"
     assert (report.pages, report.applying, report.applied) == (1, False, 0)
+    assert asdict(report)["counts"] == report.counts
 
 
 def test_instants_are_compared_to_the_millisecond(tracker: Tracker) -> None:
@@ -224,6 +227,50 @@ def test_more_calls_than_one_page_are_each_compared_once(tracker: Tracker) -> No
     assert bandwidth_pages == [3, 3, 2, 0]
     tracker_pages = [page.compared for page in pages if page.source == "tracker"]
     assert tracker_pages == [2, 2, 2, 2, 2]
+
+
+class Logged(Listed):
+    """Bandwidth's list, noting when each page is asked for."""
+
+    def __init__(self, calls: Sequence[ProviderCall], page_size: int, log: list[str]) -> None:
+        super().__init__(calls, page_size)
+        self.log = log
+
+    def list_calls(
+        self, account_id: str, since: datetime, until: datetime
+    ) -> Iterator[list[ProviderCall]]:
+        for number, page in enumerate(super().list_calls(account_id, since, until), 1):
+            self.log.append(f"asked page {number}")
+            yield page
+
+
+def test_each_page_is_handed_out_before_the_next_is_asked_for_and_the_scratch_file_goes(
+    sqlite_tracker: Tracker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Page by page: the caller sees a page's calls before Bandwidth is asked for the next, so
+    nothing holds the whole window; the scratch file of listed ids is gone afterwards."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    log: list[str] = []
+    listed = Logged([there(new_call_id()) for _ in range(3)], page_size=1, log=log)
+    sqlite_tracker.reconcile(
+        SINCE,
+        UNTIL,
+        account_id=ACCOUNT,
+        client=listed,
+        now=NOW,
+        on_page=lambda page: log.append(f"{page.source} page of {len(page.calls)}"),
+    )
+    assert log == [
+        "asked page 1",
+        "bandwidth page of 1",
+        "asked page 2",
+        "bandwidth page of 1",
+        "asked page 3",
+        "bandwidth page of 1",
+    ]
+    assert list(scratch.iterdir()) == []
 
 
 def test_without_apply_nothing_is_written(tracker: Tracker) -> None:
