@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from tests.http_server import Server, migrate
 from tests.http_support import BODY_TIMEOUT, CREDENTIALS, OLD
 from tracker import Event, Tracker
+from tracker._fake_bandwidth import FakeBandwidth
 
 SERVERS = {
     "postgresql": os.environ.get(
@@ -180,3 +181,28 @@ def log(database_url: str) -> Iterator[Callable[[], list[Event]]]:
     """The event log as the database holds it now, read by a tracker of the test's own."""
     with Tracker(database_url) as reader:
         yield reader.events
+
+
+# --- Bandwidth's Voice API, faked (tests/test_bandwidth*.py and the sweep's and reconcile's) --
+
+_BANDWIDTH_VARIABLES = (
+    "BANDWIDTH_USERNAME",
+    "BANDWIDTH_PASSWORD",
+    "BANDWIDTH_CLIENT_ID",
+    "BANDWIDTH_CLIENT_SECRET",
+    "BANDWIDTH_ACCOUNT_ID",
+    "TRACKER_BANDWIDTH_API_URL",
+)
+
+
+@pytest.fixture
+def bandwidth_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBandwidth]:
+    """A fake of Bandwidth's Voice API on loopback, and the environment pointing
+    `tracker.bandwidth` at it with HTTP Basic credentials (every other Bandwidth variable
+    unset; `monkeypatch.setenv(...)` from `bandwidth_api.environment(oauth=True)` for OAuth2)."""
+    with FakeBandwidth() as fake:
+        for name in _BANDWIDTH_VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in fake.environment().items():
+            monkeypatch.setenv(name, value)
+        yield fake

@@ -598,15 +598,28 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         fake._enter()
-        status = 500
+        self._pending: tuple[FakeBandwidth, str, str, dict[str, str], float] | None = (
+            fake,
+            method,
+            parts.path,
+            query,
+            started,
+        )
         try:
-            status = self._route(fake, method, parts.path, query, body)
+            self._route(fake, method, parts.path, query, body)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         finally:
-            fake._leave(
-                FakeRequest(method, parts.path, query, status, started, time.monotonic() - started)
-            )
+            self._logged(500)
+
+    def _logged(self, status: int) -> None:
+        """Log the request with the status it is answered, before the answer leaves: a client
+        that read the answer finds the request in `FakeBandwidth.requests`."""
+        if self._pending is None:
+            return
+        fake, method, path, query, started = self._pending
+        self._pending = None
+        fake._leave(FakeRequest(method, path, query, status, started, time.monotonic() - started))
 
     def _route(
         self, fake: FakeBandwidth, method: str, path: str, query: dict[str, str], body: bytes
@@ -682,6 +695,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self._send(status, json.dumps(document).encode(), headers)
 
     def _send(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> int:
+        self._logged(status)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

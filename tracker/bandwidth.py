@@ -22,9 +22,9 @@ shell history or a process list:
   `https://api.bandwidth.com/api/v1/oauth2/token`: whatever stands in for the API serves both.
 
 Every request has a timeout; at most `concurrency` are in flight at once; a 429 is honoured (no
-request before its `Retry-After` has passed, for any thread), and a 429, a 5xx, a timeout or a
-lost connection is tried again a bounded number of times with exponential backoff, then
-raised as a `ProviderError`. Refused credentials (401, 403) are raised at once, `refused=True`:
+request before its `Retry-After` has passed, for any thread; a 503's too), and a 429, a 5xx, a
+timeout or a lost connection is tried again a bounded number of times with exponential backoff,
+then raised as a `ProviderError`. Refused credentials (401, 403) are raised at once, `refused=True`:
 asking again will not help. urllib3's own retries are off, so every attempt is counted here
 (`BandwidthClient.requests`). A failed look-up never expires a call: the sweep keeps it live
 and asks again next time.
@@ -229,10 +229,10 @@ class BandwidthClient:
     request times out after `timeout` seconds; at most `concurrency` are in flight at once
     (threads beyond wait their turn); a 429, a 5xx, a timeout or a lost connection is tried
     up to `attempts` times in all, waiting `backoff` seconds and twice as long each time after
-    (at most `max_backoff`), or as long as a 429's `Retry-After` says (for every thread: none
-    asks before then). A `Retry-After` longer than `max_retry_after` is not waited for: the
-    look-up fails at once. Thread-safe: share one client between threads. Close it (or use it
-    as a context manager) to close its connections.
+    (at most `max_backoff`), or as long as the `Retry-After` of a 429 or a 503 says (for every
+    thread: none asks before then). A `Retry-After` longer than `max_retry_after` is not waited
+    for: the look-up fails at once. Thread-safe: share one client between threads. Close it
+    (or use it as a context manager) to close its connections.
 
     Use `BandwidthResolver` for the sweep; this class for any other question."""
 
@@ -302,7 +302,9 @@ class BandwidthClient:
     @property
     def requests(self) -> Counter[str]:
         """How many requests ended each way so far, by outcome (`OUTCOMES`), a copy: one
-        count per request sent (each retry counts), none for a question not asked."""
+        count per request sent to the Voice API (each retry counts), and one per refusal of
+        the OAuth2 token endpoint; none for a question not asked (a token fetched is not
+        counted: the SDK fetches it, and it is fetched once an hour)."""
         with self._counts_lock:
             return Counter(self._counts)
 
@@ -468,22 +470,23 @@ class BandwidthClient:
                         refused=True,
                     )
                 failure = f"{status} {_quoted(answer.body)}"
-                if status == 429:
-                    told = retry_after_seconds(answer.headers.get("Retry-After"))
-                    if told is not None and told > self.max_retry_after:
-                        self._count("failed")
-                        raise ProviderError(
-                            f"{subject}: Bandwidth is limiting requests (429) and asks to wait "
-                            f"{told:.0f} s, longer than the {self.max_retry_after:.0f} s this "
-                            "client waits; the next sweep asks again"
-                        )
-                    wait = self._backoff(attempt) if told is None else told
-                    self._pause(wait)
-                elif status >= 500 or status == 408:
-                    wait = self._backoff(attempt)
-                else:
+                if status != 429 and status != 408 and status < 500:
                     self._count("failed")
                     raise ProviderError(f"{subject}: Bandwidth answered {failure}")
+                told = None
+                if status in (429, 503):
+                    told = retry_after_seconds(answer.headers.get("Retry-After"))
+                if told is not None and told > self.max_retry_after:
+                    self._count("failed")
+                    raise ProviderError(
+                        f"{subject}: Bandwidth answered {failure} and asks to wait "
+                        f"{told:.0f} s, longer than the {self.max_retry_after:.0f} s this client "
+                        "waits; the next sweep asks again"
+                    )
+                wait = self._backoff(attempt) if told is None else told
+                if status == 429 or told is not None:
+                    # A limit on the account, not on this request: every thread waits.
+                    self._pause(wait)
             if attempt == self.attempts:
                 self._count("failed")
                 raise ProviderError(
@@ -614,28 +617,41 @@ def _check_seconds(name: str, value: object, *, positive: bool) -> None:
         raise ValueError(f"{name} must be a number of seconds, {bound}; got {value!r}")
 
 
-_LINK: Final = re.compile(r"<([^>]*)>((?:\s*;\s*[^;,]+)*)")
-
-
 def next_page_token(link: str | None) -> str | None:
     """The `pageToken` of the `rel="next"` link in a `Link` header (RFC 8288: several links,
-    each with parameters, `rel` quoted or not and possibly naming several relations); None
-    when there is no next page. A next link without a `pageToken` is a `ProviderError`."""
-    if not link:
-        return None
-    for match in _LINK.finditer(link):
-        target, parameters = match.groups()
-        relations: list[str] = []
-        for parameter in parameters.split(";"):
-            name, _, value = parameter.partition("=")
-            if name.strip().lower() == "rel":
-                relations += value.strip().strip('"').lower().split()
+    each with parameters, quoted values that may hold commas and semicolons, `rel` quoted or
+    not and possibly naming several relations); None when there is no next page. A next link
+    without a `pageToken` is a `ProviderError`."""
+    for target, parameters in _links(link or ""):
+        relations = parameters.get("rel", "").lower().split()
         if "next" in relations:
             tokens = parse_qs(urlsplit(target).query).get("pageToken")
             if not tokens or not tokens[-1]:
                 raise ProviderError(f"Bandwidth's next page link has no pageToken: {target!r}")
             return tokens[-1]
     return None
+
+
+_TARGET: Final = re.compile(r"\s*,?\s*<([^>]*)>")
+_PARAMETER: Final = re.compile(r'\s*;\s*([^\s=;,]+)\s*(?:=\s*(?:"((?:[^"\\]|\\.)*)"|([^;,\s]*)))?')
+
+
+def _links(header: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """Each link of a `Link` header: its target and its parameters (names in lower case, the
+    first of a name kept, as RFC 8288 says). Stops at the first thing that is not a link."""
+    position = 0
+    while True:
+        target = _TARGET.match(header, position)
+        if target is None:
+            return
+        position = target.end()
+        parameters: dict[str, str] = {}
+        while (parameter := _PARAMETER.match(header, position)) is not None:
+            position = parameter.end()
+            name, quoted, bare = parameter.groups()
+            value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare or ""
+            parameters.setdefault(name.lower(), value)
+        yield target.group(1), parameters
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:

@@ -21,6 +21,11 @@ benchmarks and `samples/callbacks.jsonl` are built with nothing else):
   `shuffled` and `with_retries` reorder and repeat deliveries.
 - `Stream`, `realistic_bodies`, `terminal_bodies` and `call_trees` draw seeded, realistic
   traffic in bulk (the project's benchmarks measure these bytes).
+- `FakeBandwidth` is Bandwidth's Voice API faked by a real HTTP server on loopback, for
+  `tracker.bandwidth` (the sweep's resolver, reconcile) to talk to through the real SDK: call
+  states stored with `put`, built by `call_state` (or `call_state_from` a callback body a test
+  withholds), the call list paged with `Link` headers, Basic and OAuth2 credentials checked,
+  faults on demand (`fail`, `slow`, `down`), every request logged as a `FakeRequest`.
 - `sqlite_tracker(directory)` opens a migrated tracker on a temporary SQLite file; enable this
   module as a pytest plugin (`pytest_plugins = ["tracker.testing"]` in a `conftest.py`) to get
   it as the `sqlite_tracker` fixture. pytest is needed only then: importing this module does not
@@ -64,6 +69,7 @@ from tracker._bodies import (
     transfer_disconnect_between,
     untracked,
 )
+from tracker._fake_bandwidth import FakeBandwidth, FakeRequest, call_state, call_state_from
 from tracker._traffic import (
     ACCOUNTS,
     APPLICATIONS,
@@ -94,9 +100,13 @@ __all__ = [
     "TRANSFER_TO",
     "Conversation",
     "ExpectedCall",
+    "FakeBandwidth",
+    "FakeRequest",
     "Stream",
     "answer",
     "at",
+    "call_state",
+    "call_state_from",
     "call_trees",
     "call_url",
     "conversation",
