@@ -428,22 +428,6 @@ def test_a_call_state_document_reads_back_as_the_same_call() -> None:
 RECENT = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 
 
-@pytest.fixture
-def bandwidth_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBandwidth]:
-    # TODO(h23-a): the conftest's fixture replaces this one once it lands.
-    with FakeBandwidth() as fake:
-        for name in (
-            "BANDWIDTH_USERNAME",
-            "BANDWIDTH_PASSWORD",
-            "BANDWIDTH_CLIENT_ID",
-            "BANDWIDTH_CLIENT_SECRET",
-        ):
-            monkeypatch.delenv(name, raising=False)
-        for name, value in fake.environment().items():
-            monkeypatch.setenv(name, value)
-        yield fake
-
-
 def recent_window() -> tuple[str, str]:
     """A window Bandwidth still keeps, as the command line takes it."""
     return stamp(RECENT - timedelta(hours=1)), stamp(RECENT + timedelta(hours=1))
