@@ -167,6 +167,18 @@ def test_instants_are_compared_to_the_millisecond(tracker: Tracker) -> None:
     assert report.counts == counts(agrees=1, differs=2)
 
 
+def test_a_call_bandwidth_ended_without_a_cause_agrees_once_applied(tracker: Tracker) -> None:
+    """Bandwidth's record may lack `disconnectCause`: applied, the call ends with cause
+    `unknown`, and the next run finds it agreeing, not differing."""
+    call_id = new_call_id()
+    tracker.apply(initiate(call_id))
+    listed = Listed([there(call_id, cause=None)])
+    report, _, _ = reconciled(tracker, listed, apply=True)
+    assert (report.counts, report.applied) == (counts(live_here=1), 1)
+    again, _, _ = reconciled(tracker, listed, apply=True)
+    assert again.counts == counts(agrees=1)
+
+
 def test_a_call_active_there_and_ended_here_differs_unless_it_ended_after_the_page(
     tracker: Tracker,
 ) -> None:

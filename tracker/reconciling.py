@@ -170,7 +170,8 @@ def compare(
     differing = tuple(
         name
         for name, ours, theirs in (
-            ("cause", here.cause, there.cause),
+            # A disconnect Bandwidth gives no cause for ends here with its word for that.
+            ("cause", here.cause, there.cause or lifecycle.UNKNOWN_CAUSE),
             ("end_time", _millisecond(here.end_time), _millisecond(there.ended_at)),
             ("answer_time", _millisecond(here.answer_time), _millisecond(there.answer_time)),
         )
