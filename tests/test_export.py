@@ -65,6 +65,7 @@ def expected_leg_row(call: Call) -> dict[str, Any]:
         "ring_duration": _seconds(call.ring_duration),
         "answered": call.answered,
         "swept": call.swept,
+        "end_source": call.end_source,
         "tag": call.tag,
         "error_message": call.error_message,
         "error_id": call.error_id,

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from tests.test_order_independence import ids_of, snapshot, workloads
 from tests.workers import Crew, apply_rounds, record_figure
 from tests.workers import snapshot as full_snapshot
-from tracker import Call, Outcome, Tracker
+from tracker import Outcome, Tracker
 from tracker.cli import cli
 from tracker.testing import (
     BASE_TIME,
@@ -259,84 +259,6 @@ def test_a_real_terminal_event_after_a_sweep_replaces_it_entirely(
             assert with_sweep_instants_named(found[call_id], set(instants)) == swept_version(
                 expected[call_id]
             ), call_id
-
-
-# --- resolve --------------------------------------------------------------------------------------
-
-
-def test_a_body_from_resolve_is_applied_instead_and_logged_as_the_sweeps(tracker: Tracker) -> None:
-    call_id = new_call_id()
-    applied(tracker, initiate(call_id, start=BASE_TIME))
-    offered: list[Call] = []
-
-    def from_call_state_api(call: Call) -> dict[str, Any]:
-        offered.append(call)
-        return disconnect(
-            call.call_id, start=BASE_TIME, ring=None, cause="timeout", direction="inbound"
-        )
-
-    report = tracker.sweep(FOUR_HOURS, now=NOW, resolve=from_call_state_api)
-
-    assert (report.resolved, report.expired) == ((call_id,), ())
-    assert [call.call_id for call in offered] == [call_id] and offered[0].live
-    call = tracker.get_call(call_id)
-    assert call is not None
-    assert (call.disposition, call.cause, call.swept) == ("no-answer", "timeout", False)
-    (entry,) = sweep_entries(tracker, call_id)
-    assert (entry.event_type, entry.outcome) == ("disconnect", "applied")
-
-
-def test_resolve_returning_none_lets_the_sweep_expire_the_call(tracker: Tracker) -> None:
-    call_id = new_call_id()
-    applied(tracker, initiate(call_id, start=BASE_TIME))
-    report = tracker.sweep(FOUR_HOURS, now=NOW, resolve=lambda call: None)
-    assert report.expired == (call_id,)
-
-
-def test_a_resolve_body_showing_the_call_answered_lately_keeps_it_live(tracker: Tracker) -> None:
-    call_id = new_call_id()
-    applied(tracker, initiate(call_id, start=BASE_TIME))
-    lately = NOW - BASE_TIME - timedelta(minutes=5)
-
-    def still_talking(call: Call) -> dict[str, Any]:
-        return answer(
-            call.call_id, start=BASE_TIME, ring=lately.total_seconds(), direction="inbound"
-        )
-
-    report = tracker.sweep(FOUR_HOURS, now=NOW, resolve=still_talking)
-
-    assert (report.kept, report.expired, report.resolved) == ((call_id,), (), ())
-    call = tracker.get_call(call_id)
-    assert call is not None and call.state == "answered"
-
-
-def test_a_refused_resolve_body_is_logged_and_the_call_expired(tracker: Tracker) -> None:
-    call_id = new_call_id()
-    applied(tracker, initiate(call_id, start=BASE_TIME))
-
-    def wrong_start(call: Call) -> dict[str, Any]:
-        return disconnect(call.call_id, start=BASE_TIME + timedelta(seconds=1), direction="inbound")
-
-    report = tracker.sweep(FOUR_HOURS, now=NOW, resolve=wrong_start)
-
-    assert report.expired == (call_id,)
-    outcomes = [(entry.event_type, entry.outcome) for entry in sweep_entries(tracker, call_id)]
-    assert outcomes == [("disconnect", "rejected"), ("sweep", "applied")]
-
-
-def test_an_error_in_resolve_stops_the_sweep_and_reaches_the_caller(
-    sqlite_tracker: Tracker,
-) -> None:
-    call_id = new_call_id()
-    applied(sqlite_tracker, initiate(call_id, start=BASE_TIME))
-
-    def unreachable(call: Call) -> None:
-        raise ConnectionError("voice.bandwidth.com did not answer")
-
-    with pytest.raises(ConnectionError, match="did not answer"):
-        sqlite_tracker.sweep(FOUR_HOURS, now=NOW, resolve=unreachable)
-    call = sqlite_tracker.get_call(call_id)
-    assert call is not None and call.live
 
 
 # --- rebuild knows the sweep ----------------------------------------------------------------------

@@ -9,6 +9,7 @@ correlated with their transfer legs, and persisted.
 """
 
 from tracker.errors import ConflictError, SchemaError, StorageError, TrackerError
+from tracker.facts import END_SOURCES
 from tracker.lifecycle import ALL_DISPOSITIONS, DISPOSITIONS, LIVE_STATES, STATES, TRANSITIONS
 from tracker.provider import ProviderCall, ProviderError
 from tracker.reconciling import ReconciledCall, ReconcilePage, ReconcileReport, ReconcileStatus
@@ -38,6 +39,7 @@ __all__ = [
     "ALL_DISPOSITIONS",
     "DEFAULT_DATABASE_URL",
     "DISPOSITIONS",
+    "END_SOURCES",
     "LIVE_STATES",
     "REDRIVEN_OUTCOMES",
     "STATES",

@@ -30,6 +30,7 @@ from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from tracker._bodies import ACCOUNT, APPLICATION, BASE_TIME, CALLED, CALLER, new_call_id, stamp
+from tracker.callbacks import read_call_url
 
 # Where Bandwidth serves the Voice API and its token endpoint, below the fake's origin: the same
 # paths as `https://voice.bandwidth.com/api/v2` and `https://api.bandwidth.com/api/v1/oauth2/token`.
@@ -40,6 +41,8 @@ DEFAULT_PAGE_SIZE: Final = 1000
 MAX_PAGE_SIZE: Final = 10_000
 
 _TERMINAL_EVENTS: Final = ("disconnect", "transferDisconnect")
+# A leg's events give the original call's numbers as `from`/`to`, its own as these.
+_LEG_EVENTS: Final = ("transferAnswer", "transferDisconnect")
 # What a call state copies from a callback body, under the same name.
 _COPIED: Final = (
     "accountId",
@@ -102,23 +105,43 @@ def call_state(
     return document
 
 
-def call_state_from(body: Mapping[str, Any]) -> dict[str, Any]:
+def call_state_from(body: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
     """What Bandwidth's call state says of a call once it sent `body`, the last callback of that
     call: `disconnected` with the body's `cause` and `endTime` after a `disconnect` or
-    `transferDisconnect`, `answered` after a body with an `answerTime`, else `initiated`. A test
-    that withholds a terminal callback stores this in the fake, so Bandwidth still knows how the
-    call ended."""
+    `transferDisconnect`, `answered` after a body with an `answerTime`, else `initiated`. A
+    leg's own numbers are its `transferCallerId`/`transferTo`, and a body without `accountId`
+    (a `transferDisconnect`) has the account of its `callUrl`, else `ACCOUNT`. A test that
+    withholds a terminal callback stores this in the fake (or hands it to
+    `Tracker.apply_call_states`), so Bandwidth still knows how the call ended. Keyword
+    arguments override or add fields as for `call_state`."""
     document = {key: body[key] for key in _COPIED if body.get(key) is not None}
+    document.setdefault("accountId", _account_of(body))
+    if body.get("eventType") in _LEG_EVENTS:
+        for own, key in (("transferCallerId", "from"), ("transferTo", "to")):
+            document.pop(key, None)
+            if body.get(own) is not None:
+                document[key] = body[own]
     document["lastUpdate"] = body.get("eventTime") or body.get("startTime")
     if body.get("eventType") in _TERMINAL_EVENTS:
         document |= {
             "state": "disconnected",
             "endTime": body["endTime"],
             "disconnectCause": body["cause"],
+            "lastUpdate": body["endTime"],
         }
     else:
         document["state"] = "answered" if body.get("answerTime") else "initiated"
+    for key, value in fields.items():
+        if value is ...:
+            document.pop(key, None)
+        else:
+            document[key] = value
     return document
+
+
+def _account_of(body: Mapping[str, Any]) -> str:
+    url = read_call_url(body.get("callUrl"))
+    return url.account_id if url is not None else ACCOUNT
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,8 +388,9 @@ class FakeBandwidth:
         self.fail(call_id, status=None, delay=delay, times=times)
 
     def down(self, *, status: int | None = 503) -> None:
-        """The whole API fails until `up()`: every request is answered `status`, or with
-        `status` None, the port refuses connections (every open one is closed)."""
+        """The whole API fails until `up()`: every Voice API request is answered `status` (the
+        token endpoint still answers), or with `status` None, the port refuses every connection
+        (and every open one is closed)."""
         if status is None:
             self._stop()
         else:

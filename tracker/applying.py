@@ -178,10 +178,8 @@ class _Batch:
 
     def _provide(self, raw: bytes, answer: ProviderCall) -> Result:
         call = self.record(answer.call_id)
-        parent_known = answer.parent_call_id is not None and (
-            self.record(answer.parent_call_id) is not None
-        )
-        decision = lifecycle.provide(answer, call, parent_known)
+        parent = self.record(answer.parent_call_id) if answer.parent_call_id else None
+        decision = lifecycle.provide(answer, call, parent)
         result = Result(
             decision.outcome,
             answer.call_id,

@@ -12,6 +12,10 @@ fails alone, its group's others are written as if each had come alone.
 
 Needs the `serve` extra (`pip install 'tracker[serve]'`) for the Prometheus client; the module
 itself imports without it, so that the command line can read its defaults.
+
+With `sweep=BackgroundSweep(...)` (`tracker serve --sweep-every`), the app also sweeps lost
+calls in the background while it serves (`tracker.sweeping`), from its lifespan's startup to
+its shutdown.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import json
 import logging
 import threading
 import time
@@ -31,8 +36,10 @@ from typing import Any, Final
 
 from tracker import parsing
 from tracker.errors import SchemaError, StorageError, check_positive
+from tracker.facts import CALLBACK, END_SOURCES
 from tracker.lifecycle import LIVE_STATES
-from tracker.records import Result
+from tracker.records import Outcome, Result
+from tracker.sweeping import BackgroundSweep
 from tracker.tracker import Tracker
 
 Scope = MutableMapping[str, Any]
@@ -73,6 +80,7 @@ def create_app(
     max_group: int = MAX_GROUP,
     max_queue: int = MAX_QUEUE,
     retry_after: int = RETRY_AFTER,
+    sweep: BackgroundSweep | None = None,
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The ASGI application applying each POSTed body with `tracker`.
 
@@ -84,7 +92,8 @@ def create_app(
     seconds gets `408`. At most `max_group` deliveries share a commit; past `max_queue`
     deliveries waiting for one, a request gets `503` at once. `retry_after` (seconds) goes with
     each `503`. The app owns one writing thread; it ends with the ASGI lifespan's shutdown, or
-    with the process.
+    with the process. `sweep` (of the same tracker) starts with the lifespan's startup and
+    stops with its shutdown; its ends and its provider's requests are in the metrics.
     """
     if max_body_bytes is None:
         max_body_bytes = tracker.max_body_bytes
@@ -97,13 +106,16 @@ def create_app(
         )
     check_positive("max_group", max_group)
     check_positive("max_queue", max_queue)
+    if sweep is not None and sweep.tracker is not tracker:
+        raise ValueError("the background sweep must sweep the app's own tracker")
     return _App(
         tracker,
         _Credentials(credentials or ()),
         max_body_bytes=max_body_bytes,
         body_timeout=body_timeout,
-        group_commit=_GroupCommit(tracker, max_group, max_queue, _Metrics()),
+        group_commit=_GroupCommit(tracker, max_group, max_queue, _Metrics(sweep)),
         retry_after=retry_after,
+        sweep=sweep,
     )
 
 
@@ -157,7 +169,7 @@ class _Metrics:
     """The app's Prometheus metrics, in a registry of its own: two apps in one process (tests,
     a host mounting two trackers) keep apart."""
 
-    def __init__(self) -> None:
+    def __init__(self, sweep: BackgroundSweep | None = None) -> None:
         try:
             from prometheus_client import (
                 CONTENT_TYPE_LATEST,
@@ -167,6 +179,7 @@ class _Metrics:
                 Histogram,
                 generate_latest,
             )
+            from prometheus_client.core import CounterMetricFamily
         except ImportError as error:
             raise ImportError(
                 f"the webhook endpoint needs the serve extra ({error}); "
@@ -227,10 +240,56 @@ class _Metrics:
             "Calls ringing or talking (initiated or answered), counted at the scrape.",
             registry=self.registry,
         )
+        # Counted by the writing thread (callbacks) and the sweep's (the rest), read at the
+        # scrape: one family whatever counted it.
+        self.callback_ends = 0
+        self.sweep = sweep
+        self._family = CounterMetricFamily
+        self.registry.register(_Collected(self._call_ends))
+        self.registry.register(_Collected(self._provider_requests))
 
     def exposition(self) -> bytes:
         """Every metric in Prometheus' text format."""
         return self._generate_latest(self.registry)
+
+    def _call_ends(self) -> Any:
+        family = self._family(
+            "tracker_call_ends",
+            "Calls this process ended, by where the end came from: callback (a terminal "
+            "callback applied here; one that replaced an earlier sweep or provider end counts "
+            "too), provider (Bandwidth's call state, asked by the background sweep), sweep "
+            "(expired by the background sweep).",
+            labels=["source"],
+        )
+        ended = {CALLBACK: self.callback_ends}
+        if self.sweep is not None:
+            ended.update(self.sweep.ended())
+        for source in END_SOURCES:
+            family.add_metric([source], ended.get(source, 0))
+        return family
+
+    def _provider_requests(self) -> Any:
+        family = self._family(
+            "tracker_provider_requests",
+            "Requests the background sweep's resolver made to the provider, by outcome, as the "
+            "resolver counts them (ok, not_found, retried, failed, refused, ...).",
+            labels=["outcome"],
+        )
+        requests = {} if self.sweep is None else self.sweep.provider_requests()
+        for outcome, count in sorted(requests.items()):
+            family.add_metric([outcome], count)
+        return family
+
+
+class _Collected:
+    """A Prometheus collector of one metric family, built at each scrape by `build`: for counts
+    kept elsewhere (the sweep's thread, the resolver), read rather than copied."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+
+    def collect(self) -> Iterable[Any]:
+        yield self._build()
 
 
 @dataclass(slots=True)
@@ -327,6 +386,8 @@ class _GroupCommit:
         for waiting, result in zip(group, results, strict=True):
             self.metrics.deliveries.labels(result.outcome, result.reason or "").inc()
             self.metrics.apply_seconds.observe(committed - waiting.received)
+            if result.outcome is Outcome.APPLIED and _is_terminal(waiting.body):
+                self.metrics.callback_ends += 1
 
     @staticmethod
     def _answer(group: list[_Waiting], answers: Sequence[Result | Exception]) -> None:
@@ -348,6 +409,18 @@ class _GroupCommit:
             self._closing = True
             self._changed.notify()
         await asyncio.to_thread(self._writer.join)
+
+
+def _is_terminal(body: bytes) -> bool:
+    """Whether `body` is a terminal callback (`disconnect`, `transferDisconnect`). Asked of
+    applied deliveries only; the substring test spares the parse for every other event type."""
+    if b"isconnect" not in body:
+        return False
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(document, dict) and document.get("eventType") in parsing.TERMINAL_EVENT_TYPES
 
 
 def _fails_every_part(error: Exception) -> bool:
@@ -394,6 +467,7 @@ class _App:
         body_timeout: float,
         group_commit: _GroupCommit,
         retry_after: int,
+        sweep: BackgroundSweep | None,
     ) -> None:
         self.tracker = tracker
         self.credentials = credentials
@@ -402,6 +476,7 @@ class _App:
         self.group_commit = group_commit
         self.metrics = group_commit.metrics
         self.retry_after = str(retry_after).encode()
+        self.sweep = sweep
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -414,9 +489,17 @@ class _App:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.sweep is not None:
+                    self.sweep.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                # The sweep is told first: it ends its transaction while the last deliveries
+                # are written, and gives up its lease.
+                if self.sweep is not None:
+                    self.sweep.request_stop()
                 await self.group_commit.close()
+                if self.sweep is not None:
+                    await asyncio.to_thread(self.sweep.stop)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

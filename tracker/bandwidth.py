@@ -62,7 +62,7 @@ except ImportError as missing:  # pragma: no cover - depends on what is installe
     ) from missing
 
 from tracker.errors import check_window
-from tracker.instants import text
+from tracker.instants import as_utc, text
 from tracker.provider import KEPT_DAYS, ProviderCall, ProviderError, read_call_state
 from tracker.records import Call
 
@@ -368,9 +368,14 @@ class BandwidthClient:
         held at a time, however many calls the window has. A `ProviderError` when a page could
         not be had or holds something that is not a call state: the pages already given stand.
         Bandwidth keeps calls `KEPT_DAYS` days: a window reaching further back lists only what
-        it still has."""
+        it still has. The window and the account are checked at once, before any request."""
         check_window(since, until)
         account = self._account(account_id, "the call list")
+        return self._pages(account, since, until)
+
+    def _pages(
+        self, account: str, since: datetime, until: datetime | None
+    ) -> Iterator[list[ProviderCall]]:
         window = f"from {text(since)}" + (f" to {text(until)}" if until is not None else "")
         subject = f"Bandwidth's list of calls of account {account} {window}"
         token: str | None = None
@@ -710,7 +715,7 @@ class BandwidthResolver:
 
     def __call__(self, call: Call) -> str | None:
         started = call.start_time
-        if started is not None and started < self._now() - timedelta(days=KEPT_DAYS):
+        if started is not None and as_utc(started) < self._now() - timedelta(days=KEPT_DAYS):
             return None
         return self.client.call_state(call.call_id, call.account_id)
 

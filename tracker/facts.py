@@ -217,6 +217,8 @@ CALLBACK: Final = "callback"
 PROVIDER: Final = "provider"
 SWEPT: Final = "sweep"
 END_SOURCES: Final = (CALLBACK, PROVIDER, SWEPT)
+"""Where an ended call's end came from (`Call.end_source`): its terminal callback, Bandwidth's
+call state API (the callback lost), or the sweep (nobody could say)."""
 
 
 def end_source_of(state: str, terminal_event: str | None, swept_at: datetime | None) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Final
@@ -20,6 +21,8 @@ from sqlalchemy.exc import DBAPIError
 
 from tracker import applying, lifecycle, parsing, reading, storage
 from tracker.errors import StorageError, check_batch_size, check_instant
+from tracker.parsing import Unreadable
+from tracker.provider import PROVIDER_ORIGIN, ProviderCall, ProviderError
 from tracker.records import (
     REDRIVEN_OUTCOMES,
     Call,
@@ -31,6 +34,10 @@ from tracker.records import (
 from tracker.writing import Writer
 
 Body = bytes | str | Mapping[str, Any]
+# What the sweep asks about a call before expiring it: Bandwidth's call state of it (or a body
+# built from it), None when Bandwidth does not know it, `ProviderError` when it could not tell.
+# `tracker.bandwidth.BandwidthResolver` is one; a `concurrency` attribute lets the sweep call
+# it from that many threads at once.
 Resolve = Callable[[Call], Body | None]
 
 # The distinct bodies a re-drive remembers having applied in its run (a digest each, about a
@@ -56,12 +63,14 @@ def sweep(
     resolve: Resolve | None,
     batch_size: int,
     max_body_bytes: int,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SweepReport:
     """End the live calls last heard of before `now - older_than`, `batch_size` at a time, each
     batch in a transaction of `writer` of its own (`applying.expire_calls`). With `resolve`,
-    each such call is first offered to it (outside any transaction: it may ask a remote API),
-    and a body it returns is applied (read up to `max_body_bytes`), logged with origin `sweep`;
-    the call is expired only if it is still live and old after that."""
+    the calls of each batch are first offered to it (outside any transaction: it asks a remote
+    API), from `resolve.concurrency` threads at once when it says (one otherwise): see
+    `_resolve_batch` for what each answer does. `should_stop` is asked before each batch: True
+    ends the sweep there, between two transactions, and the report says what was done."""
     if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
         raise ValueError(
             f"older_than must be a positive timedelta, e.g. timedelta(hours=4); got {older_than!r}"
@@ -71,54 +80,113 @@ def sweep(
     engine = writer.engine
     cutoff = now - older_than
     checked = 0
+    outcomes: dict[str, list[str]] = {name: [] for name in ("resolved", "kept", "failed")}
     expired: list[str] = []
-    resolved: list[str] = []
-    kept: list[str] = []
     after: str | None = None
-    while True:
-        with engine.connect() as connection:
-            page = storage.where_sweep_candidates(connection, after, cutoff, batch_size)
-        if not page:
-            break
-        after = page[-1].call_id
-        checked += len(page)
-        due = [record.call_id for record in page if lifecycle.sweepable(record, cutoff)]
-        if resolve is not None:
-            offered, due = due, []
-            for call_id in offered:
-                verdict = _offer(writer, call_id, resolve, cutoff, max_body_bytes)
-                if verdict == "due":
-                    due.append(call_id)
-                elif verdict == "resolved":
-                    resolved.append(call_id)
-                elif verdict == "kept":
-                    kept.append(call_id)
-        if due:
-            expired += writer.run(
-                partial(applying.expire_calls, call_ids=due, swept_at=now, cutoff=cutoff),
-                subject="this batch of the sweep",
-            )
-    return SweepReport(checked, tuple(expired), tuple(resolved), tuple(kept))
+    workers = max(1, int(getattr(resolve, "concurrency", 1))) if resolve is not None else 1
+    with ThreadPoolExecutor(workers, thread_name_prefix="tracker-resolve") as pool:
+        while should_stop is None or not should_stop():
+            with engine.connect() as connection:
+                page = storage.where_sweep_candidates(connection, after, cutoff, batch_size)
+            if not page:
+                break
+            after = page[-1].call_id
+            checked += len(page)
+            due = [record.call_id for record in page if lifecycle.sweepable(record, cutoff)]
+            if resolve is not None and due:
+                due = _resolve_batch(writer, due, resolve, pool, cutoff, max_body_bytes, outcomes)
+            if due:
+                expired += writer.run(
+                    partial(applying.expire_calls, call_ids=due, swept_at=now, cutoff=cutoff),
+                    subject="this batch of the sweep",
+                )
+    return SweepReport(
+        checked,
+        tuple(expired),
+        tuple(outcomes["resolved"]),
+        tuple(outcomes["kept"]),
+        tuple(outcomes["failed"]),
+    )
 
 
-def _offer(
-    writer: Writer, call_id: str, resolve: Resolve, cutoff: datetime, max_body_bytes: int
-) -> str:
-    """Offer one call to `resolve` and apply the body it returns. What the call is then: `due`
-    (still live and old: expire it), `resolved` (the body ended it), `kept` (the body showed
-    it alive lately) or `gone` (it ended before it was offered)."""
-    call = reading.get_call(writer.engine, call_id)
-    if call is None or not call.live:
-        return "gone"
-    body = resolve(call)
-    if body is None:
-        return "due"
-    applying.apply_bodies(writer, [body], max_body_bytes, parsing.SWEEP_ORIGIN)
+def _resolve_batch(
+    writer: Writer,
+    call_ids: list[str],
+    resolve: Resolve,
+    pool: ThreadPoolExecutor,
+    cutoff: datetime,
+    max_body_bytes: int,
+    outcomes: dict[str, list[str]],
+) -> list[str]:
+    """Offer these calls to `resolve`; the ids still due for expiry. What `resolve` answers:
+    None (unknown there: 404, or older than Bandwidth keeps) leaves the call due. A call state
+    saying the call still goes on keeps it live, whatever its age (`kept`). One saying it
+    disconnected, or a terminal callback, is applied as the provider's end (origin
+    `provider`, `resolved`). Any other callback (a host's hook telling the call answered
+    lately) is applied as a delivery (origin `sweep`), and the call is kept if that makes it
+    recent. A `ProviderError` leaves the call live and counts it `failed`, unless the
+    credentials were refused (`refused`): asking on is useless then, so it stops the sweep.
+    Any other exception stops the sweep too, and reaches the caller. Whatever was applied and
+    is not now ended, nor recent, stays due."""
+    with reading.one_moment(writer.engine) as connection:
+        found = storage.where_calls_by_id(connection, call_ids)
+        offered = reading.snapshots(
+            connection,
+            [found[i] for i in call_ids if i in found and found[i].state in lifecycle.LIVE_STATES],
+        )
+    answers = list(pool.map(partial(_ask, resolve), offered))
+    due: list[str] = []
+    provider: list[bytes] = []
+    deliveries: list[bytes] = []
+    for call, answer in zip(offered, answers, strict=True):
+        if isinstance(answer, ProviderError):
+            if answer.refused:
+                raise answer
+            outcomes["failed"].append(call.call_id)
+        elif answer is None:
+            due.append(call.call_id)
+        else:
+            read = parsing.read_provider_answer(answer, max_body_bytes)
+            content = read.content
+            if isinstance(content, ProviderCall) and not content.ended:
+                outcomes["kept"].append(call.call_id)
+            elif isinstance(content, Unreadable) and _is_live_callback(answer, max_body_bytes):
+                deliveries.append(read.raw)
+                due.append(call.call_id)
+            else:
+                provider.append(read.raw)
+                due.append(call.call_id)
+    if provider:
+        applying.apply_bodies(writer, provider, max_body_bytes, PROVIDER_ORIGIN)
+    if deliveries:
+        applying.apply_bodies(writer, deliveries, max_body_bytes, parsing.SWEEP_ORIGIN)
+    if not provider and not deliveries:
+        return due
     with writer.engine.connect() as connection:
-        after = storage.find_call(connection, call_id)
-    if after is None or after.state == lifecycle.DISCONNECTED:
-        return "resolved"
-    return "due" if lifecycle.sweepable(after, cutoff) else "kept"
+        now_found = storage.where_calls_by_id(connection, due)
+    still_due: list[str] = []
+    for call_id in due:
+        record = now_found.get(call_id)
+        if record is None or record.state == lifecycle.DISCONNECTED:
+            outcomes["resolved"].append(call_id)
+        elif lifecycle.sweepable(record, cutoff):
+            still_due.append(call_id)
+        else:
+            outcomes["kept"].append(call_id)
+    return still_due
+
+
+def _ask(resolve: Resolve, call: Call) -> Body | ProviderError | None:
+    """`resolve(call)`, a `ProviderError` returned rather than raised (one failed look-up is
+    the sweep's business, not the end of it)."""
+    try:
+        return resolve(call)
+    except ProviderError as error:
+        return error
+
+
+def _is_live_callback(answer: Body, max_body_bytes: int) -> bool:
+    return isinstance(parsing.read(answer, max_body_bytes).content, parsing.Event)
 
 
 def prune(writer: Writer, before: datetime, *, batch_size: int) -> int:

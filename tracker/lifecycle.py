@@ -204,15 +204,17 @@ def _decide(
     )
 
 
-def provide(answer: ProviderCall, call: CallRecord | None, parent_known: bool) -> Decision:
+def provide(answer: ProviderCall, call: CallRecord | None, parent: CallRecord | None) -> Decision:
     """Bandwidth's call state (`answer`) applied to `call` (None when never seen): when it says
     the call disconnected, its facts end the call as the provider's end (`end_source`
     `provider`), each filling only what the callbacks said nothing of, so that every callback,
     whenever it comes, wins over them, and a terminal one replaces them all. A call a terminal
     callback ended is left as it is: the provider's word never changes it (a disagreement is
     for `Tracker.reconcile` to report). A sweep's expiry is replaced, as a callback replaces
-    it. `parent_known`: the parent the answer names has a row (a call is linked to a parent
-    only once that exists; the callbacks link it otherwise)."""
+    it. `parent`: the call the answer names as the parent, None when never seen: it is then
+    recorded as a placeholder, as a leg's callback would (its numbers are the legs' callbacks'
+    to give). The account is not a fact of the end but of the call's tree, as for a callback:
+    the tree's, else the one Bandwidth was asked for, which a tree without one then learns."""
     call_id = answer.call_id
     if not answer.ended:
         return Decision(
@@ -221,6 +223,16 @@ def provide(answer: ProviderCall, call: CallRecord | None, parent_known: bool) -
             detail=f"Bandwidth says call {call_id} is {answer.state}: nothing to apply",
         )
     if call is not None and call.end_source == CALLBACK:
+        if call.account_id is None and answer.account_id is not None:
+            # Not a fact of the end: the tree learns it whichever came first.
+            return Decision(
+                outcome=Outcome.APPLIED,
+                detail=f"call {call_id} was ended by its {call.terminal_event}, which the "
+                f"provider's answer never changes; its tree learns account {answer.account_id}",
+                call=(call, call),
+                history=history_of(call)[1],
+                fill_account=answer.account_id,
+            )
         return Decision(
             outcome=Outcome.IGNORED,
             reason=IgnoredReason.ENDED_BY_CALLBACK,
@@ -234,7 +246,7 @@ def provide(answer: ProviderCall, call: CallRecord | None, parent_known: bool) -
     if rejection is not None:
         return rejection
     offered: dict[str, Any] = {
-        "parent_call_id": answer.parent_call_id if parent_known else None,
+        "parent_call_id": answer.parent_call_id,
         "application_id": answer.application_id,
         "direction": answer.direction,
         "from_number": answer.from_number,
@@ -247,7 +259,14 @@ def provide(answer: ProviderCall, call: CallRecord | None, parent_known: bool) -
         "error_message": answer.error_message,
         "error_id": answer.error_id,
     }
-    base = call if call is not None else CallRecord(call_id=call_id, account_id=answer.account_id)
+    # The account is the tree's, as for a callback (`rules.account_of`): the one the call or its
+    # parent has, else the one Bandwidth was asked for, which the whole tree then learns.
+    account = (
+        (call.account_id if call is not None else None)
+        or (parent.account_id if parent is not None else None)
+        or answer.account_id
+    )
+    base = call if call is not None else CallRecord(call_id=call_id, account_id=account)
     after, history = _with_provider(base, offered)
     if call is not None and after == call:
         return Decision(
@@ -255,15 +274,27 @@ def provide(answer: ProviderCall, call: CallRecord | None, parent_known: bool) -
             detail=f"call {call_id} already ended with what the provider says",
         )
     answered = f", answered at {iso(after.answer_time)}" if after.answer_time else ""
+    placeholder = None
+    if parent is None and after.parent_call_id is not None and after.parent_call_id != call_id:
+        placeholder = (None, CallRecord(call_id=after.parent_call_id, account_id=account))
+    elif after.parent_call_id == call_id:  # no call is its own parent, whatever is answered
+        after = changed(after, {"parent_call_id": None})
     return Decision(
         outcome=Outcome.APPLIED,
         detail=f"call {call_id} ended as Bandwidth's call state says ({after.cause}){answered}",
         call=(call, after),
+        parent=placeholder,
         history=history,
-        fill_account=answer.account_id
-        if call is not None and call.account_id is None and answer.account_id
+        fill_account=account
+        if call is not None and (call.account_id is None or _links(call, after))
         else None,
     )
+
+
+def _links(call: CallRecord, after: CallRecord) -> bool:
+    """Whether the provider's answer links the call to a parent: two trees become one, and
+    the one without an account learns the other's."""
+    return after.parent_call_id is not None and call.parent_call_id != after.parent_call_id
 
 
 # The cause of a call Bandwidth says disconnected without saying why: its own word for that.

@@ -608,14 +608,13 @@ def read_provider_answer(body: object, max_body_bytes: int = MAX_BODY_BYTES) -> 
         )
 
 
-# What no reading as a call state can cure.
+# What no reading as a call state can cure (a list may be Bandwidth's one-element answer).
 _UNREADABLE_ANYWAY: Final = frozenset(
     {
         InvalidReason.NOT_UTF8,
         InvalidReason.NOT_JSON,
         InvalidReason.TOO_DEEPLY_NESTED,
         InvalidReason.TOO_LARGE,
-        InvalidReason.NOT_AN_OBJECT,
         InvalidReason.UNSUPPORTED_BODY,
     }
 )

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 from pydantic.alias_generators import to_camel
 
 from tracker.callbacks import AnyZoneTimestamp, Identifier, Text
+from tracker.errors import TrackerError
 from tracker.instants import as_utc
 
 # The log's origin for a provider answer, and the event type its log entry and history step
@@ -35,12 +36,13 @@ KEPT_DAYS: Final = 7
 DISCONNECTED: Final = "disconnected"
 
 
-class ProviderError(Exception):
+class ProviderError(TrackerError):
     """A question to the provider got no usable answer: a timeout, a 5xx, a 429 still refused
     after honouring `Retry-After`, refused credentials, an answer that is not a call state.
-    Not a `StorageError`: the database is fine, and a call a look-up failed for stays live
-    (never expired on a failure) for the next sweep to ask again. `refused` is True when the
-    credentials are missing or refused: asking again will not help, so a sweep stops there."""
+    A `TrackerError`, not a `StorageError`: the database is fine, and a call a look-up
+    failed for stays live (never expired on a failure) for the next sweep to ask again.
+    `refused` is True when the credentials are missing or refused: asking again will not
+    help, so a sweep stops there."""
 
     def __init__(self, message: str, *, refused: bool = False) -> None:
         super().__init__(message)

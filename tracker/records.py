@@ -6,7 +6,7 @@ Plain frozen dataclasses, detached from any database session, safe to keep and p
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
@@ -242,14 +242,16 @@ class RedriveReport:
 @dataclass(frozen=True, slots=True)
 class SweepReport:
     """What `Tracker.sweep` did. `checked`: the live calls it looked at; `expired`: the ids of
-    those it ended (disposition `expired`); `resolved`: the ids of those a body from the
-    `resolve` hook ended instead; `kept`: calls a `resolve` body showed alive and recent, so
-    left live."""
+    those it ended (disposition `expired`); `resolved`: the ids of those the provider's answer
+    (from the `resolve` hook) ended instead; `kept`: calls the answer showed still going (or
+    alive lately), so left live; `failed`: calls whose look-up failed (`ProviderError`), left
+    live for the next sweep to ask again: never expired on a failure."""
 
     checked: int
     expired: tuple[str, ...]
     resolved: tuple[str, ...] = ()
     kept: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +356,9 @@ class CallStatistics:
     dispositions: Mapping[str, int]
     causes: Mapping[str, int]
     peak_concurrent_calls: int
+    # Ended attempts per where their end came from (`callback`, `provider`, `sweep`): a rising
+    # provider or sweep share is a tenant whose callbacks are being lost.
+    end_sources: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def asr(self) -> float | None:

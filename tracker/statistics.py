@@ -239,6 +239,7 @@ class _Tally:
     rang: int = 0
     dispositions: dict[str, int] = field(default_factory=dict)
     causes: dict[str, int] = field(default_factory=dict)
+    end_sources: dict[str, int] = field(default_factory=dict)
 
 
 def statistics(connection: Connection, window: Window) -> list[CallStatistics]:
@@ -261,6 +262,8 @@ def statistics(connection: Connection, window: Window) -> list[CallStatistics]:
             _add(tally.dispositions, row.disposition, attempts)
         if row.cause is not None:
             _add(tally.causes, row.cause, attempts)
+        if row.end_source is not None:
+            _add(tally.end_sources, row.end_source, attempts)
     if window.by is None and not tallies:
         tallies[None] = _Tally()
     peaks = {row.bucket: int(row.peak or 0) for row in connection.execute(_peaks_query(window))}
@@ -297,6 +300,7 @@ def _statistics(window: Window, bucket: Any, tally: _Tally, peak: int) -> CallSt
         dispositions=dict(sorted(tally.dispositions.items())),
         causes=dict(sorted(tally.causes.items())),
         peak_concurrent_calls=peak,
+        end_sources=dict(sorted(tally.end_sources.items())),
     )
 
 
@@ -328,8 +332,9 @@ def _grouped(query: Select[Any], bucket: ColumnElement[Any] | None, *keys: Any) 
 
 
 def _figures_query(window: Window) -> Select[Any]:
-    """The attempts grouped by bucket, disposition and cause: one scan of the window's calls,
-    folded into buckets by `statistics` (a bucket has a few dozen such groups at most)."""
+    """The attempts grouped by bucket, disposition, cause and end source: one scan of the
+    window's calls, folded into buckets by `statistics` (a bucket has a few dozen such groups
+    at most)."""
     c = calls.c
     answered = c.answer_time.is_not(None)
     talked = and_(answered, c.end_time.is_not(None))
@@ -338,6 +343,7 @@ def _figures_query(window: Window) -> Select[Any]:
     query = select(
         c.disposition,
         c.cause,
+        c.end_source,
         func.count().label("attempts"),
         func.count(c.answer_time).label("answered"),
         func.sum(case((talked, microseconds_between(c.answer_time, c.end_time)))).label(
@@ -350,7 +356,7 @@ def _figures_query(window: Window) -> Select[Any]:
         func.count(case((answered, one))).label("rang"),
     )
     bucket = _bucket_of(window.by, c.start_time, c.account_id)
-    return _grouped(_of_attempts(query, window), bucket, c.disposition, c.cause)
+    return _grouped(_of_attempts(query, window), bucket, c.disposition, c.cause, c.end_source)
 
 
 def _of_attempts(query: Select[Any], window: Window) -> Select[Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -352,10 +352,12 @@ class Tracker:
         now: datetime | None = None,
         resolve: housekeeping.Resolve | None = None,
         batch_size: int = housekeeping.SWEEP_BATCH_SIZE,
+        should_stop: Callable[[], bool] | None = None,
     ) -> SweepReport:
         """End every live call last heard of more than `older_than` before `now` (its terminal
         event was lost): `disconnected`, disposition `expired`, `swept_at` set, until a real
         end replaces it. `resolve(call)` may return a body to apply instead (origin `sweep`).
+        `should_stop()` returning True stops it between two transactions (a server stopping).
         Safe while other processes apply (see `tracker.housekeeping.sweep`)."""
         self._check_schema()
         with database_errors():
@@ -366,6 +368,7 @@ class Tracker:
                 resolve=resolve,
                 batch_size=batch_size,
                 max_body_bytes=self._max_body_bytes,
+                should_stop=should_stop,
             )
 
     def prune(self, before: datetime, *, batch_size: int = housekeeping.PRUNE_BATCH_SIZE) -> int:

@@ -152,6 +152,7 @@ def _facts(call: Call) -> list[tuple[str, str]]:
         ("started", when(call.start_time)),
         ("answered at", when(call.answer_time)),
         ("ended", when(call.end_time)),
+        ("end source", shown(call.end_source)),
         ("duration", clock(call.duration)),
         ("ringing", clock(call.ring_duration)),
         ("talking", clock(call.talk_duration)),

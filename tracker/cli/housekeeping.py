@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
 from datetime import datetime, timedelta
-from typing import Final
 
 import click
 from rich.table import Table
 from rich.text import Text
 
-from tracker import REDRIVEN_OUTCOMES
-from tracker.cli.options import batch_size_option, instant
+from tracker import REDRIVEN_OUTCOMES, ProviderError
+from tracker.cli.options import batch_size_option, duration, instant, resolve_option
+from tracker.cli.options import resolver as resolver_named
 from tracker.cli.output import clock, echo_json, iso, shown, stdout_console, when
 from tracker.cli.session import Session
 from tracker.housekeeping import PRUNE_BATCH_SIZE, SWEEP_BATCH_SIZE
 
 # --- sweep ------------------------------------------------------------------------------------
-
-_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
-_UNIT_SECONDS: Final = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-
-
-def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> timedelta:
-    """`4h`, `90m`, `1h30m`, `2d`, or plain seconds."""
-    text = value.strip().lower()
-    seconds: float | None = None
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        seconds = float(text)
-    elif text and re.fullmatch(f"(?:{_DURATION_PART.pattern})+", text):
-        seconds = sum(
-            float(amount) * _UNIT_SECONDS[unit] for amount, unit in _DURATION_PART.findall(text)
-        )
-    if not seconds:
-        raise click.BadParameter(
-            f"{value!r} is not a positive duration; write it like 4h, 90m, 1h30m, 2d or 14400 "
-            "(seconds)"
-        )
-    return timedelta(seconds=seconds)
 
 
 @click.command()
@@ -46,7 +24,7 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> timed
     "--older-than",
     required=True,
     metavar="DURATION",
-    callback=_duration,
+    callback=duration,
     help="End live calls last heard of longer ago than this (4h, 90m, 2d, seconds).",
 )
 @click.option(
@@ -56,6 +34,11 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> timed
     help="Measure ages from this instant instead of the current time.",
 )
 @batch_size_option(SWEEP_BATCH_SIZE, "Calls ended per transaction.")
+@resolve_option(
+    "Ask Bandwidth's call state API first (credentials from the environment): a call it says "
+    "disconnected ends with its facts, one still going stays live, one it does not know is "
+    "expired, and one it could not answer for stays live for the next sweep."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.pass_obj
 def sweep(
@@ -63,21 +46,35 @@ def sweep(
     older_than: timedelta,
     now: datetime | None,
     batch_size: int,
+    resolve: str | None,
     as_json: bool,
 ) -> None:
     """End the calls whose terminal event was lost.
 
     Every call still initiated or answered whose latest known time (start, answer) is older than
     --older-than becomes disconnected with disposition expired, no cause, and a history step
-    and log entry of its own. A real terminal event arriving later replaces the sweep entirely.
-    Safe to run (from cron, say) while workers apply.
+    and log entry of its own. With --resolve bandwidth, Bandwidth is asked first. A real
+    terminal event arriving later replaces either end entirely. Safe to run (from cron, say)
+    while workers apply.
     """
-    report = session.tracker.sweep(older_than, now=now, batch_size=batch_size)
+    resolver = resolver_named(resolve)
+    try:
+        report = session.tracker.sweep(older_than, now=now, batch_size=batch_size, resolve=resolver)
+    except ProviderError as error:
+        if error.refused:  # nothing more can be asked: what was done stays, the rest waits
+            raise click.UsageError(f"--resolve {resolve}: {error}") from error
+        raise click.ClickException(str(error)) from error
+    finally:
+        if resolver is not None and hasattr(resolver, "close"):
+            resolver.close()
     if as_json:
         echo_json(
             {
                 "checked": report.checked,
                 "expired": list(report.expired),
+                "resolved": list(report.resolved),
+                "kept": list(report.kept),
+                "failed": list(report.failed),
                 "older_than": older_than.total_seconds(),
             }
         )
@@ -89,6 +86,14 @@ def sweep(
     )
     for call_id in report.expired:
         click.echo(f"  {call_id}")
+    if resolve is not None:
+        click.echo(
+            f"Bandwidth ended {len(report.resolved):,}, kept {len(report.kept):,} live (still "
+            f"going there), and could not answer for {len(report.failed):,} (left live for the "
+            "next sweep)."
+        )
+        for call_id in report.failed:
+            click.echo(f"  failed: {call_id}")
 
 
 # --- prune ------------------------------------------------------------------------------------

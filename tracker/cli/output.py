@@ -84,6 +84,7 @@ def call_json(call: Call) -> dict[str, Any]:
         "caller_display_name": call.caller_display_name,
         "transfers": [{**asdict(attempt), "at": iso(attempt.at)} for attempt in call.transfers],
         "swept_at": iso(call.swept_at),
+        "end_source": call.end_source,
     }
 
 

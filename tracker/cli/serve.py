@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import signal
 import socket
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
+from types import FrameType
 from typing import IO, Final
 
 import click
 
 from tracker.asgi import BODY_TIMEOUT, MAX_BODY_BYTES, MAX_QUEUE
-from tracker.cli.output import counted
+from tracker.cli.options import duration, resolve_option, resolver
+from tracker.cli.output import clock, counted
 from tracker.cli.session import Session
+from tracker.housekeeping import SWEEP_BATCH_SIZE
 
 CREDENTIALS_VARIABLE: Final = "TRACKER_CALLBACK_CREDENTIALS"
 
@@ -51,6 +56,31 @@ CREDENTIALS_VARIABLE: Final = "TRACKER_CALLBACK_CREDENTIALS"
     metavar="SECONDS",
     help="A body not complete in this time is answered 408.",
 )
+@click.option(
+    "--sweep-every",
+    metavar="DURATION",
+    callback=duration,
+    help="Sweep in the background this often (5m, 1h, seconds), with --sweep-older-than; of "
+    "several servers on one database, one at a time sweeps.",
+)
+@click.option(
+    "--sweep-older-than",
+    metavar="DURATION",
+    callback=duration,
+    help="The background sweep ends live calls last heard of longer ago than this (4h, 2d).",
+)
+@click.option(
+    "--sweep-batch-size",
+    type=click.IntRange(min=1),
+    default=SWEEP_BATCH_SIZE,
+    show_default=True,
+    metavar="N",
+    help="Calls the background sweep ends per transaction; it stops between two.",
+)
+@resolve_option(
+    "Before expiring a call, the background sweep asks the provider how it ended "
+    "(credentials from the environment)."
+)
 @click.pass_obj
 def serve(
     session: Session,
@@ -60,13 +90,39 @@ def serve(
     max_body_bytes: int,
     max_queue: int,
     body_timeout: float,
+    sweep_every: timedelta | None,
+    sweep_older_than: timedelta | None,
+    sweep_batch_size: int,
+    resolve: str | None,
 ) -> None:
     """Serve the webhook endpoint Bandwidth calls: every POST is a callback, answered 204 once
-    it is committed; GET /healthz and /metrics for the operator. Stops gracefully on SIGTERM."""
+    it is committed; GET /healthz and /metrics for the operator. Stops gracefully on SIGTERM.
+
+    With --sweep-every and --sweep-older-than it also ends, in the background, the calls whose
+    terminal callback was lost (as `tracker sweep` does), asking Bandwidth first with --resolve
+    bandwidth. Of several servers on one database, one at a time sweeps: the one holding the
+    lease `sweep` in the database, which it keeps from round to round; another takes over when
+    it stops (SIGTERM gives it up at once) or dies (once it expires: three sweep periods, at
+    least 30 s, at most 15 minutes). On SIGTERM the sweep stops between two transactions. Each
+    round that looked at calls says what it did in one line on stderr.
+    """
+    if (sweep_every is None) != (sweep_older_than is None):
+        given, missing = "--sweep-every", "--sweep-older-than"
+        if sweep_every is None:
+            given, missing = missing, given
+        raise click.UsageError(
+            f"{given} needs {missing}: the background sweep runs every --sweep-every and ends "
+            "the calls last heard of longer ago than --sweep-older-than"
+        )
+    if resolve is not None and sweep_every is None:
+        raise click.UsageError(
+            "--resolve is for the background sweep: give --sweep-every and --sweep-older-than too"
+        )
     try:
         import uvicorn
 
         from tracker.asgi import create_app
+        from tracker.sweeping import BackgroundSweep
     except ImportError as error:
         raise click.UsageError(
             f"serving needs the serve extra ({error}); pip install 'tracker[serve]'"
@@ -81,11 +137,26 @@ def serve(
             f"no credentials, so {host} would take callbacks from anyone; set "
             f"${CREDENTIALS_VARIABLE} or --credentials-file, or listen on a loopback address"
         )
+    resolving = resolver(resolve)
     session.max_body_bytes = max_body_bytes
     tracker = session.tracker
     tracker.check()
+    sweep = None
+    if sweep_every is not None and sweep_older_than is not None:
+        sweep = BackgroundSweep(
+            tracker,
+            every=sweep_every,
+            older_than=sweep_older_than,
+            resolve=resolving,
+            batch_size=sweep_batch_size,
+        )
+        _say_sweeps_on_stderr()
     app = create_app(
-        tracker, credentials=credentials, body_timeout=body_timeout, max_queue=max_queue
+        tracker,
+        credentials=credentials,
+        body_timeout=body_timeout,
+        max_queue=max_queue,
+        sweep=sweep,
     )
     users = len({user for user, _password in credentials})
     guard = f"Basic authentication, {counted(users, 'user')}"
@@ -97,6 +168,12 @@ def serve(
         app, host=host, port=port, access_log=False, server_header=False, lifespan="on"
     )
     listening = f"tracker: serving on http://{host}:{port} into {session.shown_url}, {guard}"
+    if sweep is not None:
+        listening += (
+            f"; sweeping every {clock(sweep.every)} the calls older than "
+            f"{clock(sweep.older_than)}{' (asking Bandwidth first)' if resolve else ''}, "
+            f"as {sweep.holder}"
+        )
 
     class Server(uvicorn.Server):
         """Says where it listens once the socket is bound, not before: a taken port fails
@@ -106,6 +183,12 @@ def serve(
             await super().startup(sockets)
             if self.started:
                 click.echo(listening, err=True)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            """The sweep is told at once, so that it stops while the requests under way end."""
+            if sweep is not None:
+                sweep.request_stop()
+            super().handle_exit(sig, frame)
 
         @contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -120,7 +203,24 @@ def serve(
                 for number, handler in previous.items():
                     signal.signal(number, handler)
 
-    Server(config).run()
+    try:
+        Server(config).run()
+    finally:
+        close = getattr(resolving, "close", None)
+        if close is not None:
+            close()
+
+
+def _say_sweeps_on_stderr() -> None:
+    """The background sweep's lines (logger `tracker.sweeping`) on stderr, as the server's own
+    are: uvicorn configures only its own loggers."""
+    logger = logging.getLogger("tracker.sweeping")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("tracker: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _credentials(entries: Iterable[str], source: str) -> list[tuple[str, str]]:

@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from tracker import ALL_DISPOSITIONS, CallStatistics, plotting
+from tracker import ALL_DISPOSITIONS, END_SOURCES, CallStatistics, plotting
 from tracker.cli.options import ACCOUNT_OPTION, SINCE_OPTION, UNTIL_OPTION
 from tracker.cli.output import echo_json, iso, stdout_console, when
 from tracker.cli.session import Session
@@ -105,6 +105,7 @@ def _statistics_json(row: CallStatistics) -> dict[str, Any]:
         "peak_concurrent_calls": row.peak_concurrent_calls,
         "dispositions": dict(row.dispositions),
         "causes": dict(row.causes),
+        "end_sources": dict(row.end_sources),
     }
 
 
@@ -119,6 +120,7 @@ def _statistics_table(rows: list[CallStatistics], by: str | None) -> Table:
     for column in ("attempts", "answered", "ASR", "ACD", "ring", "peak", "live", *dispositions):
         table.add_column(column, justify="right")
     table.add_column("causes", overflow="fold")
+    table.add_column("ended by", overflow="fold")
     for row in rows:
         causes = sorted(row.causes.items(), key=lambda item: (-item[1], item[0]))
         table.add_row(
@@ -132,6 +134,13 @@ def _statistics_table(rows: list[CallStatistics], by: str | None) -> Table:
             f"{row.live:,}",
             *(f"{row.dispositions.get(name, 0):,}" for name in dispositions),
             Text(", ".join(f"{cause} {count:,}" for cause, count in causes)),
+            Text(
+                ", ".join(
+                    f"{source} {row.end_sources[source]:,}"
+                    for source in END_SOURCES
+                    if source in row.end_sources
+                )
+            ),
         )
     return table
 

@@ -11,7 +11,8 @@ One module per concern, as Optuna's `storages/_rdb/` is laid out:
 - `log`: the event log appended to, read a page at a time, and pruned;
 - `export`: call detail records read a keyset page at a time;
 - `writes`: calls inserted and compare-and-set in one lock order, accounts, transfers;
-- `races`: a lost race told apart from a failure (`LostRaceError`, `is_unique_violation`).
+- `races`: a lost race told apart from a failure (`LostRaceError`, `is_unique_violation`);
+- `leases`: named leases taken, renewed and given up by compare-and-set, by the database's clock.
 
 Naming follows Optuna's storage: `find_*` returns one thing or None, `where_*` returns many,
 `insert_*`/`write_*`/`fill_*` change rows. Concurrency rests on the database's uniqueness
@@ -28,6 +29,14 @@ from __future__ import annotations
 from tracker.storage.columns import HistoryJSON, JSONText, UTCDateTime
 from tracker.storage.engines import DEFAULT_TIMEOUT, adopt_engine, create_engine, has_sqlite_setup
 from tracker.storage.export import ExportedCall, LegAnswer, where_calls_page, where_leg_answers
+from tracker.storage.leases import (
+    LeaseHolding,
+    database_now,
+    find_lease,
+    give_up_lease,
+    renew_lease,
+    take_lease,
+)
 from tracker.storage.log import (
     applied_after,
     count_applied,
@@ -72,9 +81,11 @@ from tracker.storage.tables import (
     Base,
     CallRow,
     EventRow,
+    LeaseRow,
     TransferRow,
     calls,
     events,
+    leases,
     transfers,
 )
 from tracker.storage.writes import delete_transfers, fill_account, insert_transfers, write_calls
@@ -96,6 +107,8 @@ __all__ = [
     "ExportedCall",
     "HistoryJSON",
     "JSONText",
+    "LeaseHolding",
+    "LeaseRow",
     "LegAnswer",
     "Lineage",
     "LostRaceError",
@@ -108,17 +121,23 @@ __all__ = [
     "count_calls",
     "count_events_through",
     "create_engine",
+    "database_now",
     "delete_events",
     "delete_transfers",
     "events",
     "fill_account",
     "find_call",
+    "find_lease",
+    "give_up_lease",
     "has_sqlite_setup",
     "insert_events",
     "insert_transfers",
     "is_unique_violation",
     "last_event_id",
+    "leases",
     "page_call_ids",
+    "renew_lease",
+    "take_lease",
     "transfers",
     "where_applications",
     "where_applied_bodies",

@@ -43,6 +43,7 @@ class ExportedCall(NamedTuple):
     verstat: str | None
     caller_display_name: str | None
     swept_at: datetime | None
+    end_source: str | None
     legs: int  # calls whose parent it is
     transfer_attempts: int
 
