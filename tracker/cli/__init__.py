@@ -87,7 +87,7 @@ def cli(ctx: click.Context, database_url: str, schema: str | None, timeout: floa
     """Follow Bandwidth Voice calls: apply callback bodies, then look at calls and their legs.
 
     Exit codes: 0 done; 1 call not found; 2 usage error, or the database schema needs
-    `tracker upgrade`; 3 the database failed.
+    `tracker upgrade`; 3 the database failed; 4 Bandwidth's API failed (reconcile).
     """
     ctx.obj = Session(database_url, schema, timeout)
 
