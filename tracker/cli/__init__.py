@@ -1,12 +1,14 @@
 """The `tracker` command line: a thin shell over the `Tracker` facade.
 
 People get rich tables, a leg tree and a progress bar; scripts get `--json`, which prints one
-JSON document and nothing else on stdout. The tracker's own failures end in one line on stderr
-and an exit code a script can test, never in a traceback.
+JSON document and nothing else on stdout (`reconcile`: one per line, as its pages come). The
+tracker's own failures end in one line on stderr and an exit code a script can test, never in
+a traceback.
 
 One module per group of commands, each calling the facade: `calls` (show, calls, events),
 `ingest`, `stats`, `follow`, `export`, `serve`, `housekeeping` (sweep, prune, redrive,
-rebuild) and `schema` (upgrade); `session`, `options` and `output` are what they share.
+rebuild), `reconcile` and `schema` (upgrade); `session`, `options` and `output` are what they
+share.
 """
 
 from __future__ import annotations
