@@ -98,7 +98,7 @@ def reconcile(
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
-        TextColumn("{task.fields[pages]:,} pages, {task.fields[calls]:,} calls compared"),
+        TextColumn("pages: {task.fields[pages]:,}, calls listed: {task.fields[calls]:,}"),
         TimeElapsedColumn(),
         console=progress_console,
         disable=not progress_console.is_terminal,
@@ -183,7 +183,7 @@ class _Printer:
     def page(self, page: ReconcilePage) -> None:
         if page.source == "bandwidth":
             self.pages += 1
-        self.calls += page.compared
+            self.calls += page.compared
         self.applied += sum(
             call.result is not None and call.result.outcome == "applied" for call in page.calls
         )
