@@ -11,7 +11,8 @@ correlated with their transfer legs, and persisted.
 from tracker.errors import ConflictError, SchemaError, StorageError, TrackerError
 from tracker.facts import END_SOURCES
 from tracker.lifecycle import ALL_DISPOSITIONS, DISPOSITIONS, LIVE_STATES, STATES, TRANSITIONS
-from tracker.provider import ProviderError
+from tracker.provider import ProviderCall, ProviderError
+from tracker.reconciling import ReconciledCall, ReconcilePage, ReconcileReport, ReconcileStatus
 from tracker.records import (
     REDRIVEN_OUTCOMES,
     Call,
@@ -53,9 +54,14 @@ __all__ = [
     "IgnoredReason",
     "InvalidReason",
     "Outcome",
+    "ProviderCall",
     "ProviderError",
     "Reason",
     "RebuildReport",
+    "ReconcilePage",
+    "ReconcileReport",
+    "ReconcileStatus",
+    "ReconciledCall",
     "RedriveReport",
     "Result",
     "SchemaError",

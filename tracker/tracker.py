@@ -20,11 +20,12 @@ from tracker import (
     joining,
     parsing,
     rebuilding,
+    reconciling,
     statistics,
     storage,
 )
 from tracker.applying import apply_bodies
-from tracker.errors import check_limit, check_positive
+from tracker.errors import check_instant, check_limit, check_positive, check_text, check_window
 from tracker.provider import PROVIDER_ORIGIN
 from tracker.reading import (
     CallFilters,
@@ -38,6 +39,7 @@ from tracker.reading import (
     read_with_database_errors,
     snapshots,
 )
+from tracker.reconciling import CallLister, OnPage, ReconcileReport
 from tracker.records import (
     Call,
     CallStatistics,
@@ -409,6 +411,50 @@ class Tracker:
             return rebuilding.rebuild(
                 self.engine, write if apply else None, max_body_bytes=self._max_body_bytes
             )
+
+    def reconcile(
+        self,
+        since: datetime,
+        until: datetime | None = None,
+        *,
+        account_id: str | None = None,
+        apply: bool = False,
+        client: CallLister | None = None,
+        on_page: OnPage | None = None,
+        now: datetime | None = None,
+        batch_size: int = reconciling.RECONCILE_BATCH_SIZE,
+    ) -> ReconcileReport:
+        """Compare the calls Bandwidth lists as started in [since, until) (None: `now`) of
+        `account_id` (None: BANDWIDTH_ACCOUNT_ID) with the tracker's, call by call, and count
+        each status (`ReconcileStatus`); `on_page(page)` gets the calls that do not agree a
+        page at a time, as they are found, so memory stays bounded for any window.
+        `apply=True` applies Bandwidth's facts to the `missing` and `live_here` calls (never
+        `differs`) as the provider's end, logged with origin `provider`; without it nothing is
+        written. `client` lists Bandwidth's calls (None: `tracker.bandwidth`, configured from
+        the environment). A `ProviderError` ends the run; what was applied before it stays
+        (see `tracker.reconciling`)."""
+        check_instant("since", since)
+        if now is not None:
+            check_instant("now", now)
+        clock = datetime.now(UTC) if now is None else now
+        check_window(since, clock if until is None else until)
+        check_text("account_id", account_id)
+        check_positive("batch_size", batch_size)
+        with reconciling.lister_and_account(client) as (lister, default_account):
+            account = reconciling.account_to_list(account_id, default_account)
+            self._check_schema()
+            with database_errors():
+                return reconciling.reconcile(
+                    self.engine,
+                    lister,
+                    since=since.astimezone(UTC),
+                    until=(clock if until is None else until).astimezone(UTC),
+                    account_id=account,
+                    now=now,
+                    apply_documents=self.apply_call_states if apply else None,
+                    on_page=on_page,
+                    batch_size=batch_size,
+                )
 
 
 def _within_cap(limit: int | None) -> int:

@@ -1,12 +1,14 @@
 """The `tracker` command line: a thin shell over the `Tracker` facade.
 
 People get rich tables, a leg tree and a progress bar; scripts get `--json`, which prints one
-JSON document and nothing else on stdout. The tracker's own failures end in one line on stderr
-and an exit code a script can test, never in a traceback.
+JSON document and nothing else on stdout (`reconcile`: one per line, as its pages come). The
+tracker's own failures end in one line on stderr and an exit code a script can test, never in
+a traceback.
 
 One module per group of commands, each calling the facade: `calls` (show, calls, events),
 `ingest`, `stats`, `follow`, `export`, `serve`, `housekeeping` (sweep, prune, redrive,
-rebuild) and `schema` (upgrade); `session`, `options` and `output` are what they share.
+rebuild), `reconcile` and `schema` (upgrade); `session`, `options` and `output` are what they
+share.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import click
 
 from tracker import DEFAULT_DATABASE_URL, SchemaError, StorageError
-from tracker.cli import calls, export, follow, housekeeping, ingest, schema, serve, stats
+from tracker.cli import calls, export, follow, housekeeping, ingest, reconcile, schema, serve, stats
 from tracker.cli.ingest import CHUNK_SIZE
 from tracker.cli.serve import CREDENTIALS_VARIABLE
 from tracker.cli.session import EXIT_NOT_FOUND, EXIT_SCHEMA, EXIT_STORAGE, Session, fail
@@ -87,7 +89,7 @@ def cli(ctx: click.Context, database_url: str, schema: str | None, timeout: floa
     """Follow Bandwidth Voice calls: apply callback bodies, then look at calls and their legs.
 
     Exit codes: 0 done; 1 call not found; 2 usage error, or the database schema needs
-    `tracker upgrade`; 3 the database failed.
+    `tracker upgrade`; 3 the database failed; 4 Bandwidth's API failed (reconcile).
     """
     ctx.obj = Session(database_url, schema, timeout)
 
@@ -104,6 +106,7 @@ for _command in (
     housekeeping.rebuild,
     housekeeping.sweep,
     housekeeping.prune,
+    reconcile.reconcile,
     export.export,
     serve.serve,
 ):

@@ -333,11 +333,53 @@ def where_sweep_candidates(
     return [_record(row) for row in connection.execute(query)]
 
 
-def count_calls(connection: Connection, *, state: str | Sequence[str] | None = None) -> int:
-    """How many calls are in `state` (one or several), counted by the database: the live calls
-    a metrics scrape asks for without reading a row of them."""
-    query = _filtered(select(func.count()).select_from(calls), state=state)
+def count_calls(
+    connection: Connection,
+    *,
+    state: str | Sequence[str] | None = None,
+    account_id: str | None = None,
+    started_after: datetime | None = None,
+    started_before: datetime | None = None,
+) -> int:
+    """How many calls match every filter given, counted by the database: the live calls a
+    metrics scrape asks for without reading a row of them, the calls of a window reconcile
+    could not compare."""
+    query = _filtered(
+        select(func.count()).select_from(calls),
+        state=state,
+        account_id=account_id,
+        started_after=started_after,
+        started_before=started_before,
+    )
     return int(connection.execute(query).scalar_one())
+
+
+def where_started_call_ids(
+    connection: Connection,
+    *,
+    started_after: datetime,
+    started_before: datetime,
+    account_id: str | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[tuple[datetime, str]]:
+    """(start time, id) of the next `limit` calls that started in [started_after,
+    started_before), of `account_id` when given, in `BY_KNOWN_START_TIME` order after `after`
+    (the last pair of the previous page): a keyset walk of a window along the start-time index
+    that reads ids only, for reconcile to look each up in what Bandwidth listed."""
+    query = _filtered(
+        select(calls.c.start_time, calls.c.call_id).order_by(*BY_KNOWN_START_TIME).limit(limit),
+        account_id=account_id,
+        started_after=started_after,
+        started_before=started_before,
+    )
+    if after is not None:
+        after_start, after_id = after
+        query = query.where(
+            calls.c.start_time >= after_start,
+            or_(calls.c.start_time > after_start, calls.c.call_id > after_id),
+        )
+    return [(row.start_time, row.call_id) for row in connection.execute(query)]
 
 
 def _filtered(
