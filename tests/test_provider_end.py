@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.test_order_independence import ids_of, snapshot, workloads
+from tests.test_sweep import FOUR_HOURS, NOW, TERMINAL_TYPES, applied
 from tracker import Call, Outcome, ProviderError, Tracker
 from tracker.testing import (
     ACCOUNT,
@@ -28,16 +29,6 @@ from tracker.testing import (
     transfer_answer,
     transfer_disconnect,
 )
-
-NOW = BASE_TIME + timedelta(hours=5)
-FOUR_HOURS = timedelta(hours=4)
-TERMINAL_TYPES = ("disconnect", "transferDisconnect")
-
-
-def applied(tracker: Tracker, *bodies: dict[str, Any]) -> None:
-    for body in bodies:
-        result = tracker.apply(body)
-        assert result.outcome is Outcome.APPLIED, result
 
 
 def provider_entries(tracker: Tracker, call_id: str) -> list[Any]:

@@ -29,7 +29,16 @@ from types import TracebackType
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-from tracker._bodies import ACCOUNT, APPLICATION, BASE_TIME, CALLED, CALLER, new_call_id, stamp
+from tracker._bodies import (
+    ACCOUNT,
+    APPLICATION,
+    BASE_TIME,
+    CALLED,
+    CALLER,
+    _finish,
+    new_call_id,
+    stamp,
+)
 from tracker.callbacks import read_call_url
 
 # Where Bandwidth serves the Voice API and its token endpoint, below the fake's origin: the same
@@ -97,12 +106,7 @@ def call_state(
             "disconnectCause": cause,
             "lastUpdate": stamp(ended),
         }
-    for key, value in fields.items():
-        if value is ...:
-            document.pop(key, None)
-        else:
-            document[key] = value
-    return document
+    return _finish(document, None, fields)
 
 
 def call_state_from(body: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
@@ -131,12 +135,7 @@ def call_state_from(body: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
         }
     else:
         document["state"] = "answered" if body.get("answerTime") else "initiated"
-    for key, value in fields.items():
-        if value is ...:
-            document.pop(key, None)
-        else:
-            document[key] = value
-    return document
+    return _finish(document, None, fields)
 
 
 def _account_of(body: Mapping[str, Any]) -> str:
