@@ -300,7 +300,14 @@ def test_the_command_sweeps_and_reports(sqlite_tracker: Tracker) -> None:
     )
 
     assert done.exit_code == 0, done.output
-    assert json.loads(done.stdout) == {"checked": 1, "expired": [old], "older_than": 14400.0}
+    assert json.loads(done.stdout) == {
+        "checked": 1,
+        "expired": [old],
+        "resolved": [],
+        "kept": [],
+        "failed": [],
+        "older_than": 14400.0,
+    }
     again = CliRunner().invoke(cli, ["--db", url, "sweep", "--older-than", "1h30m", "--now", now])
     assert again.exit_code == 0 and again.stdout.startswith("Expired 0 calls of 0 live calls")
     shown = CliRunner().invoke(cli, ["--db", url, "show", old, "--json"])
