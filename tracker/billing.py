@@ -73,6 +73,7 @@ class BillingPolicy:
         )
 
     def billable_of_microseconds(self, talk: int) -> int:
+        """The seconds billed for `talk` whole microseconds of talk time."""
         if talk <= 0:
             return 0
         first, increment = self.first * _MICROSECONDS, self.next * _MICROSECONDS
