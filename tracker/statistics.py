@@ -467,12 +467,12 @@ def _peaks_query(window: Window) -> Select[Any]:
     )
     # Calls up for no time are kept: their moves, +1 and -1 at one instant, put an attempt's
     # bucket among the moves, with the count of the calls up through it.
-    spans = select(
-        c.start_time.label("up"),
-        down.label("down"),
-        c.account_id,
-        _number_column(window).label("number"),
-    ).where(c.start_time.is_not(None))
+    # The number rides along only for `by="number"`: other reads keep their narrower rows.
+    by_number = window.by == "number"
+    numbers = [_number_column(window).label("number")] if by_number else []
+    spans = select(c.start_time.label("up"), down.label("down"), c.account_id, *numbers).where(
+        c.start_time.is_not(None)
+    )
     if window.until is not None:
         spans = spans.where(c.start_time < _instant(window.until))
     if window.account_id is not None:
@@ -487,11 +487,15 @@ def _peaks_query(window: Window) -> Select[Any]:
     if window.since is not None:
         since = _instant(window.since)
         up = case((span.up < since, since), else_=span.up)
+    span_numbers = [span.number] if by_number else []
     ups = select(
-        up.label("at"), literal(1, Integer()).label("change"), span.account_id, span.number
+        up.label("at"), literal(1, Integer()).label("change"), span.account_id, *span_numbers
     )
     downs = select(
-        span.down.label("at"), literal(-1, Integer()).label("change"), span.account_id, span.number
+        span.down.label("at"),
+        literal(-1, Integer()).label("change"),
+        span.account_id,
+        *span_numbers,
     )
     if window.until is not None:
         downs = downs.where(span.down < _instant(window.until))
@@ -501,13 +505,14 @@ def _peaks_query(window: Window) -> Select[Any]:
     # come first. Each account has a count of its own.
     per_account = window.by == "account"
     # With `by="number"`, each number has a count of its own, in the same window function.
-    partition = moves.number if window.by == "number" else None
+    partition = moves.number if by_number else None
     level = func.sum(moves.change).over(
         partition_by=moves.account_id if per_account else partition,
         order_by=(moves.at, moves.change),
         rows=(None, 0),
     )
-    levels = select(moves.account_id, moves.number, moves.at, moves.change, level.label("level"))
+    move_numbers = [moves.number] if by_number else []
+    levels = select(moves.account_id, *move_numbers, moves.at, moves.change, level.label("level"))
     counts = levels.subquery("levels").c
     # Every count a bucket holds for a while is the count after a start or just before an end
     # of the bucket, and no other move makes a count the bucket did not hold: between the moves
@@ -520,5 +525,7 @@ def _peaks_query(window: Window) -> Select[Any]:
     if first_instant is not None:
         before_end = case((counts.at > first_instant, before_end))
     peak = case((counts.change > 0, counts.level), else_=before_end)
-    bucket = _bucket_of(window.by, counts.at, counts.account_id, counts.number)
+    bucket = _bucket_of(
+        window.by, counts.at, counts.account_id, counts.number if by_number else None
+    )
     return _grouped(select(func.max(peak).label("peak")), bucket)
