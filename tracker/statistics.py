@@ -27,6 +27,11 @@ What counts as what (docs/statistics.md says it for users):
   of the bucket (within the window), counting calls that started before the bucket, or before
   the window, and were still up in it. A call that ends at the instant another starts, or a
   bucket starts, or `since` is, is not counted with it, nor in it.
+- With `by="number"` a bucket is the call's `to` (or `from`) number, and each number has a
+  running count of its own (the window function is partitioned by it); `top` ranks the numbers
+  by attempts in the database first (`_top_numbers`) and counts only those.
+- With a billing policy, the billable seconds of each attempt with a talk time are summed in the
+  database by `tracker.billing.billable_seconds_sql`, in integers (docs/reporting.md).
 """
 
 from __future__ import annotations
