@@ -213,7 +213,10 @@ def test_an_empty_database_gives_one_empty_bucket_and_no_hours(tracker: Tracker)
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"by": "week"}, "by must be one of 'account', 'hour', 'day' or None; got 'week'"),
+        (
+            {"by": "week"},
+            "by must be one of 'account', 'hour', 'day', 'number' or None; got 'week'",
+        ),
         ({"since": datetime(2026, 3, 1)}, "since=2026-03-01T00:00:00 has no time zone"),
         ({"until": "2026-03-01"}, "until must be a datetime"),
         ({"now": datetime(2026, 3, 1)}, "now=2026-03-01T00:00:00 has no time zone"),

@@ -8,6 +8,7 @@ correlated with their transfer legs, and persisted.
     result = tracker.apply(body)
 """
 
+from tracker.billing import BillingPolicy
 from tracker.errors import ConflictError, SchemaError, StorageError, TrackerError
 from tracker.facts import END_SOURCES
 from tracker.lifecycle import ALL_DISPOSITIONS, DISPOSITIONS, LIVE_STATES, STATES, TRANSITIONS
@@ -44,6 +45,7 @@ __all__ = [
     "REDRIVEN_OUTCOMES",
     "STATES",
     "TRANSITIONS",
+    "BillingPolicy",
     "Call",
     "CallDifference",
     "CallStatistics",

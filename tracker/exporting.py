@@ -28,6 +28,7 @@ from typing import Any, Final, TextIO
 from sqlalchemy import Connection, Engine
 
 from tracker import instants, storage
+from tracker.billing import BillingPolicy, billing_policy
 from tracker.errors import check_account, check_batch_size, check_window
 from tracker.storage.export import ExportedCall, LegAnswer
 
@@ -108,10 +109,17 @@ CONVERSATION_COLUMNS: Final = LEG_COLUMNS + _columns(
 )
 
 
-def columns(per: str) -> tuple[Column, ...]:
-    """The columns of an export `per` leg or conversation, in order."""
+# With a billing policy (`billing=`), one more column at the end of either export: the seconds
+# billed for the row's own talk time (docs/reporting.md). Without one, the exports are as before.
+BILLABLE_COLUMN: Final = Column("billable_seconds", Kind.INTEGER)
+
+
+def columns(per: str, *, billing: BillingPolicy | str | None = None) -> tuple[Column, ...]:
+    """The columns of an export `per` leg or conversation, in order; `billable_seconds` last
+    when a billing policy is given."""
     _check_per(per)
-    return LEG_COLUMNS if per == PER_LEG else CONVERSATION_COLUMNS
+    found = LEG_COLUMNS if per == PER_LEG else CONVERSATION_COLUMNS
+    return found if billing_policy(billing) is None else (*found, BILLABLE_COLUMN)
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -125,6 +133,7 @@ def export(
     until: datetime | None,
     account_id: str | None,
     batch_size: int,
+    billing: BillingPolicy | str | None = None,
 ) -> Iterator[Row]:
     """The rows, one dict per call (`per="leg"`) or per original call (`per="conversation"`),
     keys in `columns(per)` order, by start time then call id; calls that started in
@@ -136,7 +145,15 @@ def export(
     check_window(since, until)
     check_account(account_id)
     check_batch_size(batch_size)
-    return _rows(engine, per, since, until, account_id, batch_size)
+    policy = billing_policy(billing)
+    rows = _rows(engine, per, since, until, account_id, batch_size)
+    return rows if policy is None else _billed(rows, policy)
+
+
+def _billed(rows: Iterator[Row], policy: BillingPolicy) -> Iterator[Row]:
+    for row in rows:
+        row["billable_seconds"] = policy.billable_seconds(row["answer_time"], row["end_time"])
+        yield row
 
 
 def _check_per(per: str) -> None:

@@ -359,6 +359,14 @@ class CallStatistics:
     # Ended attempts per where their end came from (`callback`, `provider`, `sweep`): a rising
     # provider or sweep share is a tenant whose callbacks are being lost.
     end_sources: Mapping[str, int] = field(default_factory=dict)
+    # With a billing policy (`billing=`, docs/reporting.md), else None: the seconds billed for
+    # the bucket's calls, their mean per answered call with an end time (the calls ACD counts),
+    # and the answered calls with no end time yet, which bill 0 until their end is known.
+    billable_seconds: int | None = None
+    mean_billable_seconds: float | None = None
+    answered_without_end: int | None = None
+    # The bucket's number with `by="number"` (its `to` or `from`; None: no known number).
+    number: str | None = None
 
     @property
     def asr(self) -> float | None:

@@ -27,12 +27,17 @@ What counts as what (docs/statistics.md says it for users):
   of the bucket (within the window), counting calls that started before the bucket, or before
   the window, and were still up in it. A call that ends at the instant another starts, or a
   bucket starts, or `since` is, is not counted with it, nor in it.
+- With `by="number"` a bucket is the call's `to` (or `from`) number, and each number has a
+  running count of its own (the window function is partitioned by it); `top` ranks the numbers
+  by attempts in the database first (`_top_numbers`) and counts only those.
+- With a billing policy, the billable seconds of each attempt with a talk time are summed in the
+  database by `tracker.billing.billable_seconds_sql`, in integers (docs/reporting.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -55,12 +60,15 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from tracker import lifecycle
+from tracker.billing import BillingPolicy, billable_seconds_sql
 from tracker.errors import check_account, check_instant, check_window
 from tracker.records import CallStatistics
 from tracker.storage.columns import UTCDateTime
 from tracker.storage.tables import calls
 
-BY_CHOICES: Final = ("account", "hour", "day")
+BY_CHOICES: Final = ("account", "hour", "day", "number")
+# `by="number"` groups by the called (`to`) or calling (`from`) number of each call.
+NUMBER_SIDES: Final = ("to", "from")
 _BUCKET_LENGTH: Final = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 
 
@@ -215,6 +223,9 @@ class Window:
     until: datetime | None
     account_id: str | None
     now: datetime
+    billing: BillingPolicy | None = None
+    number_side: str = "to"
+    top: int | None = None
 
     def __post_init__(self) -> None:
         if self.by is not None and self.by not in BY_CHOICES:
@@ -224,6 +235,13 @@ class Window:
         check_window(self.since, self.until)
         check_instant("now", self.now)
         check_account(self.account_id)
+        if self.number_side not in NUMBER_SIDES:
+            raise ValueError(f"number_side must be 'to' or 'from'; got {self.number_side!r}")
+        if self.top is not None:
+            if self.by != "number":
+                raise ValueError('top keeps the first numbers: it needs by="number"')
+            if isinstance(self.top, bool) or not isinstance(self.top, int) or self.top < 1:
+                raise ValueError(f"top must be a whole number of rows above 0; got {self.top!r}")
 
 
 @dataclass
@@ -240,6 +258,8 @@ class _Tally:
     dispositions: dict[str, int] = field(default_factory=dict)
     causes: dict[str, int] = field(default_factory=dict)
     end_sources: dict[str, int] = field(default_factory=dict)
+    billable_seconds: int = 0
+    answered_without_end: int = 0
 
 
 def statistics(connection: Connection, window: Window) -> list[CallStatistics]:
@@ -264,13 +284,25 @@ def statistics(connection: Connection, window: Window) -> list[CallStatistics]:
             _add(tally.causes, row.cause, attempts)
         if row.end_source is not None:
             _add(tally.end_sources, row.end_source, attempts)
+        if window.billing is not None:
+            tally.billable_seconds += int(row.billable_seconds or 0)
+            tally.answered_without_end += int(row.answered_without_end)
     if window.by is None and not tallies:
         tallies[None] = _Tally()
     peaks = {row.bucket: int(row.peak or 0) for row in connection.execute(_peaks_query(window))}
+    ordered = _ordered(tallies) if window.by != "number" else _by_attempts(tallies, window.top)
     return [
-        _statistics(window, bucket, tallies[bucket], peaks.get(bucket, 0))
-        for bucket in _ordered(tallies)
+        _statistics(window, bucket, tallies[bucket], peaks.get(bucket, 0)) for bucket in ordered
     ]
+
+
+def _by_attempts(tallies: dict[Any, _Tally], top: int | None) -> list[Any]:
+    """Numbers by attempts, most first, then by number (no known number last); the first
+    `top`. The database kept only the `top` numbers already (`_top_numbers`): this orders them."""
+    ordered = sorted(
+        tallies, key=lambda number: (-tallies[number].attempts, number is None, number or "")
+    )
+    return ordered if top is None else ordered[:top]
 
 
 def _add(counts: dict[str, int], key: str, count: int) -> None:
@@ -288,6 +320,7 @@ def _statistics(window: Window, bucket: Any, tally: _Tally, peak: int) -> CallSt
         start, end, account_id = window.since, window.until, bucket
     else:
         start, end, account_id = window.since, window.until, window.account_id
+    billing = window.billing
     return CallStatistics(
         start=start,
         end=end,
@@ -301,6 +334,12 @@ def _statistics(window: Window, bucket: Any, tally: _Tally, peak: int) -> CallSt
         causes=dict(sorted(tally.causes.items())),
         peak_concurrent_calls=peak,
         end_sources=dict(sorted(tally.end_sources.items())),
+        billable_seconds=None if billing is None else tally.billable_seconds,
+        mean_billable_seconds=(
+            None if billing is None or not tally.talked else tally.billable_seconds / tally.talked
+        ),
+        answered_without_end=None if billing is None else tally.answered_without_end,
+        number=bucket if window.by == "number" else None,
     )
 
 
@@ -310,9 +349,16 @@ def _mean_seconds(microseconds: int, count: int) -> float | None:
 
 
 def _bucket_of(
-    by: str | None, instant: ColumnElement[Any], account: ColumnElement[Any] | None = None
+    by: str | None,
+    instant: ColumnElement[Any],
+    account: ColumnElement[Any] | None = None,
+    number: ColumnElement[Any] | None = None,
 ) -> ColumnElement[Any] | None:
-    """What a row is grouped by: its hour, day or account; None for one bucket of everything."""
+    """What a row is grouped by: its hour, day, account or number; None for one bucket of
+    everything."""
+    if by == "number":
+        assert number is not None
+        return number
     if by == "hour":
         return start_of_hour(instant)
     if by == "day":
@@ -355,7 +401,17 @@ def _figures_query(window: Window) -> Select[Any]:
         ),
         func.count(case((answered, one))).label("rang"),
     )
-    bucket = _bucket_of(window.by, c.start_time, c.account_id)
+    if window.billing is not None:
+        talk = microseconds_between(c.answer_time, c.end_time)
+        query = query.add_columns(
+            func.sum(case((talked, billable_seconds_sql(window.billing, talk)))).label(
+                "billable_seconds"
+            ),
+            func.count(case((and_(answered, c.end_time.is_(None)), one))).label(
+                "answered_without_end"
+            ),
+        )
+    bucket = _bucket_of(window.by, c.start_time, c.account_id, _number_column(window))
     return _grouped(_of_attempts(query, window), bucket, c.disposition, c.cause, c.end_source)
 
 
@@ -369,7 +425,29 @@ def _of_attempts(query: Select[Any], window: Window) -> Select[Any]:
         query = query.where(c.start_time < _instant(window.until))
     if window.account_id is not None:
         query = query.where(c.account_id == window.account_id)
+    if window.top is not None:
+        query = query.where(_number_column(window).in_(_top_numbers(window)))
     return query
+
+
+def _number_column(window: Window) -> ColumnElement[Any]:
+    """The number a call counts for with `by="number"`: its `to` or its `from`."""
+    return calls.c.to_number if window.number_side == "to" else calls.c.from_number
+
+
+def _top_numbers(window: Window) -> Select[Any]:
+    """The `top` known numbers of the window by attempts (then by number), in the database.
+    Selected again from a derived table: MariaDB takes no LIMIT in an IN subquery."""
+    number = _number_column(window)
+    ranked = (
+        _of_attempts(select(number.label("number")), replace(window, top=None))
+        .where(number.is_not(None))
+        .group_by(number)
+        .order_by(func.count().desc(), number)
+        .limit(window.top)
+        .subquery("top_numbers")
+    )
+    return select(ranked.c.number)
 
 
 def _instant(value: datetime) -> ColumnElement[datetime]:
@@ -394,13 +472,18 @@ def _peaks_query(window: Window) -> Select[Any]:
     )
     # Calls up for no time are kept: their moves, +1 and -1 at one instant, put an attempt's
     # bucket among the moves, with the count of the calls up through it.
-    spans = select(c.start_time.label("up"), down.label("down"), c.account_id).where(
+    # The number rides along only for `by="number"`: other reads keep their narrower rows.
+    by_number = window.by == "number"
+    numbers = [_number_column(window).label("number")] if by_number else []
+    spans = select(c.start_time.label("up"), down.label("down"), c.account_id, *numbers).where(
         c.start_time.is_not(None)
     )
     if window.until is not None:
         spans = spans.where(c.start_time < _instant(window.until))
     if window.account_id is not None:
         spans = spans.where(c.account_id == window.account_id)
+    if window.top is not None:
+        spans = spans.where(_number_column(window).in_(_top_numbers(window)))
     if window.since is not None:
         spans = spans.where(down > _instant(window.since))
     span = spans.cte("spans").c
@@ -409,8 +492,16 @@ def _peaks_query(window: Window) -> Select[Any]:
     if window.since is not None:
         since = _instant(window.since)
         up = case((span.up < since, since), else_=span.up)
-    ups = select(up.label("at"), literal(1, Integer()).label("change"), span.account_id)
-    downs = select(span.down.label("at"), literal(-1, Integer()).label("change"), span.account_id)
+    span_numbers = [span.number] if by_number else []
+    ups = select(
+        up.label("at"), literal(1, Integer()).label("change"), span.account_id, *span_numbers
+    )
+    downs = select(
+        span.down.label("at"),
+        literal(-1, Integer()).label("change"),
+        span.account_id,
+        *span_numbers,
+    )
     if window.until is not None:
         downs = downs.where(span.down < _instant(window.until))
     moves = union_all(ups, downs).subquery("moves").c
@@ -418,12 +509,15 @@ def _peaks_query(window: Window) -> Select[Any]:
     # The running count of calls up after each move, in time order; at one instant the ends
     # come first. Each account has a count of its own.
     per_account = window.by == "account"
+    # With `by="number"`, each number has a count of its own, in the same window function.
+    partition = moves.number if by_number else None
     level = func.sum(moves.change).over(
-        partition_by=moves.account_id if per_account else None,
+        partition_by=moves.account_id if per_account else partition,
         order_by=(moves.at, moves.change),
         rows=(None, 0),
     )
-    levels = select(moves.account_id, moves.at, moves.change, level.label("level"))
+    move_numbers = [moves.number] if by_number else []
+    levels = select(moves.account_id, *move_numbers, moves.at, moves.change, level.label("level"))
     counts = levels.subquery("levels").c
     # Every count a bucket holds for a while is the count after a start or just before an end
     # of the bucket, and no other move makes a count the bucket did not hold: between the moves
@@ -436,5 +530,7 @@ def _peaks_query(window: Window) -> Select[Any]:
     if first_instant is not None:
         before_end = case((counts.at > first_instant, before_end))
     peak = case((counts.change > 0, counts.level), else_=before_end)
-    bucket = _bucket_of(window.by, counts.at, counts.account_id)
+    bucket = _bucket_of(
+        window.by, counts.at, counts.account_id, counts.number if by_number else None
+    )
     return _grouped(select(func.max(peak).label("peak")), bucket)

@@ -25,6 +25,7 @@ from tracker import (
     storage,
 )
 from tracker.applying import apply_bodies
+from tracker.billing import BillingPolicy, billing_policy
 from tracker.errors import check_instant, check_limit, check_positive, check_text, check_window
 from tracker.provider import PROVIDER_ORIGIN
 from tracker.reading import (
@@ -298,11 +299,14 @@ class Tracker:
         until: datetime | None = None,
         account_id: str | None = None,
         batch_size: int = exporting.EXPORT_BATCH_SIZE,
+        billing: BillingPolicy | str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Call detail records, one dict per call (`per="leg"`) or per original call with its
         legs folded in (`per="conversation"`), keys in `tracker.exporting.columns(per)` order,
         of the calls that started in [since, until), by start time then id, read `batch_size`
-        calls at a time (see `tracker.exporting`). Bad arguments raise ValueError at once."""
+        calls at a time (see `tracker.exporting`). With `billing` (a `BillingPolicy` or its text
+        `"FIRST/NEXT"`), a last column `billable_seconds`. Bad arguments raise ValueError at
+        once."""
         self._check_schema()
         rows = exporting.export(
             self.engine,
@@ -311,6 +315,7 @@ class Tracker:
             until=until,
             account_id=account_id,
             batch_size=batch_size,
+            billing=billing,
         )
         return read_with_database_errors(rows)
 
@@ -331,13 +336,25 @@ class Tracker:
         until: datetime | None = None,
         account_id: str | None = None,
         now: datetime | None = None,
+        billing: BillingPolicy | str | None = None,
+        number_side: str = "to",
+        top: int | None = None,
     ) -> list[CallStatistics]:
         """Attempts, answers, ASR, ACD, ring time, dispositions, causes and peak concurrency of
         the calls that started in [since, until), of `account_id` when given, in one row or one
         per UTC `hour`, `day` or `account` (`by`), counted by the database; live calls count
-        as up until `now` (see `tracker.statistics`)."""
+        as up until `now` (see `tracker.statistics`). With `billing` (a `BillingPolicy` or
+        `"FIRST/NEXT"`), the billable seconds too. `by="number"` gives one row per `to` number
+        (`number_side="from"`: per calling number), most attempts first, the first `top`."""
         window = statistics.Window(
-            by, since, until, account_id, datetime.now(UTC) if now is None else now
+            by,
+            since,
+            until,
+            account_id,
+            datetime.now(UTC) if now is None else now,
+            billing_policy(billing),
+            number_side,
+            top,
         )
         self._check_schema()
         with database_errors(), self.engine.connect() as connection:

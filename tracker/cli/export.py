@@ -12,7 +12,14 @@ from typing import Any, TextIO
 
 import click
 
-from tracker.cli.options import ACCOUNT_OPTION, UNTIL_OPTION, batch_size_option, instant
+from tracker.billing import BillingPolicy
+from tracker.cli.options import (
+    ACCOUNT_OPTION,
+    BILLING_OPTION,
+    UNTIL_OPTION,
+    batch_size_option,
+    instant,
+)
 from tracker.cli.session import Session
 from tracker.exporting import (
     EXPORT_BATCH_SIZE,
@@ -61,6 +68,7 @@ from tracker.exporting import (
     help="Write to FILE (replaced only once the export is whole); stdout when left out.",
 )
 @batch_size_option(EXPORT_BATCH_SIZE, "Calls read per statement.")
+@BILLING_OPTION
 @click.pass_obj
 def export(
     session: Session,
@@ -71,6 +79,7 @@ def export(
     account_id: str | None,
     output: str | None,
     batch_size: int,
+    billing: BillingPolicy | None,
 ) -> None:
     """Write call detail records, oldest start first.
 
@@ -79,7 +88,8 @@ def export(
     --until take ISO 8601 dates or datetimes; one without a zone is UTC. Placeholders (parents
     known only through their legs) have no start time and come last, only when neither bound is
     given. The columns are in the documentation (Export). Memory stays bounded whatever the
-    number of calls.
+    number of calls. --billing FIRST/NEXT adds a last column, billable_seconds (Reporting and
+    billing).
     """
     if file_format == "parquet":
         if output is None:
@@ -93,11 +103,16 @@ def export(
             raise click.UsageError(str(error)) from error
     try:
         rows = session.tracker.export(
-            per=per, since=since, until=until, account_id=account_id, batch_size=batch_size
+            per=per,
+            since=since,
+            until=until,
+            account_id=account_id,
+            batch_size=batch_size,
+            billing=billing,
         )
     except ValueError as error:  # checked before any row is read
         raise click.UsageError(str(error)) from error
-    names = columns(per)
+    names = columns(per, billing=billing)
     if output is None:
         _export_to_stdout(rows, names, file_format)
         return

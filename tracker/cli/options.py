@@ -10,6 +10,7 @@ from typing import Any, Final
 import click
 
 from tracker import instants
+from tracker.billing import BillingPolicy
 from tracker.housekeeping import Resolve
 from tracker.provider import ProviderError
 
@@ -114,4 +115,25 @@ UNTIL_OPTION: Final = click.option(
 )
 ACCOUNT_OPTION: Final = click.option(
     "--account", "account_id", metavar="ID", help="Only calls of this account."
+)
+
+
+def billing(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> BillingPolicy | None:
+    """`FIRST/NEXT` in whole seconds, such as `60/60` or `30/6`; None when not given."""
+    if value is None:
+        return None
+    try:
+        return BillingPolicy.parse(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+BILLING_OPTION: Final = click.option(
+    "--billing",
+    metavar="FIRST/NEXT",
+    callback=billing,
+    help="Bill FIRST seconds for talk up to FIRST, then whole NEXT-second increments "
+    "(60/60, 30/6, 6/6, 1/1).",
 )

@@ -10,7 +10,8 @@ from rich.table import Table
 from rich.text import Text
 
 from tracker import ALL_DISPOSITIONS, END_SOURCES, CallStatistics, plotting
-from tracker.cli.options import ACCOUNT_OPTION, SINCE_OPTION, UNTIL_OPTION
+from tracker.billing import BillingPolicy
+from tracker.cli.options import ACCOUNT_OPTION, BILLING_OPTION, SINCE_OPTION, UNTIL_OPTION
 from tracker.cli.output import echo_json, iso, stdout_console, when
 from tracker.cli.session import Session
 
@@ -18,8 +19,8 @@ from tracker.cli.session import Session
 @click.command()
 @click.option(
     "--by",
-    type=click.Choice(["account", "hour", "day"]),
-    help="One row per account, UTC hour or UTC day (default: one row; hour with --plot).",
+    type=click.Choice(["account", "hour", "day", "number"]),
+    help="One row per account, UTC hour, UTC day or number (default: one row; hour with --plot).",
 )
 @SINCE_OPTION
 @UNTIL_OPTION
@@ -32,6 +33,20 @@ from tracker.cli.session import Session
     type=click.Path(dir_okay=False, writable=True),
     help="Also draw volume, ASR and peak concurrency over time into FILE (.png or .svg).",
 )
+@BILLING_OPTION
+@click.option(
+    "--number-side",
+    type=click.Choice(["to", "from"]),
+    default="to",
+    show_default=True,
+    help="With --by number: the called (to) or the calling (from) number.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="With --by number: only the N numbers with the most attempts.",
+)
 @click.pass_obj
 def stats(
     session: Session,
@@ -41,6 +56,9 @@ def stats(
     account_id: str | None,
     as_json: bool,
     plot_path: str | None,
+    billing: BillingPolicy | None,
+    number_side: str,
+    top: int | None,
 ) -> None:
     """Attempts, answers, ASR, ACD, ring time, dispositions, causes and peak concurrent calls.
 
@@ -48,10 +66,13 @@ def stats(
     of their start or by account; rows without an attempt are left out. ASR = answered /
     attempts; ACD = mean talk time of the answered calls that ended; times in seconds. The
     documentation (Statistics) defines every figure. --plot needs matplotlib
-    (pip install 'tracker[plot]').
+    (pip install 'tracker[plot]'). --billing FIRST/NEXT adds the billable seconds; --by number
+    gives one row per number, most attempts first (Reporting and billing).
     """
+    if top is not None and by != "number":
+        raise click.UsageError("--top keeps the first numbers: use it with --by number")
     if plot_path is not None:
-        if by == "account":
+        if by in ("account", "number"):
             raise click.UsageError("--plot draws figures over time: use --by hour or --by day")
         by = by or "hour"
         try:
@@ -60,7 +81,15 @@ def stats(
         except (ValueError, ImportError) as error:
             raise click.BadParameter(str(error), param_hint="'--plot'") from error
     try:
-        rows = session.tracker.stats(by=by, since=since, until=until, account_id=account_id)
+        rows = session.tracker.stats(
+            by=by,
+            since=since,
+            until=until,
+            account_id=account_id,
+            billing=billing,
+            number_side=number_side,
+            top=top,
+        )
     except ValueError as error:
         raise click.UsageError(str(error)) from error
     if plot_path is not None:
@@ -106,6 +135,10 @@ def _statistics_json(row: CallStatistics) -> dict[str, Any]:
         "dispositions": dict(row.dispositions),
         "causes": dict(row.causes),
         "end_sources": dict(row.end_sources),
+        "billable_seconds": row.billable_seconds,
+        "mean_billable_seconds": row.mean_billable_seconds,
+        "answered_without_end": row.answered_without_end,
+        "number": row.number,
     }
 
 
@@ -115,12 +148,18 @@ def _statistics_table(rows: list[CallStatistics], by: str | None) -> Table:
     ]
     table = Table(caption="ASR = answered / attempts; ACD and ring: mean seconds.")
     table.add_column(
-        {"hour": "hour (UTC)", "day": "day (UTC)", "account": "account"}.get(by or "", "calls")
+        {"hour": "hour (UTC)", "day": "day (UTC)", "account": "account", "number": "number"}.get(
+            by or "", "calls"
+        )
     )
+    billed = any(row.billable_seconds is not None for row in rows)
     for column in ("attempts", "answered", "ASR", "ACD", "ring", "peak", "live", *dispositions):
         table.add_column(column, justify="right")
     table.add_column("causes", overflow="fold")
     table.add_column("ended by", overflow="fold")
+    if billed:
+        for column in ("billed s", "billed mean", "no end yet"):
+            table.add_column(column, justify="right")
     for row in rows:
         causes = sorted(row.causes.items(), key=lambda item: (-item[1], item[0]))
         table.add_row(
@@ -141,11 +180,23 @@ def _statistics_table(rows: list[CallStatistics], by: str | None) -> Table:
                     if source in row.end_sources
                 )
             ),
+            *(_billing_cells(row) if billed else ()),
         )
     return table
 
 
+def _billing_cells(row: CallStatistics) -> tuple[str, str, str]:
+    mean = row.mean_billable_seconds
+    return (
+        f"{row.billable_seconds or 0:,}",
+        "-" if mean is None else f"{mean:,.1f}",
+        f"{row.answered_without_end or 0:,}",
+    )
+
+
 def _bucket_label(row: CallStatistics, by: str | None) -> str:
+    if by == "number":
+        return row.number if row.number is not None else "(no number)"
     if by == "hour":
         return row.start.strftime("%Y-%m-%d %H:00") if row.start else "-"
     if by == "day":
