@@ -331,13 +331,21 @@ class Tracker:
         until: datetime | None = None,
         account_id: str | None = None,
         now: datetime | None = None,
+        tz: str | None = None,
     ) -> list[CallStatistics]:
         """Attempts, answers, ASR, ACD, ring time, dispositions, causes and peak concurrency of
         the calls that started in [since, until), of `account_id` when given, in one row or one
         per UTC `hour`, `day` or `account` (`by`), counted by the database; live calls count
-        as up until `now` (see `tracker.statistics`)."""
+        as up until `now` (see `tracker.statistics`). `tz` (an IANA zone name) buckets hours
+        and days by that zone's local time instead of UTC, DST included (docs/reporting.md);
+        an unknown zone raises ValueError."""
         window = statistics.Window(
-            by, since, until, account_id, datetime.now(UTC) if now is None else now
+            by,
+            since,
+            until,
+            account_id,
+            datetime.now(UTC) if now is None else now,
+            tz=None if tz is None or tz == "UTC" else statistics.zone(tz),
         )
         self._check_schema()
         with database_errors(), self.engine.connect() as connection:
