@@ -43,11 +43,17 @@ def require_matplotlib() -> None:
 
 
 def write_plot(
-    buckets: Sequence[CallStatistics], path: str | Path, *, bucket_length: timedelta, title: str
+    buckets: Sequence[CallStatistics],
+    path: str | Path,
+    *,
+    bucket_length: timedelta,
+    title: str,
+    zone: str = "UTC",
 ) -> None:
     """Three panels over time, one bar or point per bucket (hour or day): attempts and answered,
     ASR, peak concurrent calls. Buckets without an attempt are absent from `buckets`: their bars
-    stay empty and the lines break there."""
+    stay empty and the lines break there. The axis reads the buckets' own wall-clock times,
+    those of `zone` (`stats --tz`): a fall-back day's two 02:00 hours share a place on it."""
     file_format = plot_format(path)
     require_matplotlib()
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
@@ -75,7 +81,7 @@ def write_plot(
     locator = AutoDateLocator()  # type: ignore[no-untyped-call]
     concurrency.xaxis.set_major_locator(locator)
     concurrency.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
-    concurrency.set_xlabel("UTC")
+    concurrency.set_xlabel(zone)
     for axes in (volume, ratio, concurrency):
         axes.grid(axis="y", alpha=0.3)
     # No creation date in the file: the same figures give the same bytes.
@@ -84,7 +90,8 @@ def write_plot(
 
 
 def _naive(instant: datetime | None) -> datetime:
-    # matplotlib draws aware datetimes in its rcParams zone; the buckets are UTC already.
+    # matplotlib draws aware datetimes in its rcParams zone; the buckets are in the zone asked
+    # for already (UTC by default), drawn at their wall-clock times.
     assert instant is not None, "a plot needs buckets of time"
     return instant.replace(tzinfo=None)
 

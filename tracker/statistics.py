@@ -34,8 +34,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
+from itertools import pairwise
 from typing import Any, Final
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     BigInteger,
@@ -291,6 +292,8 @@ def _ordered(buckets: Iterable[Any]) -> list[Any]:
 
 
 def _statistics(window: Window, bucket: Any, tally: _Tally, peak: int) -> CallStatistics:
+    start: datetime | None
+    end: datetime | None
     if window.tz is not None and window.by in _BUCKET_LENGTH:
         start, end = _local_bucket(window, bucket)
         account_id = window.account_id
@@ -472,17 +475,6 @@ def _peaks_query(window: Window) -> Select[Any]:
 # backend, so the same figures.
 
 
-def zone(name: str) -> ZoneInfo:
-    """The IANA zone `name` (`Europe/Berlin`), or a ValueError that says what was wrong."""
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError) as error:
-        raise ValueError(
-            f"unknown time zone {name!r}: give an IANA name such as 'UTC', 'Europe/Berlin'"
-            " or 'America/New_York'"
-        ) from error
-
-
 def local_buckets(by: str, tz: ZoneInfo, first: datetime, last: datetime) -> list[datetime]:
     """The UTC instants at which the local hours (`by="hour"`) or local days (`by="day"`) of
     `tz` begin, from the one holding `first` to the one after the bucket holding `last`."""
@@ -543,8 +535,7 @@ def _utc_hours_or_bucket(
     """The UTC start of `instant`'s local bucket. Where every bound is a UTC hour (a zone whose
     offsets are whole hours, bucketed by hour), that is the UTC hour, cut as without a zone."""
     if all(bound.minute == 0 and bound.second == 0 for bound in boundaries) and all(
-        later - earlier == timedelta(hours=1)
-        for earlier, later in zip(boundaries, boundaries[1:], strict=False)
+        later - earlier == timedelta(hours=1) for earlier, later in pairwise(boundaries)
     ):
         return _within(start_of_hour(instant), boundaries)
     return local_bucket_start(instant, boundaries)
@@ -602,7 +593,8 @@ def _local_bucket_start(element: local_bucket_start, compiler: SQLCompiler, **kw
         if high - low == 1:
             return bounds[low]
         middle = (low + high) // 2
-        return f"CASE WHEN {instant} < {bounds[middle]} THEN {tree(low, middle)} ELSE {tree(middle, high)} END"
+        earlier, later = tree(low, middle), tree(middle, high)
+        return f"CASE WHEN {instant} < {bounds[middle]} THEN {earlier} ELSE {later} END"
 
     return (
         f"CASE WHEN {instant} >= {bounds[0]} AND {instant} < {bounds[-1]}"

@@ -17,6 +17,7 @@ from tracker import (
     exporting,
     feed,
     housekeeping,
+    instants,
     joining,
     parsing,
     rebuilding,
@@ -298,11 +299,13 @@ class Tracker:
         until: datetime | None = None,
         account_id: str | None = None,
         batch_size: int = exporting.EXPORT_BATCH_SIZE,
+        tz: str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Call detail records, one dict per call (`per="leg"`) or per original call with its
         legs folded in (`per="conversation"`), keys in `tracker.exporting.columns(per)` order,
         of the calls that started in [since, until), by start time then id, read `batch_size`
-        calls at a time (see `tracker.exporting`). Bad arguments raise ValueError at once."""
+        calls at a time (see `tracker.exporting`). Bad arguments raise ValueError at once.
+        `tz` (an IANA zone name) gives every instant in that zone (default UTC)."""
         self._check_schema()
         rows = exporting.export(
             self.engine,
@@ -311,6 +314,7 @@ class Tracker:
             until=until,
             account_id=account_id,
             batch_size=batch_size,
+            tz=tz,
         )
         return read_with_database_errors(rows)
 
@@ -345,7 +349,7 @@ class Tracker:
             until,
             account_id,
             datetime.now(UTC) if now is None else now,
-            tz=None if tz is None or tz == "UTC" else statistics.zone(tz),
+            tz=None if tz is None or tz == "UTC" else instants.zone(tz),
         )
         self._check_schema()
         with database_errors(), self.engine.connect() as connection:

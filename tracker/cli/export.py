@@ -12,7 +12,13 @@ from typing import Any, TextIO
 
 import click
 
-from tracker.cli.options import ACCOUNT_OPTION, UNTIL_OPTION, batch_size_option, instant
+from tracker.cli.options import (
+    ACCOUNT_OPTION,
+    UNTIL_OPTION,
+    batch_size_option,
+    instant,
+    tz_option,
+)
 from tracker.cli.session import Session
 from tracker.exporting import (
     EXPORT_BATCH_SIZE,
@@ -61,6 +67,7 @@ from tracker.exporting import (
     help="Write to FILE (replaced only once the export is whole); stdout when left out.",
 )
 @batch_size_option(EXPORT_BATCH_SIZE, "Calls read per statement.")
+@tz_option("Write every time in this IANA zone, with its offset (e.g. Europe/Berlin; default UTC).")
 @click.pass_obj
 def export(
     session: Session,
@@ -71,6 +78,7 @@ def export(
     account_id: str | None,
     output: str | None,
     batch_size: int,
+    tz: str | None,
 ) -> None:
     """Write call detail records, oldest start first.
 
@@ -93,7 +101,12 @@ def export(
             raise click.UsageError(str(error)) from error
     try:
         rows = session.tracker.export(
-            per=per, since=since, until=until, account_id=account_id, batch_size=batch_size
+            per=per,
+            since=since,
+            until=until,
+            account_id=account_id,
+            batch_size=batch_size,
+            tz=tz,
         )
     except ValueError as error:  # checked before any row is read
         raise click.UsageError(str(error)) from error
@@ -105,7 +118,7 @@ def export(
     partial = target.with_name(f".{target.name}.partial")
     try:
         if file_format == "parquet":
-            written = write_parquet(rows, names, partial)
+            written = write_parquet(rows, names, partial, tz=tz)
         else:
             with partial.open("w", encoding="utf-8", newline="") as stream:
                 written = _write_text(rows, names, file_format, stream)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tracker import ALL_DISPOSITIONS, END_SOURCES, CallStatistics, plotting
-from tracker.cli.options import ACCOUNT_OPTION, SINCE_OPTION, UNTIL_OPTION
+from tracker.cli.options import ACCOUNT_OPTION, SINCE_OPTION, UNTIL_OPTION, tz_option
 from tracker.cli.output import echo_json, iso, stdout_console, when
 from tracker.cli.session import Session
 
@@ -32,6 +32,7 @@ from tracker.cli.session import Session
     type=click.Path(dir_okay=False, writable=True),
     help="Also draw volume, ASR and peak concurrency over time into FILE (.png or .svg).",
 )
+@tz_option("Hours and days of this IANA zone, DST included (e.g. Europe/Berlin; default UTC).")
 @click.pass_obj
 def stats(
     session: Session,
@@ -41,6 +42,7 @@ def stats(
     account_id: str | None,
     as_json: bool,
     plot_path: str | None,
+    tz: str | None,
 ) -> None:
     """Attempts, answers, ASR, ACD, ring time, dispositions, causes and peak concurrent calls.
 
@@ -60,7 +62,7 @@ def stats(
         except (ValueError, ImportError) as error:
             raise click.BadParameter(str(error), param_hint="'--plot'") from error
     try:
-        rows = session.tracker.stats(by=by, since=since, until=until, account_id=account_id)
+        rows = session.tracker.stats(by=by, since=since, until=until, account_id=account_id, tz=tz)
     except ValueError as error:
         raise click.UsageError(str(error)) from error
     if plot_path is not None:
@@ -70,12 +72,13 @@ def stats(
             plot_path,
             bucket_length=timedelta(hours=1) if by == "hour" else timedelta(days=1),
             title=_plot_title(by, since, until, account_id),
+            zone=tz or "UTC",
         )
     if as_json:
         echo_json([_statistics_json(row) for row in rows], indent=2)
         return
     console = stdout_console()
-    console.print(_statistics_table(rows, by))
+    console.print(_statistics_table(rows, by, tz))
     if plot_path is not None:
         console.print(f"Plot written to {plot_path}.")
 
@@ -93,8 +96,8 @@ def _plot_title(
 
 def _statistics_json(row: CallStatistics) -> dict[str, Any]:
     return {
-        "start": iso(row.start),
-        "end": iso(row.end),
+        "start": _bound(row.start),
+        "end": _bound(row.end),
         "account_id": row.account_id,
         "attempts": row.attempts,
         "answered": row.answered,
@@ -109,13 +112,24 @@ def _statistics_json(row: CallStatistics) -> dict[str, Any]:
     }
 
 
-def _statistics_table(rows: list[CallStatistics], by: str | None) -> Table:
+def _bound(instant: datetime | None) -> str | None:
+    """A bucket's bound for JSON: UTC written `Z` as every instant, a local one (`--tz`) with
+    its offset, which tells a fall-back day's two 02:00 hours apart."""
+    if instant is None or instant.tzinfo is UTC:
+        return iso(instant)
+    return instant.isoformat()
+
+
+def _statistics_table(rows: list[CallStatistics], by: str | None, tz: str | None = None) -> Table:
     dispositions = [
         name for name in ALL_DISPOSITIONS if any(name in row.dispositions for row in rows)
     ]
     table = Table(caption="ASR = answered / attempts; ACD and ring: mean seconds.")
+    zone = tz or "UTC"
     table.add_column(
-        {"hour": "hour (UTC)", "day": "day (UTC)", "account": "account"}.get(by or "", "calls")
+        {"hour": f"hour ({zone})", "day": f"day ({zone})", "account": "account"}.get(
+            by or "", "calls"
+        )
     )
     for column in ("attempts", "answered", "ASR", "ACD", "ring", "peak", "live", *dispositions):
         table.add_column(column, justify="right")
@@ -146,6 +160,9 @@ def _statistics_table(rows: list[CallStatistics], by: str | None) -> Table:
 
 
 def _bucket_label(row: CallStatistics, by: str | None) -> str:
+    if by == "hour" and row.start is not None and row.start.tzinfo is not UTC:
+        # A local hour shows its offset: a fall-back day has two 02:00 hours.
+        return row.start.strftime("%Y-%m-%d %H:00%z")
     if by == "hour":
         return row.start.strftime("%Y-%m-%d %H:00") if row.start else "-"
     if by == "day":
