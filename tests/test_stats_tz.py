@@ -3,9 +3,12 @@ included, the same on every backend, counted here with `zoneinfo` and whole micr
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -318,3 +321,44 @@ def test_export_with_tz_writes_every_instant_with_the_zones_offset(tracker: Trac
         row["start_time"] for row in plain
     ]
     assert all(row["start_time"].tzinfo is UTC for row in plain)
+
+
+def test_export_cli_with_tz_writes_offsets_in_csv_jsonl_and_parquet(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The same instants in every format: +02:00 before Berlin's fall-back, +01:00 after; the
+    Parquet timestamps carry the zone; without --tz, `Z` as before."""
+    with Tracker(database_url) as instance:
+        instance.upgrade()
+        one_call_every(instance, datetime(2026, 10, 25, 0, 30, tzinfo=UTC), timedelta(hours=1), 2)
+
+    def export(*args: str) -> str:
+        result = CliRunner().invoke(cli, ["--db", database_url, "export", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    csv_rows = list(csv.DictReader(io.StringIO(export("--tz", "Europe/Berlin"))))
+    assert [row["start_time"] for row in csv_rows] == [
+        "2026-10-25T02:30:00.000000+02:00",
+        "2026-10-25T02:30:00.000000+01:00",
+    ]
+    assert csv_rows[0]["end_time"] == "2026-10-25T02:31:00.000000+02:00"
+    lines = export("--tz", "America/New_York", "--format", "jsonl").splitlines()
+    assert [json.loads(line)["start_time"] for line in lines] == [
+        "2026-10-24T20:30:00.000000-04:00",
+        "2026-10-24T21:30:00.000000-04:00",
+    ]
+    plain = list(csv.DictReader(io.StringIO(export())))
+    assert [row["start_time"] for row in plain] == [
+        "2026-10-25T00:30:00.000000Z",
+        "2026-10-25T01:30:00.000000Z",
+    ]
+    pyarrow_parquet = pytest.importorskip("pyarrow.parquet")
+    output = tmp_path / "local.parquet"
+    export("--tz", "Europe/Berlin", "--format", "parquet", "-o", str(output))
+    table = pyarrow_parquet.read_table(output)
+    assert str(table.schema.field("start_time").type) == "timestamp[us, tz=Europe/Berlin]"
+    assert [value.astimezone(UTC) for value in table.column("start_time").to_pylist()] == [
+        datetime(2026, 10, 25, 0, 30, tzinfo=UTC),
+        datetime(2026, 10, 25, 1, 30, tzinfo=UTC),
+    ]
