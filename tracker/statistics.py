@@ -532,18 +532,15 @@ def _local_bucket(window: Window, bucket: datetime) -> tuple[datetime, datetime]
 def _utc_hours_or_bucket(
     instant: ColumnElement[Any], boundaries: tuple[datetime, ...]
 ) -> ColumnElement[Any]:
-    """The UTC start of `instant`'s local bucket. Where every bound is a UTC hour (a zone whose
-    offsets are whole hours, bucketed by hour), that is the UTC hour, cut as without a zone."""
+    """The UTC start of `instant`'s local bucket. Where every bound is a UTC hour an hour after
+    the last (a zone whose offsets are whole hours, bucketed by hour), that is the UTC hour, cut
+    as without a zone: the very queries of UTC. (A move of the peaks query outside the bounds
+    then lands in a UTC hour no attempt started in, which `statistics` never reads.)"""
     if all(bound.minute == 0 and bound.second == 0 for bound in boundaries) and all(
         later - earlier == timedelta(hours=1) for earlier, later in pairwise(boundaries)
     ):
-        return _within(start_of_hour(instant), boundaries)
+        return start_of_hour(instant)
     return local_bucket_start(instant, boundaries)
-
-
-def _within(bucket: ColumnElement[Any], boundaries: tuple[datetime, ...]) -> ColumnElement[Any]:
-    # Outside the bounds, no bucket (an end after the last attempt's bucket, say).
-    return local_bucket_start(bucket, boundaries, whole_hours=True)
 
 
 class local_bucket_start(FunctionElement[datetime]):  # noqa: N801
@@ -551,22 +548,16 @@ class local_bucket_start(FunctionElement[datetime]):  # noqa: N801
     found by a balanced tree of CASE comparisons: a few per row whatever the window's length.
     The bounds are written into the SQL as constants, no bound parameters: the bucket is
     selected and grouped by, and PostgreSQL takes two placeholders for two expressions.
-    `whole_hours`: the instant is already a UTC hour and bounds are consecutive hours, so only
-    the range is checked."""
+    Outside the bounds, no bucket: a move of the peaks query after the last bucket (an end)
+    must not raise the last bucket's peak."""
 
     type = UTCDateTime()
     name = "local_bucket_start"
     inherit_cache = False
 
-    def __init__(
-        self,
-        instant: ColumnElement[Any],
-        boundaries: tuple[datetime, ...],
-        whole_hours: bool = False,
-    ) -> None:
+    def __init__(self, instant: ColumnElement[Any], boundaries: tuple[datetime, ...]) -> None:
         super().__init__(instant)
         self.boundaries = boundaries
-        self.whole_hours = whole_hours
 
 
 def _constant(instant: datetime, dialect: str) -> str:
@@ -585,8 +576,6 @@ def _local_bucket_start(element: local_bucket_start, compiler: SQLCompiler, **kw
     bounds = [_constant(bound, dialect) for bound in element.boundaries]
     if len(bounds) < 2:
         return "NULL"
-    if element.whole_hours:
-        return f"CASE WHEN {instant} >= {bounds[0]} AND {instant} < {bounds[-1]} THEN {instant} END"
 
     def tree(low: int, high: int) -> str:
         # The bucket of an instant known to be in [bounds[low], bounds[high]).
