@@ -31,6 +31,7 @@ What counts as what (docs/statistics.md says it for users):
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
@@ -504,20 +505,15 @@ def _utc(instant: datetime) -> datetime:
 
 
 def _window_boundaries(connection: Connection, window: Window) -> tuple[datetime, ...]:
-    """The bounds of the local buckets the window's attempts can fall in: those of the window,
-    or of the first and last start times stored when it is open."""
+    """The bounds of the local buckets the window's attempts fall in, from the first start time
+    to the last (read on the `start_time` index): a long window holding a few days of calls
+    costs those days' bounds, not the window's."""
     assert window.tz is not None and window.by is not None
-    first, last = window.since, window.until
-    if first is None or last is None:
-        c = calls.c
-        span = _of_attempts(select(func.min(c.start_time), func.max(c.start_time)), window)
-        lowest, highest = connection.execute(span).one()
-        if lowest is None:
-            return ()
-        first = lowest if first is None else first
-        last = highest if last is None else last
-    else:
-        last = last - timedelta(microseconds=1)
+    c = calls.c
+    span = _of_attempts(select(func.min(c.start_time), func.max(c.start_time)), window)
+    first, last = connection.execute(span).one()
+    if first is None:
+        return ()
     return tuple(local_buckets(window.by, window.tz, first, last))
 
 
@@ -525,7 +521,7 @@ def _local_bucket(window: Window, bucket: datetime) -> tuple[datetime, datetime]
     """The start and end of the local bucket that begins at the UTC instant `bucket`, in the
     window's zone (each with its own offset: the two halves of a repeated hour differ)."""
     assert window.tz is not None and window.boundaries is not None
-    after = window.boundaries[window.boundaries.index(bucket) + 1]
+    after = window.boundaries[bisect_right(window.boundaries, bucket)]
     return bucket.astimezone(window.tz), after.astimezone(window.tz)
 
 
