@@ -14,7 +14,8 @@ What counts as what (docs/statistics.md says it for users):
 - An *attempt* is a call (a leg: a transferred leg is an attempt of its own, as it is a CDR of
   its own) whose `start_time` falls in the window, `since <= start_time < until`. A parent known
   only through its legs has no start time and is no attempt. A bucket is the UTC hour or day of
-  the attempts' start, or their account.
+  the attempts' start (with `tz`, the local hour or day: see the end of this module), or their
+  account.
 - *answered*: attempts with an answer time; *live*: attempts not ended yet (no disposition);
   every disposition, `expired` included, and every cause are counted as stored.
 - ACD is the mean of end - answer over the answered attempts that have an end time (calls

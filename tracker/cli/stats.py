@@ -19,7 +19,7 @@ from tracker.cli.session import Session
 @click.option(
     "--by",
     type=click.Choice(["account", "hour", "day"]),
-    help="One row per account, UTC hour or UTC day (default: one row; hour with --plot).",
+    help="One row per account, hour or day (UTC, or --tz's; default: one row; hour with --plot).",
 )
 @SINCE_OPTION
 @UNTIL_OPTION
@@ -47,10 +47,10 @@ def stats(
     """Attempts, answers, ASR, ACD, ring time, dispositions, causes and peak concurrent calls.
 
     Counts the calls (transfer legs included) that started in the window, by the UTC hour or day
-    of their start or by account; rows without an attempt are left out. ASR = answered /
-    attempts; ACD = mean talk time of the answered calls that ended; times in seconds. The
-    documentation (Statistics) defines every figure. --plot needs matplotlib
-    (pip install 'tracker[plot]').
+    of their start (local ones with --tz, DST included) or by account; rows without an attempt
+    are left out. ASR = answered / attempts; ACD = mean talk time of the answered calls that
+    ended; times in seconds. The documentation (Statistics) defines every figure. --plot needs
+    matplotlib (pip install 'tracker[plot]').
     """
     if plot_path is not None:
         if by == "account":
