@@ -356,3 +356,20 @@ def test_export_cli_with_tz_writes_offsets_in_csv_jsonl_and_parquet(
         datetime(2026, 10, 25, 0, 30, tzinfo=UTC),
         datetime(2026, 10, 25, 1, 30, tzinfo=UTC),
     ]
+
+
+def test_plot_with_tz_names_the_zone_and_draws_the_repeated_hour_twice(
+    database_url: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("matplotlib")
+    with Tracker(database_url) as instance:
+        instance.upgrade()
+        one_call_every(instance, datetime(2026, 10, 24, 23, 30, tzinfo=UTC), timedelta(hours=1), 4)
+    output = tmp_path / "local.svg"
+    result = CliRunner().invoke(
+        cli, ["--db", database_url, "stats", "--tz", "Europe/Berlin", "--plot", str(output)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "2026-10-25 02:00+0200" in result.output and "2026-10-25 02:00+0100" in result.output
+    drawing = output.read_text()
+    assert "Europe/Berlin" in drawing
