@@ -51,6 +51,11 @@ def local_bucket(instant: datetime, by: str, zone: ZoneInfo) -> tuple[datetime, 
     return midnight(day, zone), midnight(day + timedelta(days=1), zone)
 
 
+def _utc(instant: datetime | None) -> datetime:
+    assert instant is not None
+    return instant.astimezone(UTC)
+
+
 def midnight(day: date, zone: ZoneInfo) -> datetime:
     return datetime.combine(day, time(), tzinfo=zone).astimezone(UTC)
 
@@ -152,7 +157,7 @@ def test_local_buckets_of_any_calls_around_a_dst_change_are_those_counted_with_z
             assert row.start is not None and row.end is not None
             assert row.start.tzinfo is zone and row.end.tzinfo is zone
         found = {
-            (row.start.astimezone(UTC), row.end.astimezone(UTC)): (  # type: ignore[union-attr]
+            (_utc(row.start), _utc(row.end)): (
                 row.attempts,
                 row.answered,
                 row.live,
@@ -203,9 +208,9 @@ def test_a_spring_forward_day_has_23_hourly_buckets(tracker: Tracker) -> None:
     assert [row.start.hour for row in rows if row.start] == [0, 1, *range(3, 24)]
     assert rows[2].start is not None and rows[2].start.isoformat() == "2026-03-29T03:00:00+02:00"
     (day,) = tracker.stats(by="day", since=since, until=until, tz="Europe/Berlin", now=NOW)
-    assert day.attempts == 46 and day.end is not None
-    assert day.end - day.start == timedelta(hours=24)  # type: ignore[operator]  (wall clock)
-    assert day.end.astimezone(UTC) - day.start.astimezone(UTC) == timedelta(hours=23)  # type: ignore[union-attr]
+    assert day.attempts == 46 and day.start is not None and day.end is not None
+    assert day.end - day.start == timedelta(hours=24)  # on the wall clock
+    assert day.end.astimezone(UTC) - day.start.astimezone(UTC) == timedelta(hours=23)
 
 
 def test_a_fall_back_day_has_25_hourly_buckets_the_repeated_hour_twice(tracker: Tracker) -> None:
@@ -221,8 +226,8 @@ def test_a_fall_back_day_has_25_hourly_buckets_the_repeated_hour_twice(tracker: 
         "2026-10-25T02:00:00+01:00",
     ]
     (day,) = tracker.stats(by="day", since=since, until=until, tz="Europe/Berlin", now=NOW)
-    assert day.attempts == 50
-    assert day.end.astimezone(UTC) - day.start.astimezone(UTC) == timedelta(hours=25)  # type: ignore[union-attr]
+    assert day.attempts == 50 and day.start is not None and day.end is not None
+    assert day.end.astimezone(UTC) - day.start.astimezone(UTC) == timedelta(hours=25)
 
 
 def test_a_call_before_local_midnight_counts_on_the_local_day(tracker: Tracker) -> None:
