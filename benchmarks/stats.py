@@ -2,6 +2,7 @@
 
     python -m benchmarks.stats                          # 1,000,000 calls, SQLite, temporary
     python -m benchmarks.stats --calls 200000 --db sqlite:///stats-bench.db   # kept, reused
+    python -m benchmarks.stats --tz Europe/Berlin      # also local hours and days, vs UTC
 
 Run from the repository root (a development tool, outside the wheel). The calls come from the
 realistic stream of `tracker.testing` (`terminal_bodies`): its terminal callbacks only
@@ -52,6 +53,9 @@ class Report:
     seconds: dict[str, float] = field(default_factory=dict)
     buckets: dict[str, int] = field(default_factory=dict)
     repeat: int = 1
+    # --tz: the zone, and by -> median seconds of `stats(by=..., tz=...)` for hours and days.
+    tz: str | None = None
+    tz_seconds: dict[str, float] = field(default_factory=dict)
 
     def as_text(self) -> str:
         lines = [
@@ -66,6 +70,9 @@ class Report:
         lines.append(f"Tracker.stats over all of them, median of {self.repeat}:")
         for by, seconds in self.seconds.items():
             lines.append(f"  by={by:<8} {seconds:8.3f} s   ({self.buckets[by]:,} rows)")
+        for by, seconds in self.tz_seconds.items():
+            ratio = seconds / self.seconds[by]
+            lines.append(f"  by={by:<8} {seconds:8.3f} s   tz={self.tz}, {ratio:.2f}x the UTC time")
         return "\n".join(lines)
 
 
@@ -147,6 +154,7 @@ def measure(
     progress: Callable[[str], None],
     curve: bool = False,
     copy_from: str | None = None,
+    tz: str | None = None,
 ) -> Report:
     # durable=False: SQLite's synchronous=NORMAL for the load; no other backend reads it.
     with Tracker(url, durable=False, timeout=None) as tracker:
@@ -187,6 +195,16 @@ def measure(
             report.seconds[str(by)] = statistics.median(times)
             report.buckets[str(by)] = len(rows)
             progress(f"stats(by={by}): {report.seconds[str(by)]:.3f} s, {len(rows):,} rows")
+        if tz is not None:
+            report.tz = tz
+            for by in ("day", "hour"):
+                times = []
+                for _ in range(repeat):
+                    began = time.perf_counter()
+                    tracker.stats(by=by, tz=tz)
+                    times.append(time.perf_counter() - began)
+                report.tz_seconds[by] = statistics.median(times)
+                progress(f"stats(by={by}, tz={tz}): {report.tz_seconds[by]:.3f} s")
         return report
 
 
@@ -222,6 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="calls start on a daily curve (busiest at 15:00 UTC, few at night) instead of a "
         "steady two a second: the documentation's plot",
     )
+    parser.add_argument(
+        "--tz",
+        metavar="ZONE",
+        help="also time stats by day and hour in this IANA zone (e.g. Europe/Berlin), "
+        "against the UTC figures",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.repeat < 1 or args.batch < 1:
@@ -240,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "progress": progress,
         "curve": args.daily,
         "copy_from": args.copy_from,
+        "tz": args.tz,
     }
     if args.db:
         report = measure(args.db, **options)

@@ -24,6 +24,7 @@ from enum import StrEnum
 from itertools import islice
 from pathlib import Path
 from typing import Any, Final, TextIO
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine
 
@@ -134,6 +135,7 @@ def export(
     account_id: str | None,
     batch_size: int,
     billing: BillingPolicy | str | None = None,
+    tz: str | None = None,
 ) -> Iterator[Row]:
     """The rows, one dict per call (`per="leg"`) or per original call (`per="conversation"`),
     keys in `columns(per)` order, by start time then call id; calls that started in
@@ -147,7 +149,22 @@ def export(
     check_batch_size(batch_size)
     policy = billing_policy(billing)
     rows = _rows(engine, per, since, until, account_id, batch_size)
-    return rows if policy is None else _billed(rows, policy)
+    if policy is not None:
+        rows = _billed(rows, policy)
+    if tz is None or tz == "UTC":
+        return rows
+    return _in_zone(rows, columns(per), instants.zone(tz))
+
+
+def _in_zone(rows: Iterator[Row], columns: Sequence[Column], zone: ZoneInfo) -> Iterator[Row]:
+    """The rows with every instant in `zone` (`export(tz=...)`): the same instants, each with
+    the offset it had there, which the writers write (`instants.local_text`)."""
+    times = [column.name for column in columns if column.kind is Kind.TIME]
+    for row in rows:
+        for name in times:
+            if row[name] is not None:
+                row[name] = row[name].astimezone(zone)
+        yield row
 
 
 def _billed(rows: Iterator[Row], policy: BillingPolicy) -> Iterator[Row]:
@@ -295,8 +312,9 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def _iso(instant: datetime) -> str:
-    """ISO 8601 in UTC, always with microseconds and `Z`: one width, sortable as text."""
-    return instants.text(instant, "microseconds")
+    """ISO 8601 in UTC, always with microseconds and `Z`: one width, sortable as text; in its
+    own zone's offset when `export(tz=...)` gave one."""
+    return instants.local_text(instant)
 
 
 # How CSV writes a column of the kinds the `csv` module would not write as docs/export.md says
@@ -304,7 +322,7 @@ def _iso(instant: datetime) -> str:
 # column of a slice of rows at a time: a comprehension costs less per value than a call.
 _CSV_COLUMN: Final[dict[Kind, Callable[[Sequence[Any]], list[Any]]]] = {
     Kind.TIME: lambda values: [
-        None if value is None else instants.text(value, "microseconds") for value in values
+        None if value is None else instants.local_text(value) for value in values
     ],
     Kind.SECONDS: lambda values: [None if value is None else f"{value:.6f}" for value in values],
     Kind.BOOLEAN: lambda values: ["true" if value else "false" for value in values],
@@ -371,13 +389,15 @@ def write_parquet(
     path: str | Path,
     *,
     row_group_size: int = PARQUET_ROW_GROUP,
+    tz: str | None = None,
 ) -> int:
     """A Parquet file of typed columns (see `Kind`), written a row group at a time so memory
-    stays bounded. Returns the number of rows written."""
+    stays bounded; timestamps carry the zone `tz` (default UTC). Returns the number of rows
+    written."""
     pa, pq = _pyarrow()
     types = {
         Kind.TEXT: pa.string(),
-        Kind.TIME: pa.timestamp("us", tz="UTC"),
+        Kind.TIME: pa.timestamp("us", tz=tz or "UTC"),
         Kind.SECONDS: pa.float64(),
         Kind.BOOLEAN: pa.bool_(),
         Kind.INTEGER: pa.int64(),

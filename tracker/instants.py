@@ -10,6 +10,7 @@ that would make a stored time move with the TZ variable.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tracker.errors import check_instant
 
@@ -34,3 +35,23 @@ def text(instant: datetime, timespec: str = "auto") -> str:
             check_instant("an instant written as text", instant)
         instant = instant.astimezone(UTC)
     return instant.isoformat("T", timespec)[:-6] + "Z"
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone `name` (`Europe/Berlin`) that `stats` and `export` may show local
+    times in, or a ValueError naming what was given and what is expected."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as error:
+        raise ValueError(
+            f"unknown time zone {name!r}: give an IANA name such as 'UTC', 'Europe/Berlin'"
+            " or 'America/New_York'"
+        ) from error
+
+
+def local_text(instant: datetime) -> str:
+    """`instant` as ISO 8601 with microseconds and its own offset (`+02:00`), or as `text`
+    writes it (`Z`) when in UTC: how an export in a time zone writes its times."""
+    if instant.tzinfo is UTC:
+        return text(instant, "microseconds")
+    return instant.isoformat("T", "microseconds")

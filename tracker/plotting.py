@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 from tracker.records import CallStatistics
 
@@ -43,11 +44,18 @@ def require_matplotlib() -> None:
 
 
 def write_plot(
-    buckets: Sequence[CallStatistics], path: str | Path, *, bucket_length: timedelta, title: str
+    buckets: Sequence[CallStatistics],
+    path: str | Path,
+    *,
+    bucket_length: timedelta,
+    title: str,
+    zone: str = "UTC",
 ) -> None:
     """Three panels over time, one bar or point per bucket (hour or day): attempts and answered,
     ASR, peak concurrent calls. Buckets without an attempt are absent from `buckets`: their bars
-    stay empty and the lines break there."""
+    stay empty and the lines break there. The axis reads the local times of `zone` (`stats
+    --tz`); the buckets stand where their instants are, so a fall-back day's two 02:00 hours
+    stand side by side and a spring-forward day has no 02:00."""
     file_format = plot_format(path)
     require_matplotlib()
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
@@ -56,7 +64,10 @@ def write_plot(
     figure = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
     volume, ratio, concurrency = figure.subplots(3, 1, sharex=True, height_ratios=(2, 1, 1))
     figure.suptitle(title)
-    starts = [_naive(bucket.start) for bucket in buckets]
+    local = None if zone == "UTC" else ZoneInfo(zone)
+    starts = [
+        _naive(bucket.start) if local is None else _in_utc(bucket.start) for bucket in buckets
+    ]
     width = bucket_length * 0.8
     volume.bar(starts, [b.attempts for b in buckets], width, align="edge", label="attempts")
     volume.bar(starts, [b.answered for b in buckets], width, align="edge", label="answered")
@@ -72,10 +83,10 @@ def write_plot(
     concurrency.plot(*_broken(middles, peaks, bucket_length), marker=".", color="tab:red")
     concurrency.set_ylabel("peak concurrent")
     concurrency.set_ylim(bottom=0)
-    locator = AutoDateLocator()  # type: ignore[no-untyped-call]
+    locator = AutoDateLocator(tz=local)  # type: ignore[no-untyped-call]
     concurrency.xaxis.set_major_locator(locator)
-    concurrency.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
-    concurrency.set_xlabel("UTC")
+    concurrency.xaxis.set_major_formatter(ConciseDateFormatter(locator, tz=local))  # type: ignore[no-untyped-call]
+    concurrency.set_xlabel(zone)
     for axes in (volume, ratio, concurrency):
         axes.grid(axis="y", alpha=0.3)
     # No creation date in the file: the same figures give the same bytes.
@@ -84,9 +95,17 @@ def write_plot(
 
 
 def _naive(instant: datetime | None) -> datetime:
-    # matplotlib draws aware datetimes in its rcParams zone; the buckets are UTC already.
+    # matplotlib draws aware datetimes in its rcParams zone; the buckets are in the zone asked
+    # for already (UTC by default), drawn at their wall-clock times.
     assert instant is not None, "a plot needs buckets of time"
     return instant.replace(tzinfo=None)
+
+
+def _in_utc(instant: datetime | None) -> datetime:
+    # In UTC, so a bucket's middle is half its length on: a zone's wall clock would put the
+    # middle of a repeated hour in the wrong one. The axis shows them in the zone.
+    assert instant is not None, "a plot needs buckets of time"
+    return instant.astimezone(UTC)
 
 
 def _broken(

@@ -14,7 +14,8 @@ What counts as what (docs/statistics.md says it for users):
 - An *attempt* is a call (a leg: a transferred leg is an attempt of its own, as it is a CDR of
   its own) whose `start_time` falls in the window, `since <= start_time < until`. A parent known
   only through its legs has no start time and is no attempt. A bucket is the UTC hour or day of
-  the attempts' start, or their account.
+  the attempts' start (with `tz`, the local hour or day: see the end of this module), or their
+  account.
 - *answered*: attempts with an answer time; *live*: attempts not ended yet (no disposition);
   every disposition, `expired` included, and every cause are counted as stored.
 - ACD is the mean of end - answer over the answered attempts that have an end time (calls
@@ -36,10 +37,13 @@ What counts as what (docs/statistics.md says it for users):
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
+from itertools import pairwise
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     BigInteger,
@@ -226,6 +230,10 @@ class Window:
     billing: BillingPolicy | None = None
     number_side: str = "to"
     top: int | None = None
+    # The zone whose local hours and days bucket the calls (None: UTC, as stored).
+    tz: ZoneInfo | None = None
+    # The local buckets' bounds as UTC instants, in order (`local_buckets`), when `tz` is set.
+    boundaries: tuple[datetime, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.by is not None and self.by not in BY_CHOICES:
@@ -265,6 +273,10 @@ class _Tally:
 def statistics(connection: Connection, window: Window) -> list[CallStatistics]:
     """The buckets of `window` that hold at least one attempt, in order (hours and days by
     time, accounts by id, the unknown account last); with `by=None`, always one bucket."""
+    if window.tz is not None and window.by in _BUCKET_LENGTH:
+        window = replace(window, boundaries=_window_boundaries(connection, window))
+        if not window.boundaries:
+            return []
     tallies: dict[Any, _Tally] = {}
     for row in connection.execute(_figures_query(window)):
         tally = tallies.setdefault(row.bucket, _Tally())
@@ -314,7 +326,12 @@ def _ordered(buckets: Iterable[Any]) -> list[Any]:
 
 
 def _statistics(window: Window, bucket: Any, tally: _Tally, peak: int) -> CallStatistics:
-    if window.by in _BUCKET_LENGTH:
+    start: datetime | None
+    end: datetime | None
+    if window.tz is not None and window.by in _BUCKET_LENGTH:
+        start, end = _local_bucket(window, bucket)
+        account_id = window.account_id
+    elif window.by in _BUCKET_LENGTH:
         start, end, account_id = bucket, bucket + _BUCKET_LENGTH[window.by], window.account_id
     elif window.by == "account":
         start, end, account_id = window.since, window.until, bucket
@@ -353,9 +370,13 @@ def _bucket_of(
     instant: ColumnElement[Any],
     account: ColumnElement[Any] | None = None,
     number: ColumnElement[Any] | None = None,
+    boundaries: tuple[datetime, ...] | None = None,
 ) -> ColumnElement[Any] | None:
     """What a row is grouped by: its hour, day, account or number; None for one bucket of
-    everything."""
+    everything. With `boundaries` (a zone's local hours or days), the UTC start of its local
+    bucket."""
+    if boundaries is not None and by in _BUCKET_LENGTH:
+        return _utc_hours_or_bucket(instant, boundaries)
     if by == "number":
         assert number is not None
         return number
@@ -411,7 +432,9 @@ def _figures_query(window: Window) -> Select[Any]:
                 "answered_without_end"
             ),
         )
-    bucket = _bucket_of(window.by, c.start_time, c.account_id, _number_column(window))
+    bucket = _bucket_of(
+        window.by, c.start_time, c.account_id, _number_column(window), window.boundaries
+    )
     return _grouped(_of_attempts(query, window), bucket, c.disposition, c.cause, c.end_source)
 
 
@@ -526,11 +549,140 @@ def _peaks_query(window: Window) -> Select[Any]:
     # bucket before's: that call is not up in this one. (No end is at `since`: those calls were
     # left out above.)
     before_end: ColumnElement[Any] = counts.level + 1
-    first_instant = _bucket_of(window.by, counts.at) if window.by in _BUCKET_LENGTH else None
+    first_instant = (
+        _bucket_of(window.by, counts.at, boundaries=window.boundaries)
+        if window.by in _BUCKET_LENGTH
+        else None
+    )
     if first_instant is not None:
         before_end = case((counts.at > first_instant, before_end))
     peak = case((counts.change > 0, counts.level), else_=before_end)
     bucket = _bucket_of(
-        window.by, counts.at, counts.account_id, counts.number if by_number else None
+        window.by,
+        counts.at,
+        counts.account_id,
+        counts.number if by_number else None,
+        window.boundaries,
     )
     return _grouped(select(func.max(peak).label("peak")), bucket)
+
+
+# --- local hours and days (`tz`) --------------------------------------------------------------
+#
+# The databases are not asked to convert time zones: MariaDB ships without zone tables, and a
+# server's tables may be older than Python's. The zone's rules are applied here, by `zoneinfo`,
+# to the few instants that bound the window's local buckets (a spring-forward day is 23 hours
+# long, a fall-back day 25, its repeated hour two buckets), and the database only places each
+# instant between two of those bounds: the same comparisons of stored UTC instants on every
+# backend, so the same figures.
+
+
+def local_buckets(by: str, tz: ZoneInfo, first: datetime, last: datetime) -> list[datetime]:
+    """The UTC instants at which the local hours (`by="hour"`) or local days (`by="day"`) of
+    `tz` begin, from the one holding `first` to the one after the bucket holding `last`."""
+    first_local, last_local = first.astimezone(tz), last.astimezone(tz)
+    starts: set[datetime] = set()
+    day = first_local.date() - timedelta(days=1)
+    while day <= last_local.date() + timedelta(days=1):
+        if by == "day":
+            # A local midnight a spring-forward skips (fold 0) reads as the instant the clocks
+            # jump: the day begins there.
+            starts.add(_utc(datetime.combine(day, time(), tzinfo=tz)))
+        else:
+            for hour in range(24):
+                for fold in (0, 1):
+                    wall = datetime.combine(day, time(hour, fold=fold), tzinfo=tz)
+                    starts.add(_utc(wall))
+        day += timedelta(days=1)
+    ordered = sorted(starts)
+    # From the last start at or before `first` to the first start after `last`.
+    low = max(index for index, start in enumerate(ordered) if start <= first)
+    high = min(index for index, start in enumerate(ordered) if start > last)
+    return ordered[low : high + 1]
+
+
+def _utc(instant: datetime) -> datetime:
+    return instant.astimezone(UTC)
+
+
+def _window_boundaries(connection: Connection, window: Window) -> tuple[datetime, ...]:
+    """The bounds of the local buckets the window's attempts fall in, from the first start time
+    to the last (read on the `start_time` index): a long window holding a few days of calls
+    costs those days' bounds, not the window's."""
+    assert window.tz is not None and window.by is not None
+    c = calls.c
+    span = _of_attempts(select(func.min(c.start_time), func.max(c.start_time)), window)
+    first, last = connection.execute(span).one()
+    if first is None:
+        return ()
+    return tuple(local_buckets(window.by, window.tz, first, last))
+
+
+def _local_bucket(window: Window, bucket: datetime) -> tuple[datetime, datetime]:
+    """The start and end of the local bucket that begins at the UTC instant `bucket`, in the
+    window's zone (each with its own offset: the two halves of a repeated hour differ)."""
+    assert window.tz is not None and window.boundaries is not None
+    after = window.boundaries[bisect_right(window.boundaries, bucket)]
+    return bucket.astimezone(window.tz), after.astimezone(window.tz)
+
+
+def _utc_hours_or_bucket(
+    instant: ColumnElement[Any], boundaries: tuple[datetime, ...]
+) -> ColumnElement[Any]:
+    """The UTC start of `instant`'s local bucket. Where every bound is a UTC hour an hour after
+    the last (a zone whose offsets are whole hours, bucketed by hour), that is the UTC hour, cut
+    as without a zone: the very queries of UTC. (A move of the peaks query outside the bounds
+    then lands in a UTC hour no attempt started in, which `statistics` never reads.)"""
+    if all(bound.minute == 0 and bound.second == 0 for bound in boundaries) and all(
+        later - earlier == timedelta(hours=1) for earlier, later in pairwise(boundaries)
+    ):
+        return start_of_hour(instant)
+    return local_bucket_start(instant, boundaries)
+
+
+class local_bucket_start(FunctionElement[datetime]):  # noqa: N801
+    """The bound in `boundaries` at or before the instant, before the last bound (else NULL),
+    found by a balanced tree of CASE comparisons: a few per row whatever the window's length.
+    The bounds are written into the SQL as constants, no bound parameters: the bucket is
+    selected and grouped by, and PostgreSQL takes two placeholders for two expressions.
+    Outside the bounds, no bucket: a move of the peaks query after the last bucket (an end)
+    must not raise the last bucket's peak."""
+
+    type = UTCDateTime()
+    name = "local_bucket_start"
+    inherit_cache = False
+
+    def __init__(self, instant: ColumnElement[Any], boundaries: tuple[datetime, ...]) -> None:
+        super().__init__(instant)
+        self.boundaries = boundaries
+
+
+def _constant(instant: datetime, dialect: str) -> str:
+    text = instant.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if dialect == "sqlite":
+        return f"'{text}'"
+    if dialect == "postgresql":
+        return f"CAST('{text}' AS TIMESTAMP)"
+    return f"CAST('{text}' AS DATETIME(6))"
+
+
+@compiles(local_bucket_start)
+def _local_bucket_start(element: local_bucket_start, compiler: SQLCompiler, **kw: Any) -> str:
+    (instant,) = (compiler.process(clause, **kw) for clause in element.clauses)
+    dialect = compiler.dialect.name
+    bounds = [_constant(bound, dialect) for bound in element.boundaries]
+    if len(bounds) < 2:
+        return "NULL"
+
+    def tree(low: int, high: int) -> str:
+        # The bucket of an instant known to be in [bounds[low], bounds[high]).
+        if high - low == 1:
+            return bounds[low]
+        middle = (low + high) // 2
+        earlier, later = tree(low, middle), tree(middle, high)
+        return f"CASE WHEN {instant} < {bounds[middle]} THEN {earlier} ELSE {later} END"
+
+    return (
+        f"CASE WHEN {instant} >= {bounds[0]} AND {instant} < {bounds[-1]}"
+        f" THEN {tree(0, len(bounds) - 1)} END"
+    )

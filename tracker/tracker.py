@@ -17,6 +17,7 @@ from tracker import (
     exporting,
     feed,
     housekeeping,
+    instants,
     joining,
     parsing,
     rebuilding,
@@ -300,13 +301,14 @@ class Tracker:
         account_id: str | None = None,
         batch_size: int = exporting.EXPORT_BATCH_SIZE,
         billing: BillingPolicy | str | None = None,
+        tz: str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Call detail records, one dict per call (`per="leg"`) or per original call with its
         legs folded in (`per="conversation"`), keys in `tracker.exporting.columns(per)` order,
         of the calls that started in [since, until), by start time then id, read `batch_size`
         calls at a time (see `tracker.exporting`). With `billing` (a `BillingPolicy` or its text
-        `"FIRST/NEXT"`), a last column `billable_seconds`. Bad arguments raise ValueError at
-        once."""
+        `"FIRST/NEXT"`), a last column `billable_seconds`. `tz` (an IANA zone name) gives every
+        instant in that zone (default UTC). Bad arguments raise ValueError at once."""
         self._check_schema()
         rows = exporting.export(
             self.engine,
@@ -316,6 +318,7 @@ class Tracker:
             account_id=account_id,
             batch_size=batch_size,
             billing=billing,
+            tz=tz,
         )
         return read_with_database_errors(rows)
 
@@ -339,13 +342,16 @@ class Tracker:
         billing: BillingPolicy | str | None = None,
         number_side: str = "to",
         top: int | None = None,
+        tz: str | None = None,
     ) -> list[CallStatistics]:
         """Attempts, answers, ASR, ACD, ring time, dispositions, causes and peak concurrency of
         the calls that started in [since, until), of `account_id` when given, in one row or one
         per UTC `hour`, `day` or `account` (`by`), counted by the database; live calls count
         as up until `now` (see `tracker.statistics`). With `billing` (a `BillingPolicy` or
         `"FIRST/NEXT"`), the billable seconds too. `by="number"` gives one row per `to` number
-        (`number_side="from"`: per calling number), most attempts first, the first `top`."""
+        (`number_side="from"`: per calling number), most attempts first, the first `top`.
+        `tz` (an IANA zone name) buckets hours and days by that zone's local time instead of
+        UTC, DST included (docs/reporting.md); an unknown zone raises ValueError."""
         window = statistics.Window(
             by,
             since,
@@ -355,6 +361,7 @@ class Tracker:
             billing_policy(billing),
             number_side,
             top,
+            tz=None if tz is None or tz == "UTC" else instants.zone(tz),
         )
         self._check_schema()
         with database_errors(), self.engine.connect() as connection:

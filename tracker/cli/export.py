@@ -19,6 +19,7 @@ from tracker.cli.options import (
     UNTIL_OPTION,
     batch_size_option,
     instant,
+    tz_option,
 )
 from tracker.cli.session import Session
 from tracker.exporting import (
@@ -69,6 +70,7 @@ from tracker.exporting import (
 )
 @batch_size_option(EXPORT_BATCH_SIZE, "Calls read per statement.")
 @BILLING_OPTION
+@tz_option("Write every time in this IANA zone, with its offset (e.g. Europe/Berlin; default UTC).")
 @click.pass_obj
 def export(
     session: Session,
@@ -80,6 +82,7 @@ def export(
     output: str | None,
     batch_size: int,
     billing: BillingPolicy | None,
+    tz: str | None,
 ) -> None:
     """Write call detail records, oldest start first.
 
@@ -109,6 +112,7 @@ def export(
             account_id=account_id,
             batch_size=batch_size,
             billing=billing,
+            tz=tz,
         )
     except ValueError as error:  # checked before any row is read
         raise click.UsageError(str(error)) from error
@@ -120,7 +124,7 @@ def export(
     partial = target.with_name(f".{target.name}.partial")
     try:
         if file_format == "parquet":
-            written = write_parquet(rows, names, partial)
+            written = write_parquet(rows, names, partial, tz=tz)
         else:
             with partial.open("w", encoding="utf-8", newline="") as stream:
                 written = _write_text(rows, names, file_format, stream)

@@ -137,3 +137,18 @@ BILLING_OPTION: Final = click.option(
     help="Bill FIRST seconds for talk up to FIRST, then whole NEXT-second increments "
     "(60/60, 30/6, 6/6, 1/1).",
 )
+
+
+def time_zone(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """An IANA time zone name, checked now so a wrong one is a usage error (exit 2)."""
+    if value is None:
+        return None
+    try:
+        instants.zone(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    return value
+
+
+def tz_option(help_text: str) -> Callable[[Any], Any]:
+    return click.option("--tz", metavar="ZONE", callback=time_zone, help=help_text)

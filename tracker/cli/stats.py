@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -11,7 +11,13 @@ from rich.text import Text
 
 from tracker import ALL_DISPOSITIONS, END_SOURCES, CallStatistics, plotting
 from tracker.billing import BillingPolicy
-from tracker.cli.options import ACCOUNT_OPTION, BILLING_OPTION, SINCE_OPTION, UNTIL_OPTION
+from tracker.cli.options import (
+    ACCOUNT_OPTION,
+    BILLING_OPTION,
+    SINCE_OPTION,
+    UNTIL_OPTION,
+    tz_option,
+)
 from tracker.cli.output import echo_json, iso, stdout_console, when
 from tracker.cli.session import Session
 
@@ -20,7 +26,8 @@ from tracker.cli.session import Session
 @click.option(
     "--by",
     type=click.Choice(["account", "hour", "day", "number"]),
-    help="One row per account, UTC hour, UTC day or number (default: one row; hour with --plot).",
+    help="One row per account, hour or day (UTC, or --tz's) or number (default: one row; hour "
+    "with --plot).",
 )
 @SINCE_OPTION
 @UNTIL_OPTION
@@ -47,6 +54,7 @@ from tracker.cli.session import Session
     metavar="N",
     help="With --by number: only the N numbers with the most attempts.",
 )
+@tz_option("Hours and days of this IANA zone, DST included (e.g. Europe/Berlin; default UTC).")
 @click.pass_obj
 def stats(
     session: Session,
@@ -59,15 +67,16 @@ def stats(
     billing: BillingPolicy | None,
     number_side: str,
     top: int | None,
+    tz: str | None,
 ) -> None:
     """Attempts, answers, ASR, ACD, ring time, dispositions, causes and peak concurrent calls.
 
     Counts the calls (transfer legs included) that started in the window, by the UTC hour or day
-    of their start or by account; rows without an attempt are left out. ASR = answered /
-    attempts; ACD = mean talk time of the answered calls that ended; times in seconds. The
-    documentation (Statistics) defines every figure. --plot needs matplotlib
-    (pip install 'tracker[plot]'). --billing FIRST/NEXT adds the billable seconds; --by number
-    gives one row per number, most attempts first (Reporting and billing).
+    of their start (local ones with --tz, DST included) or by account; rows without an attempt
+    are left out. ASR = answered / attempts; ACD = mean talk time of the answered calls that
+    ended; times in seconds. The documentation (Statistics) defines every figure. --plot needs
+    matplotlib (pip install 'tracker[plot]'). --billing FIRST/NEXT adds the billable seconds;
+    --by number gives one row per number, most attempts first (Reporting and billing).
     """
     if top is not None and by != "number":
         raise click.UsageError("--top keeps the first numbers: use it with --by number")
@@ -89,6 +98,7 @@ def stats(
             billing=billing,
             number_side=number_side,
             top=top,
+            tz=tz,
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from error
@@ -99,12 +109,13 @@ def stats(
             plot_path,
             bucket_length=timedelta(hours=1) if by == "hour" else timedelta(days=1),
             title=_plot_title(by, since, until, account_id),
+            zone=tz or "UTC",
         )
     if as_json:
         echo_json([_statistics_json(row) for row in rows], indent=2)
         return
     console = stdout_console()
-    console.print(_statistics_table(rows, by))
+    console.print(_statistics_table(rows, by, tz))
     if plot_path is not None:
         console.print(f"Plot written to {plot_path}.")
 
@@ -122,8 +133,8 @@ def _plot_title(
 
 def _statistics_json(row: CallStatistics) -> dict[str, Any]:
     return {
-        "start": iso(row.start),
-        "end": iso(row.end),
+        "start": _bound(row.start),
+        "end": _bound(row.end),
         "account_id": row.account_id,
         "attempts": row.attempts,
         "answered": row.answered,
@@ -142,15 +153,27 @@ def _statistics_json(row: CallStatistics) -> dict[str, Any]:
     }
 
 
-def _statistics_table(rows: list[CallStatistics], by: str | None) -> Table:
+def _bound(instant: datetime | None) -> str | None:
+    """A bucket's bound for JSON: UTC written `Z` as every instant, a local one (`--tz`) with
+    its offset, which tells a fall-back day's two 02:00 hours apart."""
+    if instant is None or instant.tzinfo is UTC:
+        return iso(instant)
+    return instant.isoformat()
+
+
+def _statistics_table(rows: list[CallStatistics], by: str | None, tz: str | None = None) -> Table:
     dispositions = [
         name for name in ALL_DISPOSITIONS if any(name in row.dispositions for row in rows)
     ]
     table = Table(caption="ASR = answered / attempts; ACD and ring: mean seconds.")
+    zone = tz or "UTC"
     table.add_column(
-        {"hour": "hour (UTC)", "day": "day (UTC)", "account": "account", "number": "number"}.get(
-            by or "", "calls"
-        )
+        {
+            "hour": f"hour ({zone})",
+            "day": f"day ({zone})",
+            "account": "account",
+            "number": "number",
+        }.get(by or "", "calls")
     )
     billed = any(row.billable_seconds is not None for row in rows)
     for column in ("attempts", "answered", "ASR", "ACD", "ring", "peak", "live", *dispositions):
@@ -197,6 +220,9 @@ def _billing_cells(row: CallStatistics) -> tuple[str, str, str]:
 def _bucket_label(row: CallStatistics, by: str | None) -> str:
     if by == "number":
         return row.number if row.number is not None else "(no number)"
+    if by == "hour" and row.start is not None and row.start.tzinfo is not UTC:
+        # A local hour shows its offset: a fall-back day has two 02:00 hours.
+        return row.start.strftime("%Y-%m-%d %H:00%z")
     if by == "hour":
         return row.start.strftime("%Y-%m-%d %H:00") if row.start else "-"
     if by == "day":
