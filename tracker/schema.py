@@ -87,20 +87,21 @@ def upgrade_transaction(engine: Engine, schema: str | None = None) -> Iterator[C
         try:
             with connection.begin():
                 _lock(connection)
-                try:
-                    if schema is not None:
-                        quoted = connection.dialect.identifier_preparer.quote_identifier(schema)
-                        connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
-                    yield connection
-                    if sqlite:
-                        _check_foreign_keys(connection)
-                finally:
-                    # A lost connection released the lock with its session; asking the server
-                    # again would only hide the real error behind "Can't reconnect until
-                    # invalid transaction is rolled back".
-                    if not connection.invalidated:
-                        _unlock(connection)
+                if schema is not None:
+                    quoted = connection.dialect.identifier_preparer.quote_identifier(schema)
+                    connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
+                yield connection
+                if sqlite:
+                    _check_foreign_keys(connection)
         finally:
+            # Released only once the transaction has ended: given up before the commit, the
+            # lock let the next process read the version this one had not committed yet, and
+            # migrate again (MySQL's lock is the session's; PostgreSQL's ends with the
+            # transaction). A lost connection released it with its session; asking the server
+            # again would only hide the real error behind "Can't reconnect until invalid
+            # transaction is rolled back".
+            if not connection.invalidated:
+                _unlock(connection)
             if sqlite and not connection.invalidated:
                 _foreign_keys(connection, on=True)
 
