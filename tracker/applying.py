@@ -47,7 +47,9 @@ def apply_bodies(
     deliveries = [read(body, max_body_bytes) for body in bodies]
     received_at = datetime.now(UTC)
     return writer.run(
-        lambda connection: apply_deliveries(connection, deliveries, received_at, origin),
+        lambda connection: apply_deliveries(
+            connection, deliveries, received_at, origin, lock=len(deliveries) > 1
+        ),
         subject="these deliveries" if len(deliveries) > 1 else "this delivery",
     )
 
@@ -57,11 +59,21 @@ def apply_deliveries(
     deliveries: Sequence[Delivery],
     received_at: datetime,
     origin: str | None = None,
+    *,
+    lock: bool = False,
 ) -> list[Result]:
     """`origin` marks each log entry: None for bodies handed to `apply`, `provider` for the
     provider's answers, `sweep` for the bodies a sweep's `resolve` hook returned that were not
-    (a live callback)."""
+    (a live callback).
+
+    `lock`: first lock every call the deliveries name (`storage.lock_calls`), so that a batch
+    sharing calls with another one being written waits for it and then decides on what it
+    wrote, instead of losing the race to it and running again whole (the writer gives the
+    MySQL/MariaDB locks back, `Writer.run`). A single delivery goes without: run again, it
+    costs as little as the lock's round trip would on every delivery."""
     batch = _Batch(connection, received_at, origin)
+    if lock:
+        storage.lock_calls(connection, named_calls(deliveries))
     batch.prefetch(deliveries)
     results = [batch.apply(delivery) for delivery in deliveries]
     batch.flush()
@@ -89,6 +101,19 @@ def expire_calls(
     ended = [call_id for call_id in call_ids if batch.expire(call_id, swept_at, cutoff, replaying)]
     batch.flush()
     return ended
+
+
+def named_calls(deliveries: Sequence[Delivery]) -> set[str]:
+    """The calls these deliveries name, each's own and its parent: the ones a batch reads first,
+    and locks before it does (`apply_deliveries`)."""
+    named: set[str] = set()
+    for delivery in deliveries:
+        content = delivery.content
+        if isinstance(content, Event | ProviderCall):
+            named.add(content.call_id)
+            if content.parent_call_id:
+                named.add(content.parent_call_id)
+    return named
 
 
 class _Batch:
@@ -120,11 +145,7 @@ class _Batch:
         """Read every call the batch names in one query, and the content keys that may repeat
         an applied delivery in another."""
         events = [d.content for d in deliveries if isinstance(d.content, Event)]
-        answers = [d.content for d in deliveries if isinstance(d.content, ProviderCall)]
-        ids = {e.call_id for e in events} | {e.parent_call_id for e in events if e.parent_call_id}
-        ids |= {a.call_id for a in answers} | {
-            a.parent_call_id for a in answers if a.parent_call_id
-        }
+        ids = named_calls(deliveries)
         self.keys = {id(event): parsing.content_key(event) for event in events}
         found, self.stored_keys = storage.where_calls_and_applied_keys(
             self.connection, ids, [(event.call_id, self.keys[id(event)]) for event in events]

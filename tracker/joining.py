@@ -59,7 +59,13 @@ def apply_in_host_transaction(
     received_at = datetime.now(UTC)
     return apply_in_savepoint(
         connection,
-        lambda c: apply_deliveries(c, deliveries, received_at),
+        # MySQL's named locks would outlive the host's transaction: PostgreSQL's end with it.
+        lambda c: apply_deliveries(
+            c,
+            deliveries,
+            received_at,
+            lock=len(deliveries) > 1 and c.dialect.name == "postgresql",
+        ),
         subject="these deliveries" if len(deliveries) > 1 else "this delivery",
     )
 

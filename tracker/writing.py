@@ -111,9 +111,13 @@ class Writer:
             sent[driver.SENT] = 0
             committing = False
             try:
-                with connection.begin():
-                    result = work(connection)
-                    committing = True  # what fails from here on failed in the COMMIT
+                try:
+                    with connection.begin():
+                        result = work(connection)
+                        committing = True  # what fails from here on failed in the COMMIT
+                finally:
+                    # Named locks outlive the transaction on MySQL/MariaDB (`storage.locks`).
+                    storage.release_call_locks(connection)
             except storage.LostRaceError as error:
                 self._release(connection)
                 lost = error

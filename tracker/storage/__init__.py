@@ -11,6 +11,7 @@ One module per concern, as Optuna's `storages/_rdb/` is laid out:
 - `log`: the event log appended to, read a page at a time, and pruned;
 - `export`: call detail records read a keyset page at a time;
 - `writes`: calls inserted and compare-and-set in one lock order, accounts, transfers;
+- `locks`: the calls a batch names, locked in one order before it reads them;
 - `races`: a lost race told apart from a failure (`LostRaceError`, `is_unique_violation`);
 - `leases`: named leases taken, renewed and given up by compare-and-set, by the database's clock.
 
@@ -37,6 +38,7 @@ from tracker.storage.leases import (
     renew_lease,
     take_lease,
 )
+from tracker.storage.locks import lock_calls, release_call_locks
 from tracker.storage.log import (
     applied_after,
     count_applied,
@@ -135,7 +137,9 @@ __all__ = [
     "is_unique_violation",
     "last_event_id",
     "leases",
+    "lock_calls",
     "page_call_ids",
+    "release_call_locks",
     "renew_lease",
     "take_lease",
     "transfers",
