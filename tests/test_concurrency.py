@@ -418,10 +418,12 @@ def leg_body(
     )
 
 
-def transfer_tree_bodies(rng: random.Random, *, trees: int) -> list[str]:
+def transfer_tree_bodies(
+    rng: random.Random, *, trees: int, grandchildren: float = 0.15
+) -> list[str]:
     """Bodies of `trees` transfer trees, each parent before its legs: a parent with 1 to 3 legs,
-    some legs without a callUrl (their account comes from the tree), and now and then a leg
-    that was itself transferred (a grandchild)."""
+    some legs without a callUrl (their account comes from the tree), and now and then (a
+    `grandchildren` share of the legs) a leg that was itself transferred."""
     bodies: list[dict[str, Any]] = []
     for number in range(trees):
         parent = parent_body(rng, start=BASE_TIME + timedelta(minutes=number))
@@ -436,7 +438,7 @@ def transfer_tree_bodies(rng: random.Random, *, trees: int) -> list[str]:
                 with_call_url=rng.random() < 0.7,
             )
             legs.append(leg)
-            if rng.random() < 0.15:
+            if rng.random() < grandchildren:
                 legs.append(leg_body(leg["callId"], rng, 3, start=start))
         for body in (parent, *legs):
             # Every tracked type: the live callbacks each call had before it ended.

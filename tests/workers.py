@@ -73,6 +73,25 @@ def apply_many_rounds(
     _run_rounds(index, rounds, start, results, lambda: _open_tracker(url), act)
 
 
+def apply_many_once_rounds(
+    index: int,
+    url: str,
+    rounds: Sequence[Sequence[Sequence[str]]],
+    start: Barrier,
+    results: Queue[Any],
+) -> None:
+    """Like `apply_many_rounds`, with a Tracker that runs each transaction once: a batch that
+    loses a race to another worker raises instead of running again."""
+
+    def act(tracker: Tracker, batch: Sequence[str]) -> list[str]:
+        try:
+            return [result.outcome.value for result in tracker.apply_many(batch)]
+        except Exception as error:
+            return [f"raised {error!r}"] * len(batch)
+
+    _run_rounds(index, rounds, start, results, lambda: _open_tracker(url, max_attempts=1), act)
+
+
 def upgrade_rounds(index: int, urls: Sequence[str], start: Barrier, results: Queue[Any]) -> None:
     """For each round, open a Tracker on that round's database and `upgrade()` it."""
 
@@ -87,8 +106,8 @@ def upgrade_rounds(index: int, urls: Sequence[str], start: Barrier, results: Que
     _run_rounds(index, [[url] for url in urls], start, results, lambda: None, act)
 
 
-def _open_tracker(url: str) -> Tracker:
-    tracker = Tracker(url)
+def _open_tracker(url: str, **options: Any) -> Tracker:
+    tracker = Tracker(url, **options)
     tracker.get_call("warm-up")  # checks the schema and fills the pool before the start
     return tracker
 
