@@ -13,6 +13,9 @@ fails alone, its group's others are written as if each had come alone.
 Needs the `serve` extra (`pip install 'tracker[serve]'`) for the Prometheus client; the module
 itself imports without it, so that the command line can read its defaults.
 
+With `ui_credentials=...` (`tracker serve --ui`), the app also serves the read-only pages and
+their JSON below `/ui` and `/api` (`tracker.ui`), behind those credentials of their own.
+
 With `sweep=BackgroundSweep(...)` (`tracker serve --sweep-every`), the app also sweeps lost
 calls in the background while it serves (`tracker.sweeping`), from its lifespan's startup to
 its shutdown.
@@ -81,6 +84,7 @@ def create_app(
     max_queue: int = MAX_QUEUE,
     retry_after: int = RETRY_AFTER,
     sweep: BackgroundSweep | None = None,
+    ui_credentials: Credentials | None = None,
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The ASGI application applying each POSTed body with `tracker`.
 
@@ -94,6 +98,9 @@ def create_app(
     each `503`. The app owns one writing thread; it ends with the ASGI lifespan's shutdown, or
     with the process. `sweep` (of the same tracker) starts with the lifespan's startup and
     stops with its shutdown; its ends and its provider's requests are in the metrics.
+    `ui_credentials` (pairs as `credentials`, none of them a callback pair) adds the pages
+    below `/ui` and their JSON below `/api` (`tracker.ui.create_ui_app`; the `ui` extra);
+    those paths are then no callback paths.
     """
     if max_body_bytes is None:
         max_body_bytes = tracker.max_body_bytes
@@ -108,6 +115,11 @@ def create_app(
     check_positive("max_queue", max_queue)
     if sweep is not None and sweep.tracker is not tracker:
         raise ValueError("the background sweep must sweep the app's own tracker")
+    ui = None
+    if ui_credentials is not None:
+        from tracker.ui import create_ui_app
+
+        ui = create_ui_app(tracker, ui_credentials, callback_credentials=credentials or ())
     return _App(
         tracker,
         _Credentials(credentials or ()),
@@ -116,6 +128,7 @@ def create_app(
         group_commit=_GroupCommit(tracker, max_group, max_queue, _Metrics(sweep)),
         retry_after=retry_after,
         sweep=sweep,
+        ui=ui,
     )
 
 
@@ -143,6 +156,10 @@ class _Credentials:
     @property
     def required(self) -> bool:
         return bool(self._pairs)
+
+    def overlaps(self, other: _Credentials) -> bool:
+        """Whether a pair of `other` is one of these (two sets meant for different readers)."""
+        return any(pair in self._pairs for pair in other._pairs)
 
     def accept(self, header: bytes | None) -> bool:
         if header is None:
@@ -468,6 +485,7 @@ class _App:
         group_commit: _GroupCommit,
         retry_after: int,
         sweep: BackgroundSweep | None,
+        ui: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None,
     ) -> None:
         self.tracker = tracker
         self.credentials = credentials
@@ -477,6 +495,7 @@ class _App:
         self.metrics = group_commit.metrics
         self.retry_after = str(retry_after).encode()
         self.sweep = sweep
+        self.ui = ui
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -506,6 +525,9 @@ class _App:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = _own_path(scope)
         method = scope["method"]
+        if self.ui is not None and _is_ui_path(path):
+            await self.ui(scope, receive, send)
+            return
         if path in (HEALTH_PATH, METRICS_PATH):
             if method not in ("GET", "HEAD"):
                 await _answer(send, 405, [(b"allow", b"GET, HEAD")])
@@ -581,6 +603,12 @@ class _App:
         self.metrics.live_calls.set(float("nan") if live is None else live)
         exposition = self.metrics.exposition()
         await _answer(send, 200, [(b"content-type", self.metrics.content_type)], exposition)
+
+
+def _is_ui_path(path: str) -> bool:
+    from tracker.ui import is_ui_path
+
+    return is_ui_path(path)
 
 
 def _own_path(scope: Scope) -> str:
