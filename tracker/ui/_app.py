@@ -6,6 +6,7 @@ import asyncio
 import importlib.util
 import json
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -110,23 +111,36 @@ def create_ui_app(
 
 class _Shared(Generic[T]):
     """One read shared by every request until it is `max_age` seconds old: however many
-    browsers ask, the database is read at most once per `max_age`, and one at a time."""
+    browsers ask, the database is read at most once per `max_age`, and one read at a time (the
+    others wait for it, then take its result). A thread lock rather than an asyncio one: a host
+    may call the app from more than one event loop."""
 
     def __init__(self, read: Callable[[], T], max_age: float) -> None:
         self._read = read
-        self._max_age = max_age
+        self.max_age = max_age
         self._value: T | None = None
         self._at = 0.0
-        self._lock: asyncio.Lock | None = None
+        self._lock = threading.Lock()
 
     async def get(self) -> T:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._value is None or time.monotonic() - self._at >= self._max_age:
-                self._value = await asyncio.to_thread(self._read)
-                self._at = time.monotonic()
+        fresh = self._fresh()
+        if fresh is not None:
+            return fresh
+        return await asyncio.to_thread(self._refresh)
+
+    def _fresh(self) -> T | None:
+        if self._value is not None and time.monotonic() - self._at < self.max_age:
             return self._value
+        return None
+
+    def _refresh(self) -> T:
+        with self._lock:
+            fresh = self._fresh()
+            if fresh is not None:
+                return fresh
+            value = self._read()
+            self._value, self._at = value, time.monotonic()
+            return value
 
 
 class _Stats:
@@ -225,7 +239,7 @@ class _Pages:
 
     async def live_page(self, request: Request) -> Response:
         document = json.loads(await self.live.get())
-        return self.render(request, "live.html", live=document, refresh=self.live._max_age)
+        return self.render(request, "live.html", live=document, refresh=self.live.max_age)
 
     async def calls_page(self, request: Request) -> Response:
         query = dict(request.query_params)
