@@ -24,32 +24,24 @@ its shutdown.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hmac
 import json
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Final
 
 from tracker import parsing
+from tracker._http import BasicCredentials, Credentials, Headers, Receive, Scope, Send
 from tracker.errors import SchemaError, StorageError, check_positive
 from tracker.facts import CALLBACK, END_SOURCES
 from tracker.lifecycle import LIVE_STATES
 from tracker.records import Outcome, Result
 from tracker.sweeping import BackgroundSweep
 from tracker.tracker import Tracker
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
 
 # The tracker's own limit (`Tracker(max_body_bytes=...)`) is the endpoint's: a body the
 # endpoint read whole is one the tracker parses.
@@ -69,9 +61,6 @@ METRICS_PATH: Final = "/metrics"
 REALM: Final = b'Basic realm="tracker", charset="UTF-8"'
 CLOSE: Final = (b"connection", b"close")
 _log = logging.getLogger(__name__)
-
-
-Credentials = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
 def create_app(
@@ -122,7 +111,7 @@ def create_app(
         ui = create_ui_app(tracker, ui_credentials, callback_credentials=credentials or ())
     return _App(
         tracker,
-        _Credentials(credentials or ()),
+        BasicCredentials(credentials or ()),
         max_body_bytes=max_body_bytes,
         body_timeout=body_timeout,
         group_commit=_GroupCommit(tracker, max_group, max_queue, _Metrics(sweep)),
@@ -130,56 +119,6 @@ def create_app(
         sweep=sweep,
         ui=ui,
     )
-
-
-class _Credentials:
-    """HTTP Basic credentials, compared in constant time: every pair is compared in full, so
-    the time taken says nothing about which part of which pair was wrong."""
-
-    def __init__(self, credentials: Credentials) -> None:
-        pairs = credentials.items() if isinstance(credentials, Mapping) else credentials
-        if isinstance(pairs, str | bytes):
-            raise TypeError("credentials must be (user, password) pairs or a mapping, not text")
-        self._pairs = []
-        for number, pair in enumerate(pairs, start=1):
-            if not (
-                isinstance(pair, tuple | list)
-                and len(pair) == 2
-                and all(isinstance(part, str) for part in pair)
-            ):
-                raise TypeError(f"credential {number} is not a (user, password) pair of str")
-            user, password = pair
-            if ":" in user:  # Basic authentication ends the user name at the first colon
-                raise ValueError(f"the user name of credential {number} holds a colon")
-            self._pairs.append((user.encode(), password.encode()))
-
-    @property
-    def required(self) -> bool:
-        return bool(self._pairs)
-
-    def overlaps(self, other: _Credentials) -> bool:
-        """Whether a pair of `other` is one of these (two sets meant for different readers)."""
-        return any(pair in self._pairs for pair in other._pairs)
-
-    def accept(self, header: bytes | None) -> bool:
-        if header is None:
-            return False
-        scheme, _, token = header.strip().partition(b" ")
-        if scheme.lower() != b"basic":
-            return False
-        try:
-            decoded = base64.b64decode(token.strip(), validate=True)
-        except binascii.Error:
-            return False
-        user, colon, password = decoded.partition(b":")
-        if not colon:
-            return False
-        accepted = False
-        for known_user, known_password in self._pairs:
-            same_user = hmac.compare_digest(user, known_user)
-            same_password = hmac.compare_digest(password, known_password)
-            accepted |= same_user & same_password
-        return accepted
 
 
 class _Metrics:
@@ -478,7 +417,7 @@ class _App:
     def __init__(
         self,
         tracker: Tracker,
-        credentials: _Credentials,
+        credentials: BasicCredentials,
         *,
         max_body_bytes: int,
         body_timeout: float,

@@ -8,13 +8,13 @@ import json
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 from urllib.parse import quote, urlencode
 
-from tracker.asgi import Credentials, Receive, Scope, Send, _Credentials
+from tracker._http import App, BasicCredentials, Credentials, Receive, Scope, Send
 from tracker.errors import SchemaError, StorageError
 from tracker.lifecycle import ALL_DISPOSITIONS, LIVE_STATES, STATES
 from tracker.tracker import Tracker
@@ -64,7 +64,6 @@ _SECURITY_HEADERS: Final = [
     (b"cache-control", b"no-store"),
 ]
 
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
 T = TypeVar("T")
 
 
@@ -94,13 +93,13 @@ def create_ui_app(
     at most once per `live_refresh` seconds (at most `live_limit` calls) and the last day's
     figures once per `stats_refresh`, however many browsers watch.
     """
-    guard = _Credentials(credentials)
+    guard = BasicCredentials(credentials)
     if not guard.required:
         raise ValueError(
             "the pages show phone numbers: give them credentials of their own "
             "(TRACKER_UI_CREDENTIALS for tracker serve --ui)"
         )
-    if guard.overlaps(_Credentials(callback_credentials)):
+    if guard.overlaps(BasicCredentials(callback_credentials)):
         raise ValueError(
             "the pages' credentials must differ from the callback credentials: whoever posts "
             "callbacks (Bandwidth) must not read the pages; give the pages a pair of their own"
@@ -348,7 +347,7 @@ class _Guarded:
     a strict Content-Security-Policy (this origin only, no inline script or style), no MIME
     sniffing, no framing, no referrer, no caching of pages holding phone numbers."""
 
-    def __init__(self, app: App, credentials: _Credentials) -> None:
+    def __init__(self, app: App, credentials: BasicCredentials) -> None:
         self.app = app
         self.credentials = credentials
 
