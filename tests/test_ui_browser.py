@@ -62,7 +62,7 @@ def context(browser: Any) -> Iterator[Any]:
     """A browser context with the pages' credentials and a wide viewport."""
     opened = browser.new_context(
         http_credentials={"username": UI_USER[0], "password": UI_USER[1]},
-        viewport={"width": 1280, "height": 900},
+        viewport={"width": 1440, "height": 900},
     )
     try:
         yield opened

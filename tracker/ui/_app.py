@@ -168,6 +168,7 @@ class _Pages:
         )
         self.templates.filters["path"] = lambda text: quote(str(text), safe="")
         self.templates.filters["instant"] = _shown_instant
+        self.templates.filters["short_instant"] = _short_instant
         self.templates.filters["seconds"] = _shown_seconds
         self.templates.filters["ratio"] = _shown_ratio
         self.app = Starlette(
@@ -407,6 +408,10 @@ def _shown_instant(instant: datetime | None) -> str:
     if instant is None:
         return "—"
     return instant.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def _short_instant(instant: datetime | None) -> str:
+    return "—" if instant is None else instant.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _shown_seconds(seconds: float | timedelta | None) -> str:
