@@ -5,6 +5,7 @@ callback path, and the credentials either refuses."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -86,3 +87,23 @@ def test_the_pages_refuse_no_credentials_and_the_callback_ones(tracker: Tracker)
         create_app(tracker, credentials=CALLBACKS, ui_credentials=CALLBACKS)
     with pytest.raises(ValueError, match="credentials of their own"):
         create_app(tracker, credentials=CALLBACKS, ui_credentials=[])
+
+
+def test_without_matplotlib_the_stats_page_says_how_to_get_the_plot(
+    tracker: Tracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the plot extra the stats page still shows the figures and names the extra, and
+    the image answers 501 with the command that installs it."""
+    import tracker.ui._app as pages
+
+    monkeypatch.setattr(pages, "_can_plot", lambda: False)
+    tracker.apply_many(conversation(start=datetime.now(UTC) - timedelta(hours=1)).encoded())
+    app = create_ui_app(tracker, PAGES)
+    page = request(app, "GET", "/ui/stats", auth=PAGES[0])
+    assert page.status_code == 200
+    assert 'id="no-plot"' in page.text and "pip install 'tracker[plot]'" in page.text
+    assert 'id="plot"' not in page.text
+    assert "<tr><th>attempts</th><td>1</td></tr>" in page.text
+    image = request(app, "GET", "/ui/stats.png", auth=PAGES[0])
+    assert image.status_code == 501
+    assert "pip install 'tracker[plot]'" in image.text
