@@ -13,6 +13,9 @@ fails alone, its group's others are written as if each had come alone.
 Needs the `serve` extra (`pip install 'tracker[serve]'`) for the Prometheus client; the module
 itself imports without it, so that the command line can read its defaults.
 
+With `ui_credentials=...` (`tracker serve --ui`), the app also serves the read-only pages and
+their JSON below `/ui` and `/api` (`tracker.ui`), behind those credentials of their own.
+
 With `sweep=BackgroundSweep(...)` (`tracker serve --sweep-every`), the app also sweeps lost
 calls in the background while it serves (`tracker.sweeping`), from its lifespan's startup to
 its shutdown.
@@ -21,32 +24,24 @@ its shutdown.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hmac
 import json
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Final
 
 from tracker import parsing
+from tracker._http import BasicCredentials, Credentials, Headers, Receive, Scope, Send
 from tracker.errors import SchemaError, StorageError, check_positive
 from tracker.facts import CALLBACK, END_SOURCES
 from tracker.lifecycle import LIVE_STATES
 from tracker.records import Outcome, Result
 from tracker.sweeping import BackgroundSweep
 from tracker.tracker import Tracker
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
 
 # The tracker's own limit (`Tracker(max_body_bytes=...)`) is the endpoint's: a body the
 # endpoint read whole is one the tracker parses.
@@ -68,9 +63,6 @@ CLOSE: Final = (b"connection", b"close")
 _log = logging.getLogger(__name__)
 
 
-Credentials = Mapping[str, str] | Iterable[tuple[str, str]]
-
-
 def create_app(
     tracker: Tracker,
     *,
@@ -81,6 +73,7 @@ def create_app(
     max_queue: int = MAX_QUEUE,
     retry_after: int = RETRY_AFTER,
     sweep: BackgroundSweep | None = None,
+    ui_credentials: Credentials | None = None,
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The ASGI application applying each POSTed body with `tracker`.
 
@@ -94,6 +87,9 @@ def create_app(
     each `503`. The app owns one writing thread; it ends with the ASGI lifespan's shutdown, or
     with the process. `sweep` (of the same tracker) starts with the lifespan's startup and
     stops with its shutdown; its ends and its provider's requests are in the metrics.
+    `ui_credentials` (pairs as `credentials`, none of them a callback pair) adds the pages
+    below `/ui` and their JSON below `/api` (`tracker.ui.create_ui_app`; the `ui` extra);
+    those paths are then no callback paths.
     """
     if max_body_bytes is None:
         max_body_bytes = tracker.max_body_bytes
@@ -108,61 +104,21 @@ def create_app(
     check_positive("max_queue", max_queue)
     if sweep is not None and sweep.tracker is not tracker:
         raise ValueError("the background sweep must sweep the app's own tracker")
+    ui = None
+    if ui_credentials is not None:
+        from tracker.ui import create_ui_app
+
+        ui = create_ui_app(tracker, ui_credentials, callback_credentials=credentials or ())
     return _App(
         tracker,
-        _Credentials(credentials or ()),
+        BasicCredentials(credentials or ()),
         max_body_bytes=max_body_bytes,
         body_timeout=body_timeout,
         group_commit=_GroupCommit(tracker, max_group, max_queue, _Metrics(sweep)),
         retry_after=retry_after,
         sweep=sweep,
+        ui=ui,
     )
-
-
-class _Credentials:
-    """HTTP Basic credentials, compared in constant time: every pair is compared in full, so
-    the time taken says nothing about which part of which pair was wrong."""
-
-    def __init__(self, credentials: Credentials) -> None:
-        pairs = credentials.items() if isinstance(credentials, Mapping) else credentials
-        if isinstance(pairs, str | bytes):
-            raise TypeError("credentials must be (user, password) pairs or a mapping, not text")
-        self._pairs = []
-        for number, pair in enumerate(pairs, start=1):
-            if not (
-                isinstance(pair, tuple | list)
-                and len(pair) == 2
-                and all(isinstance(part, str) for part in pair)
-            ):
-                raise TypeError(f"credential {number} is not a (user, password) pair of str")
-            user, password = pair
-            if ":" in user:  # Basic authentication ends the user name at the first colon
-                raise ValueError(f"the user name of credential {number} holds a colon")
-            self._pairs.append((user.encode(), password.encode()))
-
-    @property
-    def required(self) -> bool:
-        return bool(self._pairs)
-
-    def accept(self, header: bytes | None) -> bool:
-        if header is None:
-            return False
-        scheme, _, token = header.strip().partition(b" ")
-        if scheme.lower() != b"basic":
-            return False
-        try:
-            decoded = base64.b64decode(token.strip(), validate=True)
-        except binascii.Error:
-            return False
-        user, colon, password = decoded.partition(b":")
-        if not colon:
-            return False
-        accepted = False
-        for known_user, known_password in self._pairs:
-            same_user = hmac.compare_digest(user, known_user)
-            same_password = hmac.compare_digest(password, known_password)
-            accepted |= same_user & same_password
-        return accepted
 
 
 class _Metrics:
@@ -461,13 +417,14 @@ class _App:
     def __init__(
         self,
         tracker: Tracker,
-        credentials: _Credentials,
+        credentials: BasicCredentials,
         *,
         max_body_bytes: int,
         body_timeout: float,
         group_commit: _GroupCommit,
         retry_after: int,
         sweep: BackgroundSweep | None,
+        ui: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None,
     ) -> None:
         self.tracker = tracker
         self.credentials = credentials
@@ -477,6 +434,7 @@ class _App:
         self.metrics = group_commit.metrics
         self.retry_after = str(retry_after).encode()
         self.sweep = sweep
+        self.ui = ui
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -506,6 +464,9 @@ class _App:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = _own_path(scope)
         method = scope["method"]
+        if self.ui is not None and _is_ui_path(path):
+            await self.ui(scope, receive, send)
+            return
         if path in (HEALTH_PATH, METRICS_PATH):
             if method not in ("GET", "HEAD"):
                 await _answer(send, 405, [(b"allow", b"GET, HEAD")])
@@ -581,6 +542,12 @@ class _App:
         self.metrics.live_calls.set(float("nan") if live is None else live)
         exposition = self.metrics.exposition()
         await _answer(send, 200, [(b"content-type", self.metrics.content_type)], exposition)
+
+
+def _is_ui_path(path: str) -> bool:
+    from tracker.ui import is_ui_path
+
+    return is_ui_path(path)
 
 
 def _own_path(scope: Scope) -> str:

@@ -22,6 +22,7 @@ from tracker.cli.session import Session
 from tracker.housekeeping import SWEEP_BATCH_SIZE
 
 CREDENTIALS_VARIABLE: Final = "TRACKER_CALLBACK_CREDENTIALS"
+UI_CREDENTIALS_VARIABLE: Final = "TRACKER_UI_CREDENTIALS"
 
 
 @click.command()
@@ -77,6 +78,13 @@ CREDENTIALS_VARIABLE: Final = "TRACKER_CALLBACK_CREDENTIALS"
     metavar="N",
     help="Calls the background sweep ends per transaction; it stops between two.",
 )
+@click.option(
+    "--ui",
+    is_flag=True,
+    help=f"Also serve the read-only pages (/ui/) and their JSON (/api/), behind the credentials "
+    f"in ${UI_CREDENTIALS_VARIABLE} (user:password pairs separated by commas, none of them a "
+    "callback pair); needs the ui extra.",
+)
 @resolve_option(
     "Before expiring a call, the background sweep asks the provider how it ended "
     "(credentials from the environment)."
@@ -94,6 +102,7 @@ def serve(
     sweep_older_than: timedelta | None,
     sweep_batch_size: int,
     resolve: str | None,
+    ui: bool,
 ) -> None:
     """Serve the webhook endpoint Bandwidth calls: every POST is a callback, answered 204 once
     it is committed; GET /healthz and /metrics for the operator. Stops gracefully on SIGTERM.
@@ -105,6 +114,9 @@ def serve(
     it stops (SIGTERM gives it up at once) or dies (once it expires: three sweep periods, at
     least 30 s, at most 15 minutes). On SIGTERM the sweep stops between two transactions. Each
     round that looked at calls says what it did in one line on stderr.
+
+    With --ui it also serves pages to look at calls (live calls, one call, recent calls, the last
+    day's numbers) and the JSON they read, behind credentials of their own.
     """
     if (sweep_every is None) != (sweep_older_than is None):
         given, missing = "--sweep-every", "--sweep-older-than"
@@ -137,6 +149,7 @@ def serve(
             f"no credentials, so {host} would take callbacks from anyone; set "
             f"${CREDENTIALS_VARIABLE} or --credentials-file, or listen on a loopback address"
         )
+    ui_credentials = _ui_credentials(credentials) if ui else None
     resolving = resolver(resolve)
     session.max_body_bytes = max_body_bytes
     tracker = session.tracker
@@ -157,6 +170,7 @@ def serve(
         body_timeout=body_timeout,
         max_queue=max_queue,
         sweep=sweep,
+        ui_credentials=ui_credentials,
     )
     users = len({user for user, _password in credentials})
     guard = f"Basic authentication, {counted(users, 'user')}"
@@ -168,6 +182,8 @@ def serve(
         app, host=host, port=port, access_log=False, server_header=False, lifespan="on"
     )
     listening = f"tracker: serving on http://{host}:{port} into {session.shown_url}, {guard}"
+    if ui_credentials is not None:
+        listening += f"; pages on http://{host}:{port}/ui/"
     if sweep is not None:
         listening += (
             f"; sweeping every {clock(sweep.every)} the calls older than "
@@ -238,6 +254,32 @@ def _credentials(entries: Iterable[str], source: str) -> list[tuple[str, str]]:
                 f"entry {number} of {source} is not user:password (both parts non-empty)"
             )
         pairs.append((user, password))
+    return pairs
+
+
+def _ui_credentials(callback: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pages' credentials, from their variable: required, and apart from the callback ones,
+    since whoever posts callbacks must not read the phone numbers the pages show."""
+    try:
+        import tracker.ui  # noqa: F401
+    except ImportError as error:
+        raise click.UsageError(
+            f"--ui needs the ui extra ({error}); pip install 'tracker[ui]'"
+        ) from error
+    variable = os.environ.get(UI_CREDENTIALS_VARIABLE, "")
+    pairs = _credentials(variable.split(","), f"${UI_CREDENTIALS_VARIABLE}")
+    if not pairs:
+        raise click.UsageError(
+            f"--ui needs ${UI_CREDENTIALS_VARIABLE} (user:password pairs separated by commas): "
+            "the pages show phone numbers, so they never serve without credentials of their own"
+        )
+    if variable.strip() == os.environ.get(CREDENTIALS_VARIABLE, "").strip() or any(
+        pair in callback for pair in pairs
+    ):
+        raise click.UsageError(
+            f"${UI_CREDENTIALS_VARIABLE} holds callback credentials: whoever posts callbacks "
+            "(Bandwidth) must not read the pages; give the pages a user:password of their own"
+        )
     return pairs
 
 
