@@ -48,6 +48,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    CompoundSelect,
     Connection,
     Integer,
     Select,
@@ -57,6 +58,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    text,
     union_all,
 )
 from sqlalchemy.ext.compiler import compiles
@@ -68,7 +70,7 @@ from tracker.billing import BillingPolicy, billable_seconds_sql
 from tracker.errors import check_account, check_instant, check_window
 from tracker.records import CallStatistics
 from tracker.storage.columns import UTCDateTime
-from tracker.storage.tables import calls
+from tracker.storage.tables import NOT_ENDED, calls
 
 BY_CHOICES: Final = ("account", "hour", "day", "number")
 # `by="number"` groups by the called (`to`) or calling (`from`) number of each call.
@@ -495,21 +497,8 @@ def _peaks_query(window: Window) -> Select[Any]:
     )
     # Calls up for no time are kept: their moves, +1 and -1 at one instant, put an attempt's
     # bucket among the moves, with the count of the calls up through it.
-    # The number rides along only for `by="number"`: other reads keep their narrower rows.
     by_number = window.by == "number"
-    numbers = [_number_column(window).label("number")] if by_number else []
-    spans = select(c.start_time.label("up"), down.label("down"), c.account_id, *numbers).where(
-        c.start_time.is_not(None)
-    )
-    if window.until is not None:
-        spans = spans.where(c.start_time < _instant(window.until))
-    if window.account_id is not None:
-        spans = spans.where(c.account_id == window.account_id)
-    if window.top is not None:
-        spans = spans.where(_number_column(window).in_(_top_numbers(window)))
-    if window.since is not None:
-        spans = spans.where(down > _instant(window.since))
-    span = spans.cte("spans").c
+    span = _spans_query(window, down).cte("spans").c
 
     up: ColumnElement[Any] = span.up
     if window.since is not None:
@@ -565,6 +554,45 @@ def _peaks_query(window: Window) -> Select[Any]:
         window.boundaries,
     )
     return _grouped(select(func.max(peak).label("peak")), bucket)
+
+
+def _spans_query(window: Window, down: ColumnElement[Any]) -> Select[Any] | CompoundSelect[Any]:
+    """The calls up in the window (`down > since`) that started before `until`, each as its
+    start (`up`), the instant it is no longer up (`down`), its account and, for `by="number"`,
+    its number (the other reads keep their narrower rows).
+
+    `down` is a CASE no index can serve, so with `since` the calls are found in four parts, each
+    through an index of its own, and the work follows the calls of the window, not the history
+    before it: those that started in the window (by start time); of those that started before
+    it, the ended ones that ended after `since` (by end time), the live ones (the partial index
+    of live calls) and the ones the sweep ended, whose end is unknown, answered after `since`
+    (their last known time; by end time, then answer time). The parts never share a call, and
+    together they are exactly the calls `down > since` holds for."""
+    c = calls.c
+    numbers = [_number_column(window).label("number")] if window.by == "number" else []
+    spans = select(c.start_time.label("up"), down.label("down"), c.account_id, *numbers)
+    if window.account_id is not None:
+        spans = spans.where(c.account_id == window.account_id)
+    if window.top is not None:
+        spans = spans.where(_number_column(window).in_(_top_numbers(window)))
+    until = None if window.until is None else _instant(window.until)
+    if window.since is None:
+        spans = spans.where(c.start_time.is_not(None))
+        return spans if until is None else spans.where(c.start_time < until)
+    since = _instant(window.since)
+    started_in = spans.where(c.start_time >= since, down > since)
+    if until is not None:
+        started_in = started_in.where(c.start_time < until)
+    # Before `since`, so before `until` too: a window holds at least one instant.
+    earlier = spans.where(c.start_time < since)
+    ended = earlier.where(c.end_time > since)
+    # The partial index's own words: see `_partial` in `storage.tables`.
+    live = earlier.where(c.end_time.is_(None), text(NOT_ENDED), down > since)
+    # Up until its answer, else until its start, which is before `since`.
+    swept = earlier.where(
+        c.end_time.is_(None), c.state == lifecycle.DISCONNECTED, c.answer_time > since
+    )
+    return union_all(started_in, ended, live, swept)
 
 
 # --- local hours and days (`tz`) --------------------------------------------------------------

@@ -88,6 +88,9 @@ class CallRow(Base):
         Index(None, "state", **_partial(NOT_ENDED)),
         Index(None, "start_time"),
         Index(None, "disposition", **_partial(NOT_COMPLETED)),
+        # The calls a window's report finds by their end: those that ended after it began, and
+        # (no end time, by the answer) those the sweep ended after an answer in it (revision 0011).
+        Index(None, "end_time", "answer_time"),
         _MYSQL_OPTIONS,
     )
 
