@@ -1,0 +1,156 @@
+"""Peak concurrency over a window finds the calls up in it by their start, their end, the live
+set and the sweep's ends: exact at the window's edges, whatever history precedes it."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from alembic import command
+from sqlalchemy import inspect
+
+from tests.stats_support import (
+    MICROSECOND,
+    NOW,
+    T0,
+    assert_figures,
+    expected,
+    load,
+    with_micro_times,
+)
+from tracker import Tracker
+from tracker.schema import alembic_config
+from tracker.testing import ACCOUNT, answer, disconnect_between, initiate, new_call_id
+
+SINCE = T0 + timedelta(days=2)
+UNTIL = SINCE + timedelta(days=1)
+HISTORY_DAYS = 10
+
+
+def history(seed: int, calls: int) -> list[dict[str, Any]]:
+    """Calls of one to ten minutes over the days before the window, all ended an hour before
+    it: none of them is up in it."""
+    draw = random.Random(seed)
+    bodies = []
+    for _ in range(calls):
+        start = SINCE - timedelta(seconds=draw.uniform(2 * 3600, HISTORY_DAYS * 86400))
+        end = start + timedelta(seconds=draw.uniform(60, 600))
+        answered = start + timedelta(seconds=draw.uniform(1, 20)) if draw.random() < 0.8 else None
+        bodies.append(disconnect_between(start, end, answered=answered))
+    return bodies
+
+
+def load_the_edges(tracker: Tracker) -> None:
+    """Three calls up at `since` (one live for days, one ended after it, one the sweep ended
+    after its answer in the window), and beside them calls that must not count: ended just
+    before `since`, ended at it, started at `until`, swept with their last known time before
+    `since`. At `since` three calls are up, and no later instant of the window has more."""
+    swept_in, swept_before, swept_unanswered = new_call_id(), new_call_id(), new_call_id()
+    load(
+        tracker,
+        [
+            # Their last known times: the answer at since + 10 min; an answer and a start before.
+            answer(swept_in, start=SINCE - timedelta(minutes=10), ring=20 * 60),
+            answer(swept_before, start=SINCE - timedelta(hours=2), ring=60),
+            initiate(swept_unanswered, start=SINCE - timedelta(hours=1)),
+        ],
+    )
+    tracker.sweep(timedelta(hours=1), now=NOW)
+    live = new_call_id()
+    just_before = SINCE - MICROSECOND
+    load(
+        tracker,
+        [
+            answer(live, start=SINCE - timedelta(days=3), ring=5),
+            disconnect_between(SINCE - timedelta(minutes=30), SINCE + timedelta(minutes=30)),
+            with_micro_times(
+                disconnect_between(SINCE - timedelta(hours=1), just_before),
+                SINCE - timedelta(hours=1),
+                None,
+                just_before,
+            ),
+            *(disconnect_between(SINCE - timedelta(hours=k), SINCE) for k in (1, 2)),
+            *(disconnect_between(UNTIL, UNTIL + timedelta(hours=k)) for k in (1, 2, 3)),
+            # In the window, after the others but the live one are down: two up at once.
+            disconnect_between(SINCE + timedelta(minutes=40), SINCE + timedelta(minutes=50)),
+        ],
+    )
+
+
+def test_peak_counts_exactly_the_calls_up_across_the_windows_edges(tracker: Tracker) -> None:
+    load(tracker, history(seed=24, calls=300))
+    load_the_edges(tracker)
+
+    (row,) = tracker.stats(since=SINCE, until=UNTIL, now=NOW)
+
+    # The live call, the call ending at since + 30 min, the swept call answered at since + 10
+    # min: not the calls ended at or before `since`, nor the three started at `until`.
+    assert (row.attempts, row.peak_concurrent_calls) == (1, 3)
+    snapshots = tracker.calls()
+    for by in (None, "hour", "day", "account"):
+        found = tracker.stats(by=by, since=SINCE, until=UNTIL, now=NOW)
+        assert_figures(found, expected(snapshots, by, SINCE, UNTIL), by)
+
+
+def test_the_window_before_counts_the_calls_ended_at_since_but_not_those_started_there(
+    tracker: Tracker,
+) -> None:
+    load(tracker, history(seed=25, calls=50))
+    load_the_edges(tracker)
+
+    (before,) = tracker.stats(since=SINCE - timedelta(hours=1), until=SINCE, now=NOW)
+    (after,) = tracker.stats(since=UNTIL, until=UNTIL + timedelta(hours=1), now=NOW)
+
+    # At since - 10 min: the live call, the swept call ringing, the call ending at since + 30
+    # min, the calls ending at since (started an hour and two before) and the one just before.
+    assert before.peak_concurrent_calls == 6
+    # At until: the live call and the three that start there.
+    assert (after.attempts, after.peak_concurrent_calls) == (3, 4)
+    snapshots = tracker.calls()
+    for since, until in ((SINCE - timedelta(hours=1), SINCE), (UNTIL, UNTIL + timedelta(hours=1))):
+        found = tracker.stats(since=since, until=until, now=NOW)
+        assert_figures(found, expected(snapshots, None, since, until), None)
+
+
+@pytest.mark.parametrize("account_id", [ACCOUNT, None], ids=["one-account", "all-accounts"])
+def test_days_of_history_before_the_window_change_none_of_its_figures(
+    tracker: Tracker, account_id: str | None
+) -> None:
+    load_the_edges(tracker)
+
+    def figures() -> list[tuple[Any, ...]]:
+        return [
+            (row.start, row.attempts, row.live, row.peak_concurrent_calls)
+            for by in (None, "hour")
+            for row in tracker.stats(
+                by=by, since=SINCE, until=UNTIL, account_id=account_id, now=NOW
+            )
+        ]
+
+    alone = figures()
+    load(tracker, history(seed=26, calls=200))
+
+    assert figures() == alone
+    assert alone[0] == (SINCE, 1, 0, 3)
+
+
+def test_revision_0011_adds_the_index_by_end_and_takes_it_away_again(database_url: str) -> None:
+    with Tracker(database_url) as tracker:
+        with tracker.engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0010")
+        assert "ix_tracker_calls_end_time_answer_time" not in indexes(tracker)
+        tracker.upgrade()
+        assert "ix_tracker_calls_end_time_answer_time" in indexes(tracker)
+        load_the_edges(tracker)
+        with tracker.engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "0010")
+        assert "ix_tracker_calls_end_time_answer_time" not in indexes(tracker)
+        tracker.upgrade()
+        assert tracker.stats(since=SINCE, until=UNTIL, now=NOW)[0].peak_concurrent_calls == 3
+
+
+def indexes(tracker: Tracker) -> set[str]:
+    with tracker.engine.connect() as connection:
+        return {index["name"] or "" for index in inspect(connection).get_indexes("tracker_calls")}
