@@ -3,14 +3,17 @@ set and the sweep's ends: exact at the window's edges, whatever history precedes
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic import command
 from sqlalchemy import inspect
 
+from benchmarks import stats as stats_bench
 from tests.stats_support import (
     MICROSECOND,
     NOW,
@@ -154,3 +157,20 @@ def test_revision_0011_adds_the_index_by_end_and_takes_it_away_again(database_ur
 def indexes(tracker: Tracker) -> set[str]:
     with tracker.engine.connect() as connection:
         return {index["name"] or "" for index in inspect(connection).get_indexes("tracker_calls")}
+
+
+def test_the_history_benchmark_grows_history_before_one_day_and_keeps_its_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = ["--history-days", "2,0", "--calls-per-day", "300", "--live", "5"]
+    code = stats_bench.main([*arguments, "--repeat", "1", "--json", "--sqlite-dir", str(tmp_path)])
+
+    report = json.loads(capsys.readouterr().out)
+    assert (code, report["same_figures"]) == (0, True)
+    day = report["calls_per_day"]
+    assert [(row["history_days"], row["calls"]) for row in report["rows"]] == [
+        (0, day + 5),
+        (2, 3 * day + 5),
+    ]
+    assert all(row["peak_concurrent_calls"] >= 5 for row in report["rows"])
+    assert list(tmp_path.iterdir()) == []
