@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,39 +45,53 @@ def history(seed: int, calls: int) -> list[dict[str, Any]]:
     return bodies
 
 
+def between(start: datetime, end: datetime) -> dict[str, Any]:
+    """An ended call, its times to the microsecond."""
+    return with_micro_times(disconnect_between(start, end), start, None, end)
+
+
 def load_the_edges(tracker: Tracker) -> None:
-    """Three calls up at `since` (one live for days, one ended after it, one the sweep ended
-    after its answer in the window), and beside them calls that must not count: ended just
-    before `since`, ended at it, started at `until`, swept with their last known time before
-    `since`. At `since` three calls are up, and no later instant of the window has more."""
-    swept_in, swept_before, swept_unanswered = new_call_id(), new_call_id(), new_call_id()
+    """Eight calls up at `since`, found every way a report finds them: a call live for days;
+    calls that started an hour or less before `since` (exactly an hour, 50 and 30 minutes) and
+    ended after it; long calls that started earlier (three hours, an hour and a microsecond)
+    and ended after it; and calls the sweep ended after an answer after `since` (started ten
+    minutes and two hours before it). Beside them, calls that must not count: ended a
+    microsecond before `since` or at it (long ones too), started at `until`, swept with their
+    last known time before `since`. No later instant of the window has as many calls up."""
+    swept_in, swept_long = new_call_id(), new_call_id()
+    swept_before, swept_unanswered = new_call_id(), new_call_id()
     load(
         tracker,
         [
-            # Their last known times: the answer at since + 10 min; an answer and a start before.
+            # Last known times: answers at since + 10 min and since + 5 min; an answer and a
+            # start before `since`.
             answer(swept_in, start=SINCE - timedelta(minutes=10), ring=20 * 60),
+            answer(swept_long, start=SINCE - timedelta(hours=2), ring=125 * 60),
             answer(swept_before, start=SINCE - timedelta(hours=2), ring=60),
             initiate(swept_unanswered, start=SINCE - timedelta(hours=1)),
         ],
     )
     tracker.sweep(timedelta(hours=1), now=NOW)
-    live = new_call_id()
-    just_before = SINCE - MICROSECOND
+    hour = timedelta(hours=1)
     load(
         tracker,
         [
-            answer(live, start=SINCE - timedelta(days=3), ring=5),
-            disconnect_between(SINCE - timedelta(minutes=30), SINCE + timedelta(minutes=30)),
-            with_micro_times(
-                disconnect_between(SINCE - timedelta(hours=1), just_before),
-                SINCE - timedelta(hours=1),
-                None,
-                just_before,
-            ),
-            *(disconnect_between(SINCE - timedelta(hours=k), SINCE) for k in (1, 2)),
-            *(disconnect_between(UNTIL, UNTIL + timedelta(hours=k)) for k in (1, 2, 3)),
-            # In the window, after the others but the live one are down: two up at once.
-            disconnect_between(SINCE + timedelta(minutes=40), SINCE + timedelta(minutes=50)),
+            answer(new_call_id(), start=SINCE - timedelta(days=3), ring=5),
+            between(SINCE - hour, SINCE + timedelta(minutes=15)),
+            between(SINCE - timedelta(minutes=30), SINCE + timedelta(minutes=30)),
+            between(SINCE - timedelta(minutes=50), SINCE + timedelta(minutes=5)),
+            between(SINCE - 3 * hour, SINCE + timedelta(minutes=20)),
+            between(SINCE - hour - MICROSECOND, SINCE + MICROSECOND),
+            # Down before or at `since`.
+            between(SINCE - hour, SINCE - MICROSECOND),
+            between(SINCE - 5 * hour, SINCE - MICROSECOND),
+            between(SINCE - hour, SINCE),
+            between(SINCE - 2 * hour, SINCE),
+            between(SINCE - 3 * hour, SINCE),
+            # Up from `until`, after the window.
+            *(between(UNTIL, UNTIL + k * hour) for k in (1, 2, 3)),
+            # In the window, when all but the live call are down: two up at once.
+            between(SINCE + timedelta(minutes=40), SINCE + timedelta(minutes=50)),
         ],
     )
 
@@ -88,9 +102,8 @@ def test_peak_counts_exactly_the_calls_up_across_the_windows_edges(tracker: Trac
 
     (row,) = tracker.stats(since=SINCE, until=UNTIL, now=NOW)
 
-    # The live call, the call ending at since + 30 min, the swept call answered at since + 10
-    # min: not the calls ended at or before `since`, nor the three started at `until`.
-    assert (row.attempts, row.peak_concurrent_calls) == (1, 3)
+    # The eight up at `since`: not the calls ended at or before it, nor those started at `until`.
+    assert (row.attempts, row.peak_concurrent_calls) == (1, 8)
     snapshots = tracker.calls()
     for by in (None, "hour", "day", "account"):
         found = tracker.stats(by=by, since=SINCE, until=UNTIL, now=NOW)
@@ -106,9 +119,8 @@ def test_the_window_before_counts_the_calls_ended_at_since_but_not_those_started
     (before,) = tracker.stats(since=SINCE - timedelta(hours=1), until=SINCE, now=NOW)
     (after,) = tracker.stats(since=UNTIL, until=UNTIL + timedelta(hours=1), now=NOW)
 
-    # At since - 10 min: the live call, the swept call ringing, the call ending at since + 30
-    # min, the calls ending at since (started an hour and two before) and the one just before.
-    assert before.peak_concurrent_calls == 6
+    # At since - 10 min: the eight up at `since` and the five down at it or just before it.
+    assert before.peak_concurrent_calls == 13
     # At until: the live call and the three that start there.
     assert (after.attempts, after.peak_concurrent_calls) == (3, 4)
     snapshots = tracker.calls()
@@ -136,7 +148,7 @@ def test_days_of_history_before_the_window_change_none_of_its_figures(
     load(tracker, history(seed=26, calls=200))
 
     assert figures() == alone
-    assert alone[0] == (SINCE, 1, 0, 3)
+    assert alone[0] == (SINCE, 1, 0, 8)
 
 
 def test_revision_0011_adds_the_index_by_end_and_takes_it_away_again(database_url: str) -> None:
@@ -151,7 +163,7 @@ def test_revision_0011_adds_the_index_by_end_and_takes_it_away_again(database_ur
             command.downgrade(alembic_config(connection), "0010")
         assert "ix_tracker_calls_end_time_answer_time" not in indexes(tracker)
         tracker.upgrade()
-        assert tracker.stats(since=SINCE, until=UNTIL, now=NOW)[0].peak_concurrent_calls == 3
+        assert tracker.stats(since=SINCE, until=UNTIL, now=NOW)[0].peak_concurrent_calls == 8
 
 
 def indexes(tracker: Tracker) -> set[str]:

@@ -1,10 +1,13 @@
-"""Index the calls by their end (then their answer), so that a report over a window finds the
-calls that started before it and were still up in it without reading the whole history.
+"""Index the long calls by their end (then their answer), so that a report over a window finds
+the calls that started before it and were still up in it without reading the whole history.
 
-The peak concurrency of a window counts the calls up in it: those that started in it (the index
-on the start time finds them), and those that started earlier and ended after `since` (this
-index, by the end), were still live (the partial index of live calls) or were ended by the sweep
-with no end time and answered after `since` (this index again: no end time, by the answer).
+The peak concurrency of a window counts the calls up in it: those that started in it or less
+than an hour before it (the index on the start time finds them), the live ones (the partial
+index of live calls), and those that started earlier still and ended after `since`, or were
+ended by the sweep with no end time after an answer after `since`: all of them up more than an
+hour, which this index holds (on SQLite and PostgreSQL, only those: a call enters it once, when
+it ends after a long talk, and ordinary deliveries never write it; MySQL/MariaDB have no
+partial indexes and index every call).
 Nothing else changes; the index is built from the rows already stored.
 
 Revision ID: 0011
@@ -23,6 +26,9 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 NAME = "ix_tracker_calls_end_time_answer_time"
+# Frozen copies of this revision's conditions (`LONG_CALL_CONDITIONS` in the models).
+SQLITE_LONG = "COALESCE(end_time, answer_time) > datetime(start_time, '+1 hour')"
+POSTGRESQL_LONG = "COALESCE(end_time, answer_time) > start_time + INTERVAL '1 hour'"
 
 
 def upgrade() -> None:
@@ -30,7 +36,13 @@ def upgrade() -> None:
     # created only when it is not there yet (MySQL has no CREATE INDEX IF NOT EXISTS).
     present = {index["name"] for index in sa.inspect(op.get_bind()).get_indexes("tracker_calls")}
     if NAME not in present:
-        op.create_index(NAME, "tracker_calls", ["end_time", "answer_time"])
+        op.create_index(
+            NAME,
+            "tracker_calls",
+            ["end_time", "answer_time"],
+            sqlite_where=sa.text(SQLITE_LONG),
+            postgresql_where=sa.text(POSTGRESQL_LONG),
+        )
 
 
 def downgrade() -> None:
