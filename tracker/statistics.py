@@ -575,11 +575,11 @@ def _spans_query(window: Window, down: ColumnElement[Any]) -> Select[Any] | Comp
     spans = select(c.start_time.label("up"), down.label("down"), c.account_id, *numbers)
     if window.account_id is not None:
         spans = spans.where(c.account_id == window.account_id)
-    if window.top is not None:
-        spans = spans.where(_number_column(window).in_(_top_numbers(window)))
     until = None if window.until is None else _instant(window.until)
     if window.since is None:
         spans = spans.where(c.start_time.is_not(None))
+        if window.top is not None:
+            spans = spans.where(_number_column(window).in_(_top_numbers(window)))
         return spans if until is None else spans.where(c.start_time < until)
     since = _instant(window.since)
     long_before = _instant(window.since - LONG_CALL)
@@ -604,7 +604,12 @@ def _spans_query(window: Window, down: ColumnElement[Any]) -> Select[Any] | Comp
         c.answer_time > since,
         long_call(),
     )
-    return union_all(recent, live, ended, swept)
+    parts = union_all(recent, live, ended, swept)
+    if window.top is None:
+        return parts
+    # The top numbers are ranked once, for the four parts together.
+    found = parts.subquery("parts")
+    return select(found).where(found.c.number.in_(_top_numbers(window)))
 
 
 class long_call(FunctionElement[Any]):  # noqa: N801
