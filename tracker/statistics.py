@@ -48,6 +48,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    CompoundSelect,
     Connection,
     Integer,
     Select,
@@ -57,18 +58,20 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    text,
     union_all,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.sqltypes import NullType
 
 from tracker import lifecycle
 from tracker.billing import BillingPolicy, billable_seconds_sql
 from tracker.errors import check_account, check_instant, check_window
 from tracker.records import CallStatistics
 from tracker.storage.columns import UTCDateTime
-from tracker.storage.tables import calls
+from tracker.storage.tables import LONG_CALL, LONG_CALL_CONDITIONS, NOT_ENDED, calls
 
 BY_CHOICES: Final = ("account", "hour", "day", "number")
 # `by="number"` groups by the called (`to`) or calling (`from`) number of each call.
@@ -495,21 +498,8 @@ def _peaks_query(window: Window) -> Select[Any]:
     )
     # Calls up for no time are kept: their moves, +1 and -1 at one instant, put an attempt's
     # bucket among the moves, with the count of the calls up through it.
-    # The number rides along only for `by="number"`: other reads keep their narrower rows.
     by_number = window.by == "number"
-    numbers = [_number_column(window).label("number")] if by_number else []
-    spans = select(c.start_time.label("up"), down.label("down"), c.account_id, *numbers).where(
-        c.start_time.is_not(None)
-    )
-    if window.until is not None:
-        spans = spans.where(c.start_time < _instant(window.until))
-    if window.account_id is not None:
-        spans = spans.where(c.account_id == window.account_id)
-    if window.top is not None:
-        spans = spans.where(_number_column(window).in_(_top_numbers(window)))
-    if window.since is not None:
-        spans = spans.where(down > _instant(window.since))
-    span = spans.cte("spans").c
+    span = _spans_query(window, down).cte("spans").c
 
     up: ColumnElement[Any] = span.up
     if window.since is not None:
@@ -565,6 +555,77 @@ def _peaks_query(window: Window) -> Select[Any]:
         window.boundaries,
     )
     return _grouped(select(func.max(peak).label("peak")), bucket)
+
+
+def _spans_query(window: Window, down: ColumnElement[Any]) -> Select[Any] | CompoundSelect[Any]:
+    """The calls up in the window (`down > since`) that started before `until`, each as its
+    start (`up`), the instant it is no longer up (`down`), its account and, for `by="number"`,
+    its number (the other reads keep their narrower rows).
+
+    `down` is a CASE no index can serve, so with `since` the calls are found in four parts, each
+    through an index of its own, and the work follows the window, not the history before it:
+    the calls that started in the window or less than `LONG_CALL` before it (by start time);
+    of those that started earlier still, the live ones (the partial index of live calls), and
+    the ones that ended after `since` or that the sweep ended (no end time) after an answer
+    after `since`. Those were up more than `LONG_CALL`: the index of long calls holds them, by
+    end, then answer. The parts never share a call, and together they are exactly the calls
+    `down > since` holds for."""
+    c = calls.c
+    numbers = [_number_column(window).label("number")] if window.by == "number" else []
+    spans = select(c.start_time.label("up"), down.label("down"), c.account_id, *numbers)
+    if window.account_id is not None:
+        spans = spans.where(c.account_id == window.account_id)
+    until = None if window.until is None else _instant(window.until)
+    if window.since is None:
+        spans = spans.where(c.start_time.is_not(None))
+        if window.top is not None:
+            spans = spans.where(_number_column(window).in_(_top_numbers(window)))
+        return spans if until is None else spans.where(c.start_time < until)
+    since = _instant(window.since)
+    long_before = _instant(window.since - LONG_CALL)
+    recent = spans.where(c.start_time >= long_before, down > since)
+    if until is not None:
+        recent = recent.where(c.start_time < until)
+    # Before `since`, so before `until` too: a window holds at least one instant.
+    earlier = spans.where(c.start_time < long_before)
+    # Asked for by name, as `calls --live` does (SQLite looks a `<>` up in no index), with the
+    # partial index's own words (see `_partial` in `storage.tables`): the live states are the
+    # only ones besides `disconnected`.
+    live = earlier.where(
+        c.end_time.is_(None), c.state.in_(lifecycle.LIVE_STATES), text(NOT_ENDED), down > since
+    )
+    # Up until `since` or later, from before `long_before`: long calls, each found by the very
+    # words of the index's condition (which SQLite and PostgreSQL need to use it).
+    ended = earlier.where(c.end_time > since, long_call())
+    # Up until its answer, else until its start, which is before `since`.
+    swept = earlier.where(
+        c.end_time.is_(None),
+        c.state == lifecycle.DISCONNECTED,
+        c.answer_time > since,
+        long_call(),
+    )
+    parts = union_all(recent, live, ended, swept)
+    if window.top is None:
+        return parts
+    # The top numbers are ranked once, for the four parts together.
+    found = parts.subquery("parts")
+    return select(found).where(found.c.number.in_(_top_numbers(window)))
+
+
+class long_call(FunctionElement[Any]):  # noqa: N801
+    """The condition of the index of long calls, in each backend's words (`LONG_CALL`). Of no
+    SQL type: SQLAlchemy would compare a boolean with 1 where the backend has no booleans, and
+    the words would no longer be the index's."""
+
+    type = NullType()
+    name = "long_call"
+    inherit_cache = True
+
+
+@compiles(long_call)
+def _long_call(element: long_call, compiler: SQLCompiler, **kw: Any) -> str:
+    dialect = compiler.dialect.name
+    return f"({LONG_CALL_CONDITIONS['mysql' if dialect == 'mariadb' else dialect]})"
 
 
 # --- local hours and days (`tz`) --------------------------------------------------------------
