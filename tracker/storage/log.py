@@ -195,7 +195,7 @@ def insert_events(connection: Connection, rows: Sequence[dict[str, Any]]) -> lis
         # INSERT ... RETURNING at all): one INSERT per row, each id its last row id.
         compiled = cached(connection, _insert_event, dialect.postfetch_lastrowid)
         return [_inserted_event_id(connection, compiled, row) for row in rows]
-    if dialect.name == "sqlite":
+    if dialect.name == "sqlite" and rows:
         return _insert_events_on_sqlite(connection, rows)
     ids: list[int] = []
     for group in _by_statement_size(rows):
