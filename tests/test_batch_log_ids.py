@@ -31,4 +31,3 @@ def test_each_step_of_a_batch_names_the_entry_of_the_delivery_that_made_it(
             assert (entry.call_id, entry.event_type) == (call_id, step.event)
             steps += 1
     assert steps > 60  # the stream's calls have taken many steps, across both batches
-
