@@ -72,9 +72,10 @@ def apply_deliveries(
     MySQL/MariaDB locks back, `Writer.run`). A single delivery goes without: run again, it
     costs as little as the lock's round trip would on every delivery."""
     batch = _Batch(connection, received_at, origin)
+    named = named_calls(deliveries)
     if lock:
-        storage.lock_calls(connection, named_calls(deliveries))
-    batch.prefetch(deliveries)
+        storage.lock_calls(connection, named)
+    batch.prefetch(deliveries, named)
     results = [batch.apply(delivery) for delivery in deliveries]
     batch.flush()
     return results
@@ -141,11 +142,10 @@ class _Batch:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def prefetch(self, deliveries: Sequence[Delivery]) -> None:
-        """Read every call the batch names in one query, and the content keys that may repeat
-        an applied delivery in another."""
+    def prefetch(self, deliveries: Sequence[Delivery], ids: set[str]) -> None:
+        """Read every call the batch names (`ids`, `named_calls`) in one query, and the content
+        keys that may repeat an applied delivery in another."""
         events = [d.content for d in deliveries if isinstance(d.content, Event)]
-        ids = named_calls(deliveries)
         self.keys = {id(event): parsing.content_key(event) for event in events}
         found, self.stored_keys = storage.where_calls_and_applied_keys(
             self.connection, ids, [(event.call_id, self.keys[id(event)]) for event in events]

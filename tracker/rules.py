@@ -108,7 +108,7 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as `facts.Decision` is not: made on every delivery
 class TreeAccount:
     account: str | None
     # True when a tree that had no account learns it from this event: every call of the tree

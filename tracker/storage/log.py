@@ -195,11 +195,29 @@ def insert_events(connection: Connection, rows: Sequence[dict[str, Any]]) -> lis
         # INSERT ... RETURNING at all): one INSERT per row, each id its last row id.
         compiled = cached(connection, _insert_event, dialect.postfetch_lastrowid)
         return [_inserted_event_id(connection, compiled, row) for row in rows]
+    if dialect.name == "sqlite" and rows:
+        return _insert_events_on_sqlite(connection, rows)
     ids: list[int] = []
     for group in _by_statement_size(rows):
         result = connection.execute(_INSERT_EVENTS_RETURNING, group)
         ids.extend(sorted(int(event_id) for event_id in result.scalars()))
     return ids
+
+
+def _select_last_row_id() -> tuple[ClauseElement, Sequence[str]]:
+    return select(func.last_insert_rowid()), ()
+
+
+def _insert_events_on_sqlite(connection: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """The rows in one `executemany` on the driver, a fraction of the cost of SQLAlchemy's
+    multi-row INSERT ... RETURNING (which builds and binds one statement of hundreds of rows).
+    Their ids follow from the last one: SQLite has one writer at a time, and a new row of the
+    log (`AUTOINCREMENT`) takes one more than the largest id given, so the rows of one
+    `executemany` take consecutive ids in their order."""
+    driver.run(connection, cached(connection, _insert_event, True), rows)
+    last_row_id = cached(connection, _select_last_row_id)
+    last = int(driver.rows(last_row_id, driver.run(connection, last_row_id, {}))[0][0])
+    return list(range(last - len(rows) + 1, last + 1))
 
 
 def _inserted_event_id(
