@@ -118,6 +118,17 @@ class CurveFigure:
         return statistics.median(self.rates)
 
     @property
+    def progress(self) -> str:
+        """The last run, in a line."""
+        line = (
+            f"{self.label}: {self.rates[-1]:,.0f} deliveries/s, "
+            f"{self.rollbacks_per_batch[-1]:.2f} rolled back per batch"
+        )
+        if not self.tracker:
+            return line
+        return line + (", exact" if len(self.differences) < self.checked else ", NOT EXACT")
+
+    @property
     def exact(self) -> bool | None:
         return None if not self.checked else not self.differences
 
@@ -316,18 +327,7 @@ def run_curve(
                         )
                         run = Run(crew, databases, templates[figure.tracker], publish_seconds)
                         run.measure(figure, bodies, warmup, reference)
-                        progress(
-                            f"[{repetition + 1}/{repeat}] x{count} {figure.label}: "
-                            f"{figure.rates[-1]:,.0f} deliveries/s, "
-                            f"{figure.rollbacks_per_batch[-1]:.2f} rolled back per batch"
-                            + (
-                                ""
-                                if not figure.tracker
-                                else ", exact"
-                                if figure.exact
-                                else ", NOT EXACT"
-                            )
-                        )
+                        progress(f"[{repetition + 1}/{repeat}] x{count} {figure.progress}")
     return CurveReport(
         machine=describe_machine(databases.server_version()),
         deliveries=len(bodies),
@@ -370,7 +370,7 @@ class Run:
                 figure.mode, url, bodies, warmup, figure.batch, before_start=published
             )
             if figure.tracker:
-                rollbacks = (transactions.read_after_exit() - before[0]).rollbacks
+                rollbacks = (transactions.read_once_closed() - before[0]).rollbacks
                 difference = reference.first_difference(Records.read(url, [*warmup, *bodies]))
                 figure.checked += 1
                 if difference is not None:

@@ -214,7 +214,7 @@ def _run_once(
             url, databases.directory, bodies, warmup, clients, servers=servers,
             before_start=published,
         )  # fmt: skip
-        rolled = (transactions.read_after_exit() - before[0]).rollbacks
+        rolled = (transactions.read_once_closed() - before[0]).rollbacks
         difference = reference.first_difference(Records.read(url, [*warmup, *bodies]))
     return run, rolled, difference
 

@@ -3,10 +3,10 @@ statistics count them (`pg_stat_database.xact_commit`, `xact_rollback`): a trans
 a race and was run again is one rollback there, whoever ran it and however.
 
 A backend publishes its counts when it goes idle at most once a second, else within
-`PUBLISH_SECONDS` of going idle, and always when it exits. So the count before the timed part is
-read once the warm-up has been idle that long, and the count after it once every connection to
-the database has closed. The counts are read through the server's admin database, so that
-reading them counts in neither.
+`PUBLISH_SECONDS` of going idle, and always when it exits (its connection closed). So the count
+before the timed part is read once the warm-up has been idle that long, and the count after it
+once every connection to the database has closed. The counts are read through the server's
+admin database, so that reading them counts in neither.
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ class ServerTransactions:
         time.sleep(idle_seconds)
         return self.read()
 
-    def read_after_exit(self) -> Counts:
-        """The counts, once no connection to the database is left and the counts stopped
-        moving (a backend leaves pg_stat_activity just before it publishes its last counts)."""
+    def read_once_closed(self) -> Counts:
+        """The counts, once no client's connection to the database is left and the counts
+        stopped moving (a backend leaves pg_stat_activity just before it publishes its last
+        counts)."""
         from psycopg import connect
 
         deadline = time.monotonic() + EXIT_TIMEOUT
