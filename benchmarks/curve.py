@@ -44,7 +44,7 @@ from tracker.testing import realistic_bodies
 
 PROCESS_COUNTS: Final = (1, 2, 4, 8)
 BATCHES: Final = (100, 500)
-DELIVERIES: Final = 12_000  # distinct ones; the duplicates come on top
+DELIVERIES: Final = 8000  # distinct ones; the duplicates come on top
 DUPLICATE_EVERY: Final = 50  # one body in this many is delivered a second time
 DUPLICATE_LATER: Final = 7  # every other copy comes this many deliveries after the first
 WARMUP_PER_PROCESS: Final = 50
