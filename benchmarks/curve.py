@@ -268,10 +268,15 @@ class CurveReport:
             shown = "" if measured is None else f"{measured:.2f}"
             verdict = "" if met is None else ("met" if met else "MISSED")
             lines.append(f"target: {what}: {shown} (target {target}) {verdict}")
-        for figure in self.figures:
-            other = {key: n for key, n in figure.outcomes.items() if key != "applied"}
-            if figure.tracker and other:
-                lines.append(f"outcomes of {figure.label} x{figure.processes}: {other}")
+        outcomes = {
+            f"{figure.label} x{figure.processes}": dict(sorted(figure.outcomes.items()))
+            for figure in self.figures
+            if figure.tracker
+        }
+        if len({repr(counted) for counted in outcomes.values()}) == 1:
+            lines.append(f"outcomes of every tracker run: {next(iter(outcomes.values()))}")
+        else:
+            lines += [f"outcomes of {run}: {counted}" for run, counted in outcomes.items()]
         if self.exact:
             lines.append(
                 "exact: yes (after every tracker run, every call's record and the log's outcomes "
