@@ -2,6 +2,8 @@
 
     python -m benchmarks.bench                              # SQLite in a temporary directory
     python -m benchmarks.bench --db postgresql+psycopg://postgres@127.0.0.1/postgres --workers 1,4
+    python -m benchmarks.bench --database postgresql+psycopg://postgres@127.0.0.1/postgres \
+        --processes 1,2,4,8 --batch 100,500                 # many processes on shared calls
 
 Run from the repository root: a development tool, kept out of the wheel, that takes its bodies
 from the realistic stream of `tracker.testing` (`realistic_bodies`). On those bodies it measures:
@@ -20,10 +22,14 @@ of the same fields. On SQLite, the pages each commit writes are counted too, as 
 delivery of the floor and of `apply`: a count which, unlike a rate, is the same on any machine
 however busy. `--profile apply` shows where the tracker's time goes.
 
+With `--processes`, instead, the curve of many processes on one PostgreSQL (`curve`): the
+stream laid out so that a conversation's callbacks go to different processes at once, and
+every run checked against a serial replay.
+
 This module runs the whole and reads the command line; its parts sit beside it: `floor` (the
 floor on the driver), `runs` (one timed run, in one process or several), `cpu` (the CPU and
-memory a run takes), `measures` (parsing, `apply` per event type, WAL frames) and `report` (the
-figures as JSON and as Markdown).
+memory a run takes), `measures` (parsing, `apply` per event type, WAL frames), `report` (the
+figures as JSON and as Markdown), `curve` with `transactions` and `exactness` (the curve).
 """
 
 from __future__ import annotations
@@ -44,11 +50,13 @@ from typing import Any, Final
 
 from sqlalchemy import event
 
+from benchmarks import curve
 from benchmarks.cpu import peak_rss_mb
 from benchmarks.endpoint import CLIENT_COUNTS, HTTP_WARMUP_DELIVERIES, HttpFigure, run_http
 from benchmarks.measures import measure_parsing, measure_per_event_type, measure_wal_frames
 from benchmarks.report import EndpointReport, Figure, Report, describe_machine
 from benchmarks.runs import Databases, Mode, apply_with, run_once
+from benchmarks.transactions import PUBLISH_SECONDS
 from tracker.testing import realistic_bodies
 from tracker.tracker import Tracker
 
@@ -219,6 +227,26 @@ def _workers(value: str) -> list[int]:
     return counts
 
 
+def _curve(args: argparse.Namespace, directory: Path) -> int:
+    targets = args.db or []
+    if len(targets) != 1 or targets[0] == "sqlite":
+        raise SystemExit("--processes runs on one PostgreSQL: give --database URL once")
+    report = curve.run_curve(
+        targets[0],
+        directory,
+        deliveries=args.deliveries or curve.DELIVERIES,
+        processes=args.processes,
+        batches=args.batch or curve.BATCHES,
+        repeat=args.repeat or 1,
+        seed=args.seed,
+        warmup_per_process=args.warmup,
+        publish_seconds=args.publish_wait,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(json.dumps(report.as_json(), indent=2) if args.json else report.as_text())
+    return 0 if report.exact else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.bench",
@@ -227,20 +255,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--db",
+        "--database",
         action="append",
         metavar="sqlite|URL",
         help="'sqlite' (files in a temporary directory; the default) or a PostgreSQL URL whose "
         "server may create and drop databases named tracker_bench_*; repeat to run several",
     )
-    parser.add_argument("--deliveries", type=int, default=2000, metavar="N")
-    parser.add_argument("--repeat", type=int, default=3, metavar="R")
+    parser.add_argument(
+        "--deliveries",
+        type=int,
+        metavar="N",
+        help=f"per run (default 2000; with --processes {curve.DELIVERIES} distinct ones)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, metavar="R", help="repetitions (default 3; with --processes 1)"
+    )
     parser.add_argument(
         "--workers",
         type=_workers,
         metavar="1,4",
         help="numbers of processes to run with (default: 1 on SQLite, 1,4 on PostgreSQL)",
     )
-    parser.add_argument("--batch", type=int, default=500, help="deliveries per apply_many")
+    parser.add_argument(
+        "--processes",
+        type=_workers,
+        metavar="1,2,4,8",
+        help="instead, the curve of that many processes on one PostgreSQL (--database), "
+        "writing the same calls at once, each run checked against a serial replay",
+    )
+    parser.add_argument(
+        "--batch",
+        type=_workers,
+        metavar="500",
+        help="deliveries per apply_many (default 500; with --processes, sizes like 100,500, "
+        "default 100,500)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=curve.WARMUP_PER_PROCESS,
+        metavar="N",
+        help="with --processes: deliveries each process applies before the timed part",
+    )
+    parser.add_argument(
+        "--publish-wait",
+        type=float,
+        default=PUBLISH_SECONDS,
+        metavar="SECONDS",
+        help="with --processes: how long the warm-up stays idle before the server's count of "
+        "transactions is read (PostgreSQL publishes a connection's within 10 s; shorter "
+        "makes the rollback counts approximate)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--sqlite-dir",
@@ -261,19 +326,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
-    if args.deliveries < 1 or args.repeat < 1 or args.batch < 1:
-        parser.error("--deliveries, --repeat and --batch must be positive")
+    if (args.deliveries is not None and args.deliveries < 1) or (
+        args.repeat is not None and args.repeat < 1
+    ):
+        parser.error("--deliveries and --repeat must be positive")
+    if args.processes is None and args.batch is not None and len(args.batch) > 1:
+        parser.error("several --batch sizes go with --processes")
+    batch = args.batch[0] if args.batch else 500
+    deliveries = args.deliveries or 2000
+    repeat = args.repeat or 3
 
     with tempfile.TemporaryDirectory(prefix="tracker-bench-", dir=args.sqlite_dir) as directory:
+        if args.processes is not None:
+            return _curve(args, Path(directory))
         if args.profile:
-            print(profile(args.profile, args.deliveries, args.batch, args.seed, Path(directory)))
+            print(profile(args.profile, deliveries, batch, args.seed, Path(directory)))
             return 0
         report: Report | EndpointReport
         if args.http:
             report = run_endpoint(
                 args.db or ["sqlite"],
-                deliveries=args.deliveries,
-                repeat=args.repeat,
+                deliveries=deliveries,
+                repeat=repeat,
                 seed=args.seed,
                 directory=Path(directory),
                 progress=lambda line: print(line, file=sys.stderr, flush=True),
@@ -281,10 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             report = run(
                 args.db or ["sqlite"],
-                deliveries=args.deliveries,
-                repeat=args.repeat,
+                deliveries=deliveries,
+                repeat=repeat,
                 workers=args.workers,
-                batch=args.batch,
+                batch=batch,
                 seed=args.seed,
                 directory=Path(directory),
                 parse=not args.no_parse,

@@ -2,6 +2,8 @@
 
     python -m benchmarks.bench --http                       # SQLite, durable commits
     python -m benchmarks.bench --http --db postgresql+psycopg://postgres@127.0.0.1/postgres
+    python -m benchmarks.endpoint --database postgresql+psycopg://postgres@127.0.0.1/postgres \
+        --servers 1,4 --clients 64                          # several servers: `servers`
 
 Each run starts a real `tracker serve` process on a fresh database and a free loopback port,
 posts the stream's distinct bodies over keep-alive connections, and times every request from
@@ -28,10 +30,11 @@ import os
 import resource
 import secrets
 import statistics
+import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -58,8 +61,9 @@ class HttpRun:
     statuses: Counter[int]
     outcomes: Counter[str]
     client_cpu_seconds: float
-    server_cpu_seconds: float
-    commits: float  # the server's, during the run
+    server_cpu_seconds: float  # of every `tracker serve` process
+    commits: float  # the servers', during the run
+    servers: int = 1
 
     @property
     def rate(self) -> float:
@@ -157,19 +161,21 @@ class _Connection:
     give the server. The answer is read whole (its Content-Length; a transfer coding, which the
     server never sends here, stops the run) and the connection must stay open."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> None:
         self.reader = reader
         self.writer = writer
+        self.head = head  # of every request, up to `Content-Length: `
 
     @classmethod
-    async def open(cls, port: int) -> _Connection:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # TCP_NODELAY is set
-        return cls(reader, writer)
+    async def open(cls, server: Served) -> _Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)  # TCP_NODELAY
+        return cls(reader, writer, _post_head(server))
 
-    async def post(self, head: bytes, body: bytes) -> tuple[int, str]:
-        """The status and the X-Tracker-Outcome of POSTing `body` after `head`, a request head
-        that ends with `Content-Length: `."""
-        self.writer.write(b"%s%d\r\n\r\n%s" % (head, len(body), body))
+    async def post(self, body: bytes) -> tuple[int, str]:
+        """The status and the X-Tracker-Outcome of POSTing `body`."""
+        self.writer.write(b"%s%d\r\n\r\n%s" % (self.head, len(body), body))
         answer = await self.reader.readuntil(b"\r\n\r\n")
         status_line, *lines = answer[:-4].split(b"\r\n")
         headers: dict[bytes, bytes] = {}
@@ -199,7 +205,7 @@ def _post_head(server: Served) -> bytes:
 
 
 async def _drive(
-    connections: Sequence[_Connection], head: bytes, bodies: Sequence[bytes]
+    connections: Sequence[_Connection], bodies: Sequence[bytes]
 ) -> tuple[list[float], Counter[int], Counter[str]]:
     """Post `bodies` from every connection at once, each taking the next body when it is free:
     the latency of each, from its request written to its answer read; statuses; outcomes."""
@@ -212,7 +218,7 @@ async def _drive(
         while pending:
             body = pending.pop()
             sent = time.perf_counter()
-            status, outcome = await connection.post(head, body)
+            status, outcome = await connection.post(body)
             latencies.append(time.perf_counter() - sent)
             statuses[status] += 1
             outcomes[outcome] += 1
@@ -221,8 +227,10 @@ async def _drive(
     return latencies, statuses, outcomes
 
 
-async def _open(port: int, clients: int) -> list[_Connection]:
-    return list(await asyncio.gather(*(_Connection.open(port) for _ in range(clients))))
+async def _open(servers: Sequence[Served], clients: int) -> list[_Connection]:
+    """`clients` connections, spread over `servers` in turn."""
+    opening = (_Connection.open(servers[n % len(servers)]) for n in range(clients))
+    return list(await asyncio.gather(*opening))
 
 
 async def _close(connections: Sequence[_Connection]) -> None:
@@ -249,24 +257,58 @@ async def _commits(server: Served) -> float:
 
 
 def run_http(
-    database_url: str, workdir: Path, bodies: Sequence[bytes], warmup: Sequence[bytes], clients: int
+    database_url: str,
+    workdir: Path,
+    bodies: Sequence[bytes],
+    warmup: Sequence[bytes],
+    clients: int,
+    *,
+    servers: int = 1,
+    before_start: Callable[[], None] = lambda: None,
 ) -> HttpRun:
-    """One timed run on a fresh, upgraded database: the warm-up posted
-    untimed, then `bodies`, on the same `clients` connections (kept alive, as a sender's are)."""
+    """One timed run on a fresh, upgraded database: `servers` processes of `tracker serve` on
+    ports of their own, the `clients` connections spread over them in turn; the warm-up posted
+    untimed, then (once `before_start` has returned) `bodies`, on as many new connections, kept
+    alive as a sender's are. Every server has stopped when this returns."""
     migrate(database_url)
-    with served(database_url, workdir) as server, asyncio.Runner() as runner:
-        head = _post_head(server)
-        connections = runner.run(_open(server.port, clients))
+    with ExitStack() as stack, asyncio.Runner() as runner:
+        started = [stack.enter_context(served(database_url, workdir)) for _ in range(servers)]
+        connections = runner.run(_open(started, clients))
         try:
-            runner.run(_drive(connections, head, warmup))
-            commits = runner.run(_commits(server))
-            client_cpu, server_cpu = _own_cpu_seconds(), _cpu_seconds(server.pid)
-            started = time.perf_counter()
-            latencies, statuses, outcomes = runner.run(_drive(connections, head, bodies))
-            seconds = time.perf_counter() - started
-            client_cpu = _own_cpu_seconds() - client_cpu
-            server_cpu = _cpu_seconds(server.pid) - server_cpu
-            commits = runner.run(_commits(server)) - commits
+            runner.run(_drive(connections, warmup))
         finally:
             runner.run(_close(connections))
-    return HttpRun(clients, seconds, latencies, statuses, outcomes, client_cpu, server_cpu, commits)
+        # A server closes a connection idle for 5 s: `before_start` may wait longer.
+        before_start()
+        connections = runner.run(_open(started, clients))
+        try:
+            commits = sum(runner.run(_commits(server)) for server in started)
+            client_cpu = _own_cpu_seconds()
+            server_cpu = sum(_cpu_seconds(server.pid) for server in started)
+            clock = time.perf_counter()
+            latencies, statuses, outcomes = runner.run(_drive(connections, bodies))
+            seconds = time.perf_counter() - clock
+            client_cpu = _own_cpu_seconds() - client_cpu
+            server_cpu = sum(_cpu_seconds(server.pid) for server in started) - server_cpu
+            commits = sum(runner.run(_commits(server)) for server in started) - commits
+        finally:
+            runner.run(_close(connections))
+    return HttpRun(
+        clients,
+        seconds,
+        latencies,
+        statuses,
+        outcomes,
+        client_cpu,
+        server_cpu,
+        commits,
+        servers,
+    )
+
+
+if __name__ == "__main__":
+    # Several servers on one PostgreSQL (`benchmarks.servers`); `python -m benchmarks.bench
+    # --http` runs the comparison with one-by-one `apply` above.
+    from benchmarks.servers import main
+
+    sys.exit(main())

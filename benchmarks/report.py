@@ -6,6 +6,7 @@ import os
 import platform
 import sqlite3
 import statistics
+import subprocess
 from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
@@ -219,10 +220,28 @@ def describe_machine(postgresql: str | None) -> dict[str, str]:
     }
     if postgresql is not None:
         machine["postgresql"] = postgresql
+    commit = _commit()
+    if commit is not None:
+        machine["commit"] = commit
     for package in ("tracker", "sqlalchemy", "pydantic", "psycopg"):
         with suppress(metadata.PackageNotFoundError):
             machine[package] = metadata.version(package)
     return machine
+
+
+def _commit() -> str | None:
+    """The checkout's commit, `+changes` when its tracked files differ from it; None outside
+    git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=10", "HEAD"],
+            cwd=root, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=root).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if changed else "")
 
 
 # --- the webhook endpoint ----------------------------------------------------------------------

@@ -33,6 +33,9 @@ class ShareResult:
     # it runs on this machine (None otherwise, and on SQLite, which runs inside the client).
     client_cpu_seconds: float
     server_cpu_seconds: float | None
+    # Transactions the floor rolled back and ran again (deadlocks); None for the tracker, whose
+    # rollbacks the server counts (`benchmarks.transactions`).
+    rollbacks: int | None = None
 
 
 def _run_share(
@@ -51,6 +54,7 @@ def _run_share(
     database = make_url(url)
     server = ServerCpu(database) if alone else None
     outcomes: Counter[str] = Counter()
+    rollbacks = None
     if mode in ("floor", "floor_batched"):
         size = 1 if mode == "floor" else batch
         floor = floor_for(database)
@@ -59,8 +63,10 @@ def _run_share(
             ready()
             gc.collect()
             cpu = CpuMark(server)
+            rollbacks = -floor.rollbacks
             floor.run(bodies, size)
             taken = cpu.taken()
+            rollbacks += floor.rollbacks
         finally:
             floor.close()
         outcomes["applied"] = len(bodies)
@@ -73,9 +79,8 @@ def _run_share(
             outcomes.update(apply_with(tracker, mode, bodies, batch))
             taken = cpu.taken()
     seconds, client, server_seconds = taken
-    return ShareResult(
-        seconds, dict(outcomes), peak_rss_mb(resource.RUSAGE_SELF), client, server_seconds
-    )
+    peak = peak_rss_mb(resource.RUSAGE_SELF)
+    return ShareResult(seconds, dict(outcomes), peak, client, server_seconds, rollbacks)
 
 
 def apply_with(tracker: Tracker, mode: Mode, bodies: Sequence[bytes], batch: int) -> Counter[str]:
@@ -89,65 +94,99 @@ def apply_with(tracker: Tracker, mode: Mode, bodies: Sequence[bytes], batch: int
     return outcomes
 
 
-def _worker(
-    mode: Mode,
-    url: str,
-    bodies: Sequence[bytes],
-    warmup: Sequence[bytes],
-    batch: int,
-    messages: Any,
-    go: Any,
-) -> None:
-    """A spawned process: its own connection or Tracker. It says when it is ready, waits for the
-    signal to go, and reports its figures (or its error)."""
+def _worker(jobs: Any, go: Any, messages: Any) -> None:
+    """A spawned process of a `Crew`: for each job, its own connection or Tracker. It says when
+    it is ready, waits for the signal to go, and reports its figures (or its error); until it is
+    given None."""
 
     def ready() -> None:
         messages.put("ready")
-        go.wait()
+        go.get()
 
-    try:
-        share = _run_share(mode, url, bodies, warmup, batch, ready, alone=False)
-        messages.put(asdict(share))
-    except BaseException as error:
-        messages.put({"error": f"{type(error).__name__}: {error}"})
-        raise
+    while (job := jobs.get()) is not None:
+        mode, url, bodies, warmup, batch = job
+        try:
+            share = _run_share(mode, url, bodies, warmup, batch, ready, alone=False)
+            messages.put(asdict(share))
+        except BaseException as error:
+            messages.put({"error": f"{type(error).__name__}: {error}"})
+            raise
 
 
-def _run_parallel(
+class Crew:
+    """`count` spawned processes, kept for one run after another: starting an interpreter that
+    imports the tracker takes longer than many a run."""
+
+    def __init__(self, count: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.count = count
+        self.messages = context.Queue()
+        self.jobs = [context.Queue() for _ in range(count)]
+        self.go = [context.Queue() for _ in range(count)]
+        self.processes = [
+            context.Process(target=_worker, args=(jobs, go, self.messages), daemon=True)
+            for jobs, go in zip(self.jobs, self.go, strict=True)
+        ]
+        for process in self.processes:
+            process.start()
+
+    def __enter__(self) -> Crew:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for jobs, process in zip(self.jobs, self.processes, strict=True):
+            if process.exitcode is None:
+                jobs.put(None)
+        for process in self.processes:
+            process.join(10)
+            if process.exitcode is None:
+                process.terminate()
+                process.join()
+
+    def run(
+        self,
+        mode: Mode,
+        url: str,
+        bodies: Sequence[bytes],
+        warmup: Sequence[bytes],
+        batch: int,
+        *,
+        before_start: Callable[[], None] = lambda: None,
+    ) -> ShareResult:
+        """Deal the bodies out as a load balancer would (round robin), start the processes
+        together once all are ready (and `before_start` has returned), and time the whole, from
+        the start to the last one's end. Every process has closed its connections when this
+        returns."""
+        count = self.count
+        for n, jobs in enumerate(self.jobs):
+            jobs.put((mode, url, bodies[n::count], warmup[n::count], batch))
+        server = ServerCpu(make_url(url))
+        _receive(self.messages, self.processes, count)  # every worker ready
+        before_start()
+        for go in self.go:
+            go.put(True)
+        cpu = CpuMark(server)
+        shares = _receive(self.messages, self.processes, count)
+        seconds, _parent, server_seconds = cpu.taken()
+        outcomes: Counter[str] = Counter()
+        for share in shares:
+            outcomes.update(share["outcomes"])
+        peak = max(float(share["peak_rss_mb"]) for share in shares)
+        client = sum(float(share["client_cpu_seconds"]) for share in shares)
+        counted = [share["rollbacks"] for share in shares if share["rollbacks"] is not None]
+        rollbacks = sum(counted) if counted else None
+        return ShareResult(seconds, dict(outcomes), peak, client, server_seconds, rollbacks)
+
+
+def run_parallel(
     mode: Mode, url: str, bodies: Sequence[bytes], warmup: Sequence[bytes], batch: int, workers: int
 ) -> ShareResult:
-    """Deal the bodies out as a load balancer would (round robin), start `workers` processes
-    together once all are ready, and time the whole, from the start to the last one's end."""
-    context = multiprocessing.get_context("spawn")
-    messages = context.Queue()
-    go = context.Event()
-    processes = [
-        context.Process(
-            target=_worker,
-            args=(mode, url, bodies[n::workers], warmup[n::workers], batch, messages, go),
-        )
-        for n in range(workers)
-    ]
-    for process in processes:
-        process.start()
-    server = ServerCpu(make_url(url))
-    try:
-        _receive(messages, processes, workers)  # every worker ready
-        go.set()
-        cpu = CpuMark(server)
-        shares = _receive(messages, processes, workers)
-        seconds, _parent, server_seconds = cpu.taken()
-    finally:
-        for process in processes:
-            if process.exitcode is None and not go.is_set():
-                process.terminate()
-            process.join()
-    outcomes: Counter[str] = Counter()
-    for share in shares:
-        outcomes.update(share["outcomes"])
-    peak = max(float(share["peak_rss_mb"]) for share in shares)
-    client = sum(float(share["client_cpu_seconds"]) for share in shares)
-    return ShareResult(seconds, dict(outcomes), peak, client, server_seconds)
+    """One run by `workers` processes of a crew of its own (`Crew.run`)."""
+    with Crew(workers) as crew:
+        return crew.run(mode, url, bodies, warmup, batch)
 
 
 def _receive(
@@ -195,9 +234,13 @@ class Databases:
         return self.backend
 
     @contextmanager
-    def fresh(self) -> Iterator[str]:
+    def fresh(self, template: str | None = None) -> Iterator[str]:
+        """The URL of a new database, dropped when the block ends; on PostgreSQL, a copy of
+        the database at the URL `template` when given (which nobody may be connected to)."""
         name = f"tracker_bench_{uuid.uuid4().hex[:12]}"
         if self.backend == "sqlite":
+            if template is not None:
+                raise ValueError("copies of a template database are made on PostgreSQL only")
             path = self.directory / f"{name}.db"
             try:
                 yield URL.create("sqlite", database=str(path)).render_as_string()
@@ -207,8 +250,12 @@ class Databases:
             return
         from psycopg import connect, sql
 
+        create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            source = sql.Identifier(make_url(template).database or "")
+            create = sql.SQL("{} TEMPLATE {}").format(create, source)
         with connect(**conninfo(self.admin), autocommit=True) as admin:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            admin.execute(create)
         try:
             yield self.admin.set(database=name).render_as_string(hide_password=False)
         finally:
@@ -227,7 +274,8 @@ class Databases:
         return None if row is None else str(row[0])
 
 
-def _prepare(mode: Mode, url: str) -> None:
+def prepare(mode: Mode, url: str) -> None:
+    """The floor's tables, or the tracker's schema, on the fresh database `url`."""
     if mode in ("floor", "floor_batched"):
         floor = floor_for(make_url(url))
         try:
@@ -249,7 +297,7 @@ def run_once(
 ) -> ShareResult:
     """One timed run on a fresh database of its own."""
     with databases.fresh() as url:
-        _prepare(mode, url)
+        prepare(mode, url)
         if workers == 1:
             return _run_share(mode, url, bodies, warmup, batch, lambda: None)
-        return _run_parallel(mode, url, bodies, warmup, batch, workers)
+        return run_parallel(mode, url, bodies, warmup, batch, workers)

@@ -1,19 +1,23 @@
-"""The benchmark runs end to end on SQLite and prints its figures (a smoke test, not a timing)."""
+"""The benchmarks run end to end and print their figures (smoke tests, not timings): on SQLite,
+and the curve of many processes on PostgreSQL."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
-from benchmarks import bench, measures
+from benchmarks import bench, curve, measures
 from benchmarks import stats as stats_bench
 from benchmarks.endpoint import HTTP_TARGET
+from benchmarks.exactness import serial_replay
+from tests.conftest import SERVERS, _require
 from tracker.parsing import Disconnect, TransferDisconnect
-from tracker.testing import ACCOUNTS
+from tracker.testing import ACCOUNTS, shuffled
 
 
 def test_benchmark_prints_figures_for_every_run_on_sqlite(
@@ -107,3 +111,56 @@ def test_stats_benchmark_times_every_bucketing_and_reuses_a_kept_database(
     copied = json.loads(capsys.readouterr().out)
     assert (copied["loaded_by"], copied["calls"]) == ("copy", first["calls"])
     assert copied["buckets"] == first["buckets"]
+
+
+def test_shared_conversations_deal_one_call_and_a_repeated_body_to_several_processes() -> None:
+    """The curve's contention: dealt round robin, legs of one call and a body's two deliveries
+    reach different processes at about the same moment."""
+    bodies = curve.shared_conversations(200, seed=1)
+    assert len(bodies) == 200 + 200 // curve.DUPLICATE_EVERY
+    repeated = [body for body, count in Counter(bodies).items() if count == 2]
+    assert len(repeated) == 200 // curve.DUPLICATE_EVERY
+    for body in repeated:
+        first, second = (index for index, each in enumerate(bodies) if each == body)
+        assert second - first in (1, curve.DUPLICATE_LATER)
+    roots = [json.loads(body).get("parentCallId") or json.loads(body)["callId"] for body in bodies]
+    shared = {root for index, root in enumerate(roots[:-1]) if roots[index + 1] == root}
+    assert len(shared) > 20  # most conversations have callbacks side by side
+
+
+def test_the_exactness_check_names_the_first_difference_and_ignores_the_order(
+    tmp_path: Path,
+) -> None:
+    bodies = curve.shared_conversations(60, seed=3)
+    reference = serial_replay(f"sqlite:///{tmp_path / 'reference.db'}", bodies)
+    shuffled_replay = serial_replay(f"sqlite:///{tmp_path / 'shuffled.db'}", shuffled(bodies, 5))
+    assert reference.first_difference(shuffled_replay) is None
+
+    last = json.loads(bodies[-1])
+    short = serial_replay(f"sqlite:///{tmp_path / 'short.db'}", bodies[:-1])
+    difference = reference.first_difference(short)
+    assert difference is not None and last["callId"] in difference
+
+
+def test_the_curve_on_postgresql_has_a_row_per_run_and_every_run_is_exact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tiny curve end to end: real processes, the floor and the tracker, the check."""
+    _require("postgresql")
+    arguments = ["--database", SERVERS["postgresql"], "--processes", "1,2", "--batch", "10"]
+    small = ["--deliveries", "50", "--publish-wait", "0", "--warmup", "2", "--json"]
+    assert bench.main([*arguments, *small]) == 0
+
+    report = json.loads(capsys.readouterr().out)
+    rows = {(run["processes"], run["label"]) for run in report["runs"]}
+    labels = ("floor, 1 commit per delivery", "tracker.apply", "floor, 1 commit per 10",
+              "tracker.apply_many(10)")  # fmt: skip
+    assert rows == {(processes, label) for processes in (1, 2) for label in labels}
+    assert report["exact"] is True
+    for run in report["runs"]:
+        assert run["median"] > 0 and len(run["rollbacks_per_batch"]) == 1
+        tracker = run["label"].startswith("tracker")
+        assert run["exact"] is (True if tracker else None)
+        if tracker:
+            assert run["outcomes"] == {"applied": 50, "duplicate": 1}
+            assert run["ratio_to_floor"] > 0
