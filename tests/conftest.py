@@ -5,14 +5,15 @@ always, PostgreSQL and MariaDB when their servers answer. Each test gets a datab
 so runs never see each other's rows. Under CI (`CI` set), a server that does not answer fails the
 run instead of skipping its tests.
 
-Migrating a database takes seconds on a server, and most tests want one migrated: the run
-migrates one database per backend once, and a test whose database is migrated before anything
-else touches it (the `tracker`, `two_trackers` and `serve` fixtures) gets a copy of that one
-instead. SQLite copies the file, PostgreSQL creates the database from it as a template; MariaDB
-has no templates, so its migrated databases are kept in a pool, and one goes back to the pool
-only when its schema is the migrated one exactly, its rows are all deleted and its
-auto-increment counters start at 1 again, as a new one's do (otherwise it is dropped). A test
-that asks for `database_url` alone still gets an empty database, created for it.
+Migrating a database takes seconds on a server, and most tests want one migrated: a test whose
+database is migrated before anything else touches it (the `tracker`, `two_trackers` and `serve`
+fixtures) gets one migrated for the run instead. On SQLite that is a copy of a file migrated
+once. On PostgreSQL and MariaDB migrated databases are kept in a pool: one goes back to the pool
+only when no session is left in it, its schema (tables, columns, keys, indexes, views, triggers,
+routines, the schema version) is exactly the migrated one, and, once its tables are emptied and
+its sequences or auto-increment counters set back to their start, it reads exactly as a newly
+migrated one does; otherwise it is dropped. A test that asks for `database_url` alone still gets
+an empty database, created for it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,6 +30,7 @@ import httpx
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from tests.http_server import Server, migrate
 from tests.http_support import BODY_TIMEOUT, CREDENTIALS, OLD
@@ -84,11 +87,10 @@ def _new_name() -> str:
     return f"tracker_test_{uuid.uuid4().hex[:16]}"
 
 
-def _create(admin: Engine, backend: str, name: str, template: str | None = None) -> None:
+def _create(admin: Engine, backend: str, name: str) -> None:
     with admin.connect() as connection:
         if backend == "postgresql":
-            source = "" if template is None else f' TEMPLATE "{template}"'
-            connection.execute(text(f'CREATE DATABASE "{name}"{source}'))
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
         else:
             connection.execute(
                 text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
@@ -124,13 +126,15 @@ _AUTO_INCREMENT = re.compile(r" AUTO_INCREMENT=\d+")
 
 
 class MigratedDatabases:
-    """Migrated databases for the tests, made from one migration per backend per run."""
+    """Migrated databases for the tests, each migrated once and used again (see the top)."""
 
     def __init__(self, directory: Path) -> None:
         self._directory = directory
         self._admins: dict[str, Engine] = {}
         self._sqlite_template: Path | None = None
-        self._postgresql_template: str | None = None
+        self._postgresql_schema: dict[str, str] | None = None
+        self._postgresql_pool: list[str] = []
+        self._postgresql_made: set[str] = set()
         self._mariadb_schema: dict[str, str] | None = None
         self._mariadb_pool: list[str] = []
         self._mariadb_made: set[str] = set()
@@ -164,17 +168,72 @@ class MigratedDatabases:
 
     def _postgresql(self) -> Iterator[str]:
         admin = self._admin("postgresql")
-        if self._postgresql_template is None:
-            template = _new_name()
-            _create(admin, "postgresql", template)
-            migrate(_url_of("postgresql", template))
-            self._postgresql_template = template
-        name = _new_name()
-        _create(admin, "postgresql", name, template=self._postgresql_template)
+        if self._postgresql_pool:
+            name = self._postgresql_pool.pop()
+        else:
+            name = _new_name()
+            self._postgresql_made.add(name)
+            _create(admin, "postgresql", name)
+            migrate(_url_of("postgresql", name))
+            if self._postgresql_schema is None:
+                self._postgresql_schema = self._postgresql_state(name)
         try:
             yield _url_of("postgresql", name)
         finally:
-            _drop(admin, "postgresql", name)
+            if self._postgresql_emptied(name):
+                self._postgresql_pool.append(name)
+            else:
+                _drop(admin, "postgresql", name)
+                self._postgresql_made.discard(name)
+
+    def _postgresql_state(self, name: str) -> dict[str, str]:
+        engine = create_engine(_url_of("postgresql", name), poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                return _postgresql_state(connection)
+        finally:
+            engine.dispose()
+
+    def _postgresql_emptied(self, name: str) -> bool:
+        """As `_mariadb_emptied`, on PostgreSQL: TRUNCATE ... RESTART IDENTITY empties every
+        table and sets every sequence back to its start."""
+        with self._admin("postgresql").connect() as connection:
+            # A server process outlives its client's disconnect by a moment.
+            for _ in range(20):
+                others = connection.execute(
+                    text(
+                        "SELECT COUNT(*) FROM pg_stat_activity"
+                        " WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": name},
+                ).scalar_one()
+                if not others:
+                    break
+                time.sleep(0.05)
+        if others:
+            return False
+        expected = self._postgresql_schema
+        engine = create_engine(_url_of("postgresql", name), poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                used = _postgresql_state(connection)
+                if expected is None or set(used) != set(expected):
+                    return False
+                if any(
+                    used[key] != expected[key]
+                    for key in expected
+                    if not key.startswith(("rows:", "sequence:"))
+                ):
+                    return False
+                tables = [key.partition(":")[2] for key in expected if key.startswith("rows:")]
+                emptied = [
+                    table for table in tables if not table.endswith("tracker_alembic_version")
+                ]
+                connection.execute(text(f"TRUNCATE {', '.join(emptied)} RESTART IDENTITY"))
+                connection.commit()
+                return _postgresql_state(connection) == expected
+        finally:
+            engine.dispose()
 
     def _mariadb(self) -> Iterator[str]:
         admin = self._admin("mariadb")
@@ -236,8 +295,8 @@ class MigratedDatabases:
             return _mariadb_state(connection, name) == expected
 
     def close(self) -> None:
-        if self._postgresql_template is not None:
-            _drop(self._admin("postgresql"), "postgresql", self._postgresql_template)
+        for name in self._postgresql_made:
+            _drop(self._admin("postgresql"), "postgresql", name)
         for name in self._mariadb_made:
             _drop(self._admin("mariadb"), "mariadb", name)
         for admin in self._admins.values():
@@ -434,3 +493,76 @@ def bandwidth_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBandwidth]:
         for name, value in fake.environment().items():
             monkeypatch.setenv(name, value)
         yield fake
+
+
+# The catalog rows that define what a test could change in a PostgreSQL database, but for the
+# rows of its tables and the state of its sequences (read apart, below).
+_POSTGRESQL_CATALOG = {
+    "database": """
+        SELECT datcollate, datctype, datallowconn, datconnlimit,
+            (SELECT setconfig::text FROM pg_db_role_setting
+             WHERE setdatabase = d.oid AND setrole = 0)
+        FROM pg_database d WHERE datname = current_database()""",
+    "schemas": "SELECT nspname FROM pg_namespace ORDER BY 1",
+    "relations": """
+        SELECT n.nspname, c.relname, c.relkind, c.relpersistence, c.reloptions::text
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+        ORDER BY 1, 2""",
+    "columns": """
+        SELECT table_schema, table_name, column_name, ordinal_position, column_default,
+            is_nullable, data_type, udt_name, character_maximum_length, numeric_precision,
+            numeric_scale, datetime_precision, collation_name, is_identity, is_generated
+        FROM information_schema.columns
+        WHERE table_schema NOT IN ('pg_catalog', 'information_schema')
+        ORDER BY 1, 2, 4""",
+    "indexes": "SELECT schemaname, tablename, indexdef FROM pg_indexes"
+    " WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2, 3",
+    "constraints": """
+        SELECT n.nspname, c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid)
+        FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+        ORDER BY 1, 2, 3""",
+    "triggers": "SELECT tgrelid::regclass::text, pg_get_triggerdef(oid) FROM pg_trigger"
+    " WHERE NOT tgisinternal ORDER BY 1, 2",
+    "routines": """
+        SELECT n.nspname, p.proname, pg_get_function_identity_arguments(p.oid), p.prosrc
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+        ORDER BY 1, 2, 3""",
+    "types": """
+        SELECT n.nspname, t.typname, t.typtype FROM pg_type t
+        JOIN pg_namespace n ON n.oid = t.typnamespace
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+        ORDER BY 1, 2""",
+    "extensions": "SELECT extname, extversion FROM pg_extension ORDER BY 1",
+    "large objects": "SELECT COUNT(*) FROM pg_largeobject_metadata",
+}
+
+
+def _postgresql_state(connection: Connection) -> dict[str, str]:
+    """As `_mariadb_state`, for the PostgreSQL database `connection` is in."""
+    state = {
+        what: repr(connection.execute(text(query)).all())
+        for what, query in _POSTGRESQL_CATALOG.items()
+    }
+    tables = connection.execute(
+        text(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relkind"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind IN ('r', 'p', 'S')"
+            " AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')"
+        )
+    ).all()
+    for table, kind in tables:
+        if kind == "S":
+            state[f"sequence:{table}"] = repr(
+                connection.execute(text(f"SELECT last_value, is_called FROM {table}")).all()
+            )
+        else:
+            state[f"rows:{table}"] = str(
+                connection.execute(text(f"SELECT EXISTS (SELECT 1 FROM {table})")).scalar()
+            )
+    state["version"] = repr(connection.execute(text("SELECT * FROM tracker_alembic_version")).all())
+    connection.rollback()
+    return state
