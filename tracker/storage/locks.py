@@ -70,7 +70,9 @@ def release_call_locks(connection: Connection) -> None:
     pool must hold none. On the driver's cursor, since a statement through SQLAlchemy would
     begin a transaction. A connection that cannot say it released them is invalidated, which
     ends its session and so its locks."""
-    if not connection.info.pop(_HOLDS_NAMED_LOCKS, False) or connection.invalidated:
+    # An invalidated connection's session is gone, and its locks with it; asking for its `info`
+    # would make SQLAlchemy connect again.
+    if connection.invalidated or not connection.info.pop(_HOLDS_NAMED_LOCKS, False):
         return
     try:
         cursor = connection.connection.cursor()
