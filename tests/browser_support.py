@@ -13,12 +13,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from tests.http_server import Server
+from tests.http_server import Server, migrate
 from tests.http_support import CREDENTIALS, OLD
 
 CHROMIUM = "/usr/bin/chromium"
@@ -52,6 +53,16 @@ class UiServer(Server):
 
     def get(self, path: str, auth: tuple[str, str] | None = UI_USER) -> httpx.Response:
         return httpx.get(self.url(path), auth=auth, timeout=30.0)
+
+
+def running_ui(database_url: str, directory: Path) -> Iterator[UiServer]:
+    """`tracker serve --ui` on `database_url`, migrated first, started; closed afterwards."""
+    migrate(database_url)
+    server = UiServer(database_url, directory)
+    try:
+        yield server.start()
+    finally:
+        server.close()
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from tests.browser_support import CALLBACK_USER, UI_USER, UiServer
+from tests.browser_support import CALLBACK_USER, UI_USER, UiServer, running_ui
 from tests.http_server import migrate
 from tests.http_support import CREDENTIALS
 from tracker.testing import conversation, encode, initiate
@@ -34,12 +34,7 @@ GUARDED = (
 
 @pytest.fixture
 def ui(database_url: str, tmp_path: Path) -> Iterator[UiServer]:
-    migrate(database_url)
-    server = UiServer(database_url, tmp_path / "server")
-    try:
-        yield server.start()
-    finally:
-        server.close()
+    yield from running_ui(database_url, tmp_path / "server")
 
 
 def post_all(server: UiServer, bodies: list[bytes]) -> None:

@@ -20,9 +20,9 @@ from tests.browser_support import (
     UI_USER,
     UiServer,
     Watched,
+    running_ui,
     watch,
 )
-from tests.http_server import migrate
 from tracker.testing import conversation, disconnect_between, encode, initiate
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -49,12 +49,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def ui(database_url: str, tmp_path: Path) -> Iterator[UiServer]:
-    migrate(database_url)
-    server = UiServer(database_url, tmp_path / "server")
-    try:
-        yield server.start()
-    finally:
-        server.close()
+    yield from running_ui(database_url, tmp_path / "server")
 
 
 @pytest.fixture
