@@ -36,7 +36,7 @@ from typing import Any, Final
 
 from sqlalchemy.engine import make_url
 
-from benchmarks.exactness import Records, serial_replay
+from benchmarks.exactness import Records, exactness_lines, serial_replay
 from benchmarks.report import describe_machine
 from benchmarks.runs import Crew, Databases, Mode, prepare
 from benchmarks.transactions import PUBLISH_SECONDS, Counts, ServerTransactions
@@ -277,16 +277,12 @@ class CurveReport:
             lines.append(f"outcomes of every tracker run: {next(iter(outcomes.values()))}")
         else:
             lines += [f"outcomes of {run}: {counted}" for run, counted in outcomes.items()]
-        if self.exact:
-            lines.append(
-                "exact: yes (after every tracker run, every call's record and the log's outcomes "
-                "per delivery equal a serial replay's in one process)"
-            )
-        else:
-            lines.append("exact: NO")
-            for figure in self.figures:
-                for difference in figure.differences:
-                    lines.append(f"  {figure.label} x{figure.processes}: {difference}")
+        differences = [
+            (f"{figure.label} x{figure.processes}", difference)
+            for figure in self.figures
+            for difference in figure.differences
+        ]
+        lines += exactness_lines(self.exact, "tracker run", differences)
         return "\n".join(lines)
 
 

@@ -98,3 +98,14 @@ def serial_replay(url: str, bodies: Sequence[bytes]) -> Records:
         for body in bodies:
             tracker.apply(body)
     return Records.read(url, bodies)
+
+
+def exactness_lines(exact: bool, runs: str, differences: Sequence[tuple[str, str]]) -> list[str]:
+    """The closing lines of a benchmark's report: `exact: yes`, saying after which `runs` the
+    records were compared, or `exact: NO` and each (run, difference) found."""
+    if exact:
+        return [
+            f"exact: yes (after every {runs}, every call's record and the log's outcomes per "
+            "delivery equal a serial replay's in one process)"
+        ]
+    return ["exact: NO", *(f"  {run}: {difference}" for run, difference in differences)]

@@ -33,7 +33,7 @@ from sqlalchemy.engine import make_url
 
 from benchmarks.curve import shared_conversations
 from benchmarks.endpoint import HTTP_WARMUP_DELIVERIES, HttpFigure, HttpRun, run_http
-from benchmarks.exactness import Records, serial_replay
+from benchmarks.exactness import Records, exactness_lines, serial_replay
 from benchmarks.report import describe_machine
 from benchmarks.runs import Databases
 from benchmarks.transactions import PUBLISH_SECONDS, Counts, ServerTransactions
@@ -132,16 +132,12 @@ class ServersReport:
             other = {key: n for key, n in figure.runs[0].outcomes.items() if key != "applied"}
             if other:
                 lines.append(f"outcomes with {figure.servers} servers: {other}")
-        if self.exact:
-            lines.append(
-                "exact: yes (after every run, every call's record and the log's outcomes per "
-                "delivery equal a serial replay's in one process)"
-            )
-        else:
-            lines.append("exact: NO")
-            for figure in self.figures:
-                for difference in figure.differences:
-                    lines.append(f"  {figure.servers} servers: {difference}")
+        differences = [
+            (f"{figure.servers} servers", difference)
+            for figure in self.figures
+            for difference in figure.differences
+        ]
+        lines += exactness_lines(self.exact, "run", differences)
         return "\n".join(lines)
 
 
